@@ -1,0 +1,183 @@
+"""The compressor contract and the registry of built-ins.
+
+A compressor is a small frozen dataclass registered under one name, with one knob:
+`prepare(model)` does the one-off work per checkpoint (snapshots the weights it will touch,
+factorizations, Hessians), `apply(model, prepared, value)` writes the compressed weights in
+place, `restore(prepared)` puts the originals back (no reloading between knob values), and
+`description_length(prepared, value)` counts the compressed model's bits.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal
+
+from compressors.targets import DEFAULT_TARGETS, select_targets
+from mdl_slt.errors import UserError
+
+
+@dataclass(frozen=True)
+class Knob:
+    """The one setting of a compressor: its range, which end compresses more, and its no-op value."""
+
+    name: str
+    low: float
+    high: float
+    identity: float  # the value that leaves the model untouched
+    more_compression: Literal["lower", "higher"]
+    unit: str
+    description: str
+
+    @property
+    def least(self) -> float:
+        """The least compressing end of the searchable range."""
+        return self.high if self.more_compression == "lower" else self.low
+
+    @property
+    def most(self) -> float:
+        return self.low if self.more_compression == "lower" else self.high
+
+    def compression(self, value: float) -> float:
+        """An oriented coordinate: larger means more compression."""
+        return -value if self.more_compression == "lower" else value
+
+    def check(self, value: float) -> None:
+        if value != self.identity and not (self.low <= value <= self.high):
+            raise UserError(f"{self.name}={value} is outside its range [{self.low}, {self.high}] "
+                            f"(or {self.identity} for no compression)")
+
+
+@dataclass(frozen=True)
+class DescriptionLength:
+    """Bits to store the compressed model: payload + side information + untouched parameters.
+
+    `entropy_payload_bits` is the payload entropy-coded with its empirical code distribution,
+    a stricter figure beside the nominal one. Untouched parameters count at 32 bits each.
+    """
+
+    payload_bits: float
+    side_bits: float
+    untouched_bits: float
+    entropy_payload_bits: float
+
+    @property
+    def total_bits(self) -> float:
+        return self.payload_bits + self.side_bits + self.untouched_bits
+
+    @property
+    def entropy_total_bits(self) -> float:
+        return self.entropy_payload_bits + self.side_bits + self.untouched_bits
+
+
+@dataclass
+class Target:
+    name: str
+    param: Any  # torch.nn.Parameter, compressed in place
+    original: Any  # its uncompressed values
+
+
+@dataclass
+class Prepared:
+    targets: list[Target]
+    untouched_params: int
+    cache: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Compressor:
+    """Base class: subclasses are frozen dataclasses setting `name`, `knob`, `apply` and
+    `description_length`; `targets` (roles, see compressors.targets) is an option of every one."""
+
+    name: ClassVar[str]
+    knob: ClassVar[Knob]
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+
+    def snap(self, value: float) -> float:
+        """The nearest knob value the method can realise (identity for continuous knobs)."""
+        return value
+
+    def prepare(self, model, calibration=None) -> Prepared:
+        import torch
+
+        chosen = select_targets(model, self.targets)
+        if not chosen:
+            raise UserError(f"{self.name}: the model has no parameters in targets {list(self.targets)}; "
+                            "choose other targets")
+        ids = {id(p) for _, p in chosen}
+        untouched = sum(p.numel() for p in model.parameters() if id(p) not in ids)
+        with torch.no_grad():
+            targets = [Target(n, p, p.detach().clone()) for n, p in chosen]
+        return Prepared(targets, untouched)
+
+    def apply(self, model, prepared: Prepared, value: float) -> None:
+        raise NotImplementedError
+
+    def description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
+        raise NotImplementedError
+
+    def restore(self, prepared: Prepared) -> None:
+        import torch
+
+        with torch.no_grad():
+            for t in prepared.targets:
+                t.param.copy_(t.original)
+
+    @contextmanager
+    def applied(self, model, prepared: Prepared, value: float):
+        """Compress at `value` for the duration of the block; the model is restored afterwards."""
+        self.knob.check(value)
+        try:
+            if value != self.knob.identity:
+                self.apply(model, prepared, self.snap(value))
+            yield
+        finally:
+            self.restore(prepared)
+
+    def uncompressed_bits(self, prepared: Prepared) -> DescriptionLength:
+        stored = sum(t.original.numel() for t in prepared.targets) * 32.0
+        return DescriptionLength(stored, 0.0, prepared.untouched_params * 32.0, stored)
+
+
+_REGISTRY: dict[str, type[Compressor]] = {}
+
+
+def register(cls: type[Compressor]) -> type[Compressor]:
+    if cls.name in _REGISTRY:
+        raise ValueError(f"compressor name {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def registered(name: str) -> type[Compressor]:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, names(), n=3, cutoff=0.4)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(names())}"
+        raise UserError(f"unknown compressor {name!r}: {hint} (list them with `mdl-slt compressors`)")
+    return _REGISTRY[name]
+
+
+def get(name: str, **options) -> Compressor:
+    """Build a registered compressor; unknown names and options get one clear line."""
+    cls = registered(name)
+    valid = {f.name for f in fields(cls)}
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (options: {', '.join(sorted(valid))})"
+            raise UserError(f"compressor {name!r} has no option {key!r}{hint}")
+    if "targets" in options:
+        options["targets"] = tuple(options["targets"])
+    return cls(**options)
+
+
+def entropy_bits(counts) -> float:
+    """Σ_i n_i · (−log2 n_i/N): the size of codes entropy-coded with their own histogram."""
+    total = float(sum(counts))
+    return -sum(c * math.log2(c / total) for c in counts if c > 0)

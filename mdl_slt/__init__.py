@@ -1,0 +1,28 @@
+"""mdl-slt: how far can a language model be compressed, and does its LLC predict it?
+
+Heavy imports (torch, transformers) happen only when their functions are first used, so the
+analysis and report layers run without them.
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "estimate_llc": "mdl_slt.sgld",
+    "LLCConfig": "mdl_slt.sgld",
+    "LLCResult": "mdl_slt.sgld",
+    "load_checkpoint": "mdl_slt.checkpoints",
+    "CheckpointRef": "mdl_slt.checkpoints",
+    "find_critical": "mdl_slt.critical",
+    "evaluate_loss": "mdl_slt.lm_loss",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mdl_slt' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

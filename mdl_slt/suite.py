@@ -1,0 +1,200 @@
+"""The embedded micro-Pythia suite: GPT-NeoX models in Pythia's style, trained here on Shakespeare.
+
+Pythia's recipe at toy scale: rotary embeddings on 25% of each head's dimensions, parallel
+attention + MLP residual, untied unembedding, no dropout; AdamW with linear warm-up and cosine
+decay; checkpoints at step 0, 1, 2, 4, ... and then evenly spaced to the end. Every checkpoint
+is a revision `step<N>` of `mdl-slt/<name>` in the hub-cache layout under `<home>/hub`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from mdl_slt.corpus import load_corpus
+from mdl_slt.home import hub_cache
+from mdl_slt.hubcache import list_revisions, write_snapshot
+
+ORG = "mdl-slt"
+MANIFEST = "suite.json"
+
+
+@dataclass(frozen=True)
+class SuiteModel:
+    name: str
+    layers: int
+    hidden: int
+    heads: int
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """Everything that determines the suite's bytes; its fingerprint keys the built cache."""
+
+    models: tuple[SuiteModel, ...] = (
+        SuiteModel("micro-pythia-90k", layers=2, hidden=32, heads=4),
+        SuiteModel("micro-pythia-230k", layers=2, hidden=64, heads=4),
+        SuiteModel("micro-pythia-530k", layers=3, hidden=96, heads=4),
+    )
+    vocab_size: int = 1024
+    context_length: int = 128
+    batch_size: int = 16
+    train_steps: int = 1000
+    evenly_spaced: int = 8
+    learning_rate: float = 2e-3
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    seed: int = 0
+    tags: tuple[str, ...] = field(default=())
+
+    def model_id(self, model: SuiteModel) -> str:
+        return f"{ORG}/{model.name}"
+
+    def schedule(self) -> list[int]:
+        """Pythia-like checkpoint steps: 0, then powers of two below the spacing, then evenly spaced."""
+        spacing = self.train_steps / self.evenly_spaced
+        steps = {0} | {2**k for k in range(int(math.log2(max(spacing, 1))) + 1) if 2**k < spacing}
+        steps |= {round(spacing * i) for i in range(1, self.evenly_spaced + 1)}
+        return sorted(steps)
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def neox_config(spec: SuiteSpec, model: SuiteModel):
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(
+        vocab_size=spec.vocab_size, hidden_size=model.hidden, num_hidden_layers=model.layers,
+        num_attention_heads=model.heads, intermediate_size=4 * model.hidden,
+        rotary_pct=0.25, max_position_embeddings=spec.context_length,
+        use_parallel_residual=True, tie_word_embeddings=False, hidden_dropout=0.0,
+        attention_dropout=0.0, bos_token_id=0, eos_token_id=0,
+    )
+
+
+def learning_rate(spec: SuiteSpec, step: int) -> float:
+    """Linear warm-up, then cosine decay to `min_lr_ratio` of the peak at the last step."""
+    warmup = max(1, round(spec.warmup_fraction * spec.train_steps))
+    if step < warmup:
+        return spec.learning_rate * (step + 1) / warmup
+    progress = (step - warmup) / max(1, spec.train_steps - warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return spec.learning_rate * (spec.min_lr_ratio + (1 - spec.min_lr_ratio) * cosine)
+
+
+def save_checkpoint(spec: SuiteSpec, model_id: str, net, tokenizer_dir: Path, cache_dir: Path,
+                    step: int, train_loss: float | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        files = Path(tmp)
+        net.save_pretrained(files)
+        for item in tokenizer_dir.iterdir():
+            shutil.copy(item, files / item.name)
+        tokens = step * spec.batch_size * spec.context_length
+        meta = {"step": step, "tokens_seen": tokens, "train_loss": train_loss,
+                "suite_fingerprint": spec.fingerprint()}
+        (files / "mdl_slt.json").write_text(json.dumps(meta, indent=1))
+        write_snapshot(cache_dir, model_id, f"step{step}", files)
+
+
+def train_model(spec: SuiteSpec, model: SuiteModel, train_tokens, tokenizer_dir: Path,
+                cache_dir: Path, progress=None) -> str:
+    """Train one suite model, saving each scheduled checkpoint. Deterministic given the spec."""
+    import torch
+    from transformers import GPTNeoXForCausalLM
+
+    from mdl_slt.checkpoints import quiet_transformers
+
+    torch.set_num_threads(1)
+    quiet_transformers()
+    torch.manual_seed(spec.seed)
+    net = GPTNeoXForCausalLM(neox_config(spec, model)).float()
+    model_id = spec.model_id(model)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=spec.learning_rate, betas=(0.9, 0.95),
+                                  weight_decay=spec.weight_decay)
+    batches = torch.Generator().manual_seed(spec.seed + 1)
+    checkpoints = set(spec.schedule())
+    windows = len(train_tokens) - spec.context_length - 1
+    loss_value = None
+    for step in range(spec.train_steps + 1):
+        if step in checkpoints:
+            net.eval()
+            save_checkpoint(spec, model_id, net, tokenizer_dir, cache_dir, step, loss_value)
+            net.train()
+        if progress is not None:
+            progress.put((model.name, step))
+        if step == spec.train_steps:
+            break
+        starts = torch.randint(windows, (spec.batch_size,), generator=batches)
+        batch = torch.stack([train_tokens[s:s + spec.context_length] for s in starts.tolist()])
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(spec, step)
+        loss = net(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        loss_value = float(loss.detach())
+    return model_id
+
+
+def is_built(home: Path, spec: SuiteSpec) -> bool:
+    manifest = home / MANIFEST
+    return manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") == spec.fingerprint()
+
+
+def build_suite(home: Path, spec: SuiteSpec = SuiteSpec(), workers: int = 2, force: bool = False,
+                console=None) -> dict:
+    """Build the suite into `home` once; later calls return the manifest without work."""
+    if is_built(home, spec) and not force:
+        return json.loads((home / MANIFEST).read_text())
+    from rich.progress import Progress
+
+    import torch
+
+    from mdl_slt.tokenizer import save_tokenizer, train_bpe
+
+    corpus = load_corpus(home)
+    tokenizer = train_bpe(corpus.train, spec.vocab_size)
+    tokenizer_dir = home / "suite-tokenizer"
+    save_tokenizer(tokenizer, tokenizer_dir)
+    train_tokens = torch.tensor(tokenizer(corpus.train)["input_ids"], dtype=torch.long)
+    cache_dir = hub_cache(home)
+    ordered = sorted(spec.models, key=lambda m: -m.layers * m.hidden**2)  # longest first
+    ctx = get_context("spawn")
+    with ctx.Manager() as manager, Progress(console=console, transient=False) as bars:
+        updates = manager.Queue()
+        tasks = {m.name: bars.add_task(f"train {m.name}", total=spec.train_steps) for m in ordered}
+        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(ordered))), mp_context=ctx) as pool:
+            futures = [pool.submit(train_model, spec, m, train_tokens, tokenizer_dir, cache_dir, updates)
+                       for m in ordered]
+            while not all(f.done() for f in futures):
+                try:
+                    name, step = updates.get(timeout=0.2)
+                    bars.update(tasks[name], completed=step)
+                except queue.Empty:
+                    pass
+            for f in futures:
+                f.result()
+            for name in tasks:
+                bars.update(tasks[name], completed=spec.train_steps)
+    manifest = {
+        "fingerprint": spec.fingerprint(),
+        "spec": asdict(spec),
+        "models": {spec.model_id(m): list_revisions(cache_dir, spec.model_id(m)) for m in spec.models},
+        "train_tokens": len(train_tokens),
+        "train_plays": list(corpus.train_plays),
+        "eval_plays": list(corpus.eval_plays),
+    }
+    (home / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return json.loads((home / MANIFEST).read_text())

@@ -1,0 +1,65 @@
+import json
+
+from tests.conftest import run_cli
+
+
+def assert_one_line_error(done, *fragments):
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mdl-slt: error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_bad_reference(home):
+    done = run_cli("llc", "nosuch/model@step1", "--json", home=home)
+    assert_one_line_error(done, "cannot load checkpoint 'nosuch/model@step1'")
+    assert done.stdout == ""
+
+
+def test_missing_and_malformed_experiment_files(tmp_path, home):
+    assert_one_line_error(run_cli("run", tmp_path / "missing.yaml", home=home), "experiment file not found")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    assert_one_line_error(run_cli("run", bad, home=home), "not valid YAML")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("name: x\nstore: s.sqlite\nmodels: [{id: a/b}]\ncritcal: {}\n")
+    assert_one_line_error(run_cli("run", typo, home=home), "unknown key 'critcal'", "did you mean 'critical'")
+
+
+def test_unknown_compressor_suggests(tiny_suite):
+    home, _ = tiny_suite
+    done = run_cli("critical", "mdl-slt/tiny-a@step24", "--compressor", "rtm", "--epsilon", "0.1", home=home)
+    assert_one_line_error(done, "unknown compressor 'rtm'", "did you mean rtn")
+
+
+def test_llc_json(tiny_suite):
+    home, _ = tiny_suite
+    done = run_cli("llc", "mdl-slt/tiny-a@step24", "--json", "--num-draws", "20", "--num-burnin", "5",
+                   "--step-size", "1e-4", home=home)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["ref"] == "mdl-slt/tiny-a@step24" and out["step"] == 24
+    assert len(out["llc_per_chain"]) == 2 and isinstance(out["llc_mean"], float)
+    assert out["config"]["num_draws"] == 20 and "loss_trace" not in out
+
+
+def test_critical_json_takes_several_epsilons(tiny_suite):
+    home, _ = tiny_suite
+    done = run_cli("critical", "mdl-slt/tiny-a@step24", "--compressor", "rtn", "--epsilon", "0.01", "0.05",
+                   "0.2", "--json", home=home)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    points = out["critical"]
+    assert [p["epsilon"] for p in points] == [0.01, 0.05, 0.2]
+    bits = [p["bits"] for p in points]
+    assert all(b is not None for b in bits) and bits == sorted(bits, reverse=True)  # larger ε, fewer bits
+    lengths = [p["description_length_bits"] for p in points]
+    assert lengths == sorted(lengths, reverse=True) and lengths[0] < out["uncompressed_bits"]
+    assert out["evaluations"] >= 3
+
+
+def test_compressors_lists_the_registry():
+    done = run_cli("compressors")
+    assert done.returncode == 0 and done.stdout.startswith("rtn") and "bits" in done.stdout

@@ -1,0 +1,69 @@
+import math
+
+import pytest
+
+from compressors.registry import Knob
+from mdl_slt.critical import find_critical
+
+BITS = Knob("bits", 1.0, 16.0, 32.0, "lower", "bits", "test knob")
+SPARSITY = Knob("sparsity", 0.0, 1.0, 0.0, "higher", "", "test knob")
+
+
+def test_finds_smallest_passing_bits_within_precision():
+    # Δ(b) = 2^-b, so Δ ≤ ε exactly when b ≥ log2(1/ε)
+    calls = []
+
+    def loss(b):
+        calls.append(b)
+        return 1.0 + 2.0 ** -b
+
+    epsilons = [0.01, 0.05, 0.2]
+    found = find_critical(loss, 1.0, epsilons, BITS, precision=0.01)
+    for point in found.points:
+        truth = math.log2(1 / point.epsilon)
+        assert point.value >= truth - 1e-9 and point.value - truth <= 0.01
+        assert point.beyond < truth and point.monotone
+    assert found.num_evaluations == len(set(calls)) == len(calls)  # each value evaluated once
+
+
+def test_evaluations_are_shared_between_epsilons():
+    loss = lambda b: 2.0 ** -b  # noqa: E731
+    separate = sum(find_critical(loss, 0.0, [e], BITS, 0.01).num_evaluations for e in (0.01, 0.011, 0.012))
+    together = find_critical(loss, 0.0, [0.01, 0.011, 0.012], BITS, 0.01).num_evaluations
+    assert together < separate
+
+
+def test_discrete_knob_is_exact():
+    snap = lambda b: math.log2(max(2, round(2**b)))  # noqa: E731
+    found = find_critical(lambda b: 1.0 / round(2**b), 0.0, [0.1], BITS, precision=1e-9, snap=snap)
+    assert found.points[0].value == pytest.approx(math.log2(10))  # 1/10 ≤ 0.1 < 1/9
+    assert found.points[0].beyond == pytest.approx(math.log2(9))
+
+
+def test_ends_of_the_range():
+    found = find_critical(lambda b: 0.0, 0.0, [0.1], BITS, 0.01)
+    assert found.points[0].value == 1.0 and found.points[0].beyond is None
+    found = find_critical(lambda b: 1.0, 0.0, [0.1], BITS, 0.01)
+    assert found.points[0].value is None and found.points[0].beyond == 16.0
+
+
+def test_higher_is_more_compression():
+    found = find_critical(lambda s: s**2, 0.0, [0.25], SPARSITY, 1e-3)
+    assert found.points[0].value == pytest.approx(0.5, abs=1e-3) and found.points[0].value <= 0.5
+
+
+def test_non_monotone_curve_is_flagged():
+    # a bump: Δ = 0.08 between 6 and 12 bits but 0.03 between 3 and 6, so ε = 0.05 has no single
+    # threshold; the search for ε = 0.1 evaluates inside the dip and exposes it
+    def loss(b):
+        return 0.0 if b >= 12 else 0.08 if b >= 6 else 0.03 if b >= 3 else 1.0
+
+    found = find_critical(loss, 0.0, [0.05, 0.1], BITS, 0.01)
+    flags = {p.epsilon: p.monotone for p in found.points}
+    assert flags == {0.05: False, 0.1: True}
+    assert found.monotone is False
+
+
+def test_negative_epsilon_is_refused():
+    with pytest.raises(ValueError):
+        find_critical(lambda b: 0.0, 0.0, [-0.1], BITS, 0.01)

@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+
+import compressors
+from compressors.quantize import levels_for, quantize_symmetric
+from compressors.targets import parameter_roles
+from mdl_slt.errors import UserError
+from mdl_slt.lm_loss import evaluate_loss
+
+
+def test_grid_is_symmetric_with_at_most_n_levels():
+    w = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    for levels in (2, 3, 5, 16):
+        deq, codes, scale = quantize_symmetric(w, levels, [0.25, 0.5, 1.0])
+        values = torch.unique(deq)
+        assert len(values) <= levels
+        grid = scale * (torch.arange(levels) - (levels - 1) / 2)
+        assert torch.allclose(grid, -grid.flip(0))  # symmetric about zero
+        assert torch.allclose(deq, grid[codes], atol=1e-6)
+
+
+def test_error_falls_with_levels_and_clip_search_helps():
+    w = torch.randn(5000, generator=torch.Generator().manual_seed(1))
+    ratios = [(i + 1) / 50 for i in range(50)]
+    errors = [torch.sum((quantize_symmetric(w, n, ratios)[0] - w) ** 2) for n in (2, 4, 8, 16, 64)]
+    assert all(a > b for a, b in zip(errors, errors[1:]))
+    no_clip = torch.sum((quantize_symmetric(w, 4, [1.0])[0] - w) ** 2)
+    assert errors[1] < no_clip
+
+
+def test_fractional_bits_go_through_the_level_count():
+    assert levels_for(1.0) == 2 and levels_for(0.3) == 2 and levels_for(2.0) == 4
+    assert levels_for(math.log2(5)) == 5 and levels_for(3.3) == 10
+    rtn = compressors.get("rtn")
+    assert rtn.snap(3.3) == pytest.approx(math.log2(10))
+
+
+def test_description_length_by_hand():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -1.0, 1.0, -1.0]] * 3))
+        model[1].weight.copy_(torch.tensor([[0.5, 0.5, -0.5], [-0.5, 0.5, 0.5]]))
+    rtn = compressors.get("rtn", targets=["mlp"])
+    prepared = rtn.prepare(model)
+    length = rtn.description_length(prepared, 2.0)  # 4 levels
+    # 12 + 6 quantized weights at 2 bits; one fp32 scale per tensor; the 3 biases stay fp32
+    assert length.payload_bits == 18 * 2
+    assert length.side_bits == 2 * 32
+    assert length.untouched_bits == 3 * 32
+    assert length.total_bits == 36 + 64 + 96
+    # each tensor takes two of its four codes: ±1 in halves (6/6), ±0.5 split 2/4 → 12 + 6·H(1/3)
+    h = -(1 / 3) * math.log2(1 / 3) - (2 / 3) * math.log2(2 / 3)
+    assert length.entropy_payload_bits == pytest.approx(12 + 6 * h)
+    assert rtn.description_length(prepared, 32.0).total_bits == (18 + 3) * 32
+
+
+def test_conformance_on_a_checkpoint(tiny_checkpoint, tiny_tokens):
+    """No compression changes nothing; restore is exact; bits fall; deterministic; finite."""
+    model, tokens = tiny_checkpoint.model, tiny_tokens.eval
+    rtn = compressors.get("rtn")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    base = evaluate_loss(model, tokens)
+    prepared = rtn.prepare(model)
+    with rtn.applied(model, prepared, rtn.knob.identity):
+        assert evaluate_loss(model, tokens) == base
+    losses = {}
+    for bits in (8.0, 4.0, 2.0, 1.0):
+        with rtn.applied(model, prepared, bits):
+            losses[bits] = evaluate_loss(model, tokens)
+            assert math.isfinite(losses[bits])
+        assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    with rtn.applied(model, prepared, 2.0):
+        assert evaluate_loss(model, tokens) == losses[2.0]
+    lengths = [rtn.description_length(prepared, b).total_bits for b in (32.0, 8.0, 4.0, 2.0, 1.0)]
+    assert all(a > b for a, b in zip(lengths, lengths[1:]))
+    assert losses[1.0] > losses[8.0]
+
+
+def test_registry_errors_are_clear(tiny_checkpoint):
+    with pytest.raises(UserError, match="did you mean rtn"):
+        compressors.get("rnt")
+    with pytest.raises(UserError, match="no option 'bitz'"):
+        compressors.get("rtn", bitz=3)
+    rtn = compressors.get("rtn")
+    prepared = rtn.prepare(tiny_checkpoint.model)
+    with pytest.raises(UserError, match="outside its range"):
+        with rtn.applied(tiny_checkpoint.model, prepared, 40.0):
+            pass
+    with pytest.raises(UserError, match="no parameters in targets"):
+        compressors.get("rtn", targets=["attention"]).prepare(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_default_targets_are_the_weight_matrices(tiny_checkpoint):
+    roles = {role for _, p, role in parameter_roles(tiny_checkpoint.model) if p.ndim == 2}
+    assert roles == {"attention", "mlp", "embedding", "unembedding"}
+    rtn = compressors.get("rtn")
+    prepared = rtn.prepare(tiny_checkpoint.model)
+    assert all(t.param.ndim == 2 for t in prepared.targets)
+    assert prepared.untouched_params == sum(p.numel() for p in tiny_checkpoint.model.parameters() if p.ndim == 1)
