@@ -30,6 +30,7 @@ class Knob:
     more_compression: Literal["lower", "higher"]
     unit: str
     description: str
+    precision: float  # default resolution of the critical search on this knob
 
     @property
     def least(self) -> float:
@@ -83,6 +84,7 @@ class Target:
 class Prepared:
     targets: list[Target]
     untouched_params: int
+    calibration: Any = None  # LongTensor of training tokens, for methods that need data
     cache: dict = field(default_factory=dict)
 
 
@@ -95,14 +97,22 @@ class Compressor:
     knob: ClassVar[Knob]
     targets: tuple[str, ...] = DEFAULT_TARGETS
 
-    def snap(self, value: float) -> float:
-        """The nearest knob value the method can realise (identity for continuous knobs)."""
+    def snap(self, value: float, prepared: Prepared | None = None) -> float:
+        """The nearest knob value the method can realise on the prepared model (continuous: itself)."""
         return value
 
+    @property
+    def num_draws(self) -> int:
+        """Random draws whose losses are averaged per knob value (stochastic probes override)."""
+        return 1
+
     def prepare(self, model, calibration=None) -> Prepared:
+        """Snapshot the target parameters; subclasses add their one-off work per checkpoint."""
+        return self._snapshot(model, select_targets(model, self.targets), calibration)
+
+    def _snapshot(self, model, chosen, calibration=None) -> Prepared:
         import torch
 
-        chosen = select_targets(model, self.targets)
         if not chosen:
             raise UserError(f"{self.name}: the model has no parameters in targets {list(self.targets)}; "
                             "choose other targets")
@@ -110,9 +120,9 @@ class Compressor:
         untouched = sum(p.numel() for p in model.parameters() if id(p) not in ids)
         with torch.no_grad():
             targets = [Target(n, p, p.detach().clone()) for n, p in chosen]
-        return Prepared(targets, untouched)
+        return Prepared(targets, untouched, calibration)
 
-    def apply(self, model, prepared: Prepared, value: float) -> None:
+    def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
         raise NotImplementedError
 
     def description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
@@ -126,12 +136,12 @@ class Compressor:
                 t.param.copy_(t.original)
 
     @contextmanager
-    def applied(self, model, prepared: Prepared, value: float):
+    def applied(self, model, prepared: Prepared, value: float, draw: int = 0):
         """Compress at `value` for the duration of the block; the model is restored afterwards."""
         self.knob.check(value)
         try:
             if value != self.knob.identity:
-                self.apply(model, prepared, self.snap(value))
+                self.apply(model, prepared, self.snap(value, prepared), draw)
             yield
         finally:
             self.restore(prepared)
@@ -139,6 +149,11 @@ class Compressor:
     def uncompressed_bits(self, prepared: Prepared) -> DescriptionLength:
         stored = sum(t.original.numel() for t in prepared.targets) * 32.0
         return DescriptionLength(stored, 0.0, prepared.untouched_params * 32.0, stored)
+
+    def _length(self, prepared: Prepared, payload: float, side: float, entropy: float | None = None) -> DescriptionLength:
+        """A description length whose untouched parameters count at 32 bits."""
+        return DescriptionLength(payload, side, 32.0 * prepared.untouched_params,
+                                 payload if entropy is None else entropy)
 
 
 _REGISTRY: dict[str, type[Compressor]] = {}

@@ -76,10 +76,11 @@ def list_compressors():
     import compressors
 
     for name in compressors.names():
-        cls = compressors.registered(name)
-        k = cls.knob
-        print(f"{name:10s} knob {k.name} in [{k.low:g}, {k.high:g}] {k.unit}, {k.more_compression} = more "
-              f"compression, {k.identity:g} = none — {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else k.description}")
+        method = compressors.get(name)
+        k = method.knob
+        print(f"{name:11s} {(type(method).__doc__ or '').strip().splitlines()[0]}\n"
+              f"{'':11s} knob {k.name} in [{k.low:g}, {k.high:g}]{' ' + k.unit if k.unit else ''}, "
+              f"{k.more_compression} compresses more, {k.identity:g} = none; {k.description}")
 
 
 @app.command("run")
@@ -155,12 +156,28 @@ def llc(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local direct
               f"L(w*) = {result.init_loss:.4f}; diverged chains: {result.diverged_chains or 'none'}")
 
 
+def _parse_options(items: list[str]) -> dict:
+    """KEY=VALUE pairs, values read as YAML scalars or lists (3, true, [attention, mlp])."""
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option {item!r}: write KEY=VALUE, e.g. --option granularity=channel")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
 @app.command("critical", context_settings={"allow_extra_args": True})
 def critical(ctx: typer.Context,
              ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local directory."),
              compressor: str = typer.Option("rtn", help="Registered compressor (see `mdl-slt compressors`)."),
+             option: list[str] = typer.Option([], help="Compressor option KEY=VALUE, repeatable "
+                                                       "(e.g. --option granularity=channel)."),
              epsilon: list[float] = typer.Option(..., help="Tolerances ε (nats/token): --epsilon E [E ...]."),
-             precision: float = typer.Option(0.05, help="Knob precision of the search."),
+             precision: Optional[float] = typer.Option(None, help="Knob precision of the search "
+                                                                  "[default: the knob's own, e.g. 0.05 bits]."),
              as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
     """Find the critical compression of one checkpoint at each tolerance ε."""
     import compressors
@@ -178,12 +195,13 @@ def critical(ctx: typer.Context,
     epsilons = sorted(set(epsilon) | set(extra))
     if any(e <= 0 for e in epsilons):
         raise UserError("every --epsilon must be a positive loss increase in nats/token")
-    method = compressors.get(compressor)
+    options = _parse_options(option)
+    method = compressors.get(compressor, **options)
     ckpt, tokens = _load(ref)
     base = evaluate_loss(ckpt.model, tokens.eval)
     found = measure_critical(ckpt, tokens, method, base,
-                             CriticalConfig(compressors=[CompressorEntry(name=compressor)], epsilons=epsilons,
-                                            precision=precision))
+                             CriticalConfig(compressors=[CompressorEntry(name=compressor, options=options)],
+                                            epsilons=epsilons, precision=precision))
     points = []
     for p in found.search.points:
         at = found.bits_at(p.value) if p.value is not None else None

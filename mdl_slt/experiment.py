@@ -19,6 +19,11 @@ from mdl_slt.errors import UserError
 from mdl_slt.sgld import LLCConfig
 
 
+# Bumped whenever a change to the code changes what a measurement returns (e.g. rtn's even level
+# counts in 0.2), so stores never mix results from different methods under one key.
+MEASUREMENT_VERSION = 2
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -43,7 +48,8 @@ class CompressorEntry(_Strict):
 class CriticalConfig(_Strict):
     compressors: list[CompressorEntry] = Field(default_factory=lambda: [CompressorEntry(name="rtn")])
     epsilons: list[float] = Field(default_factory=lambda: [0.02, 0.05, 0.1])
-    precision: float = Field(0.05, gt=0, description="knob precision of the critical search")
+    precision: float | None = Field(None, gt=0, description="knob precision of the critical search "
+                                                               "(default: each knob's own, e.g. 0.05 bits)")
 
     @field_validator("epsilons")
     @classmethod
@@ -71,7 +77,7 @@ class Experiment(_Strict):
 
     def hash_of(self, *parts: str, extra: Any = None) -> str:
         payload = {p: getattr(self, p).model_dump(mode="json") for p in parts}
-        payload["extra"] = extra
+        payload.update(extra=extra, measurement_version=MEASUREMENT_VERSION)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -65,13 +65,19 @@ def measure_critical(checkpoint: Checkpoint, tokens: TokenSets, compressor, base
     """Critical compression of `checkpoint` under `compressor` at every ε of `config`."""
     start = time.perf_counter()
     model = checkpoint.model
-    prepared = compressor.prepare(model)
+    prepared = compressor.prepare(model, tokens.train)
 
     def loss_at(value: float) -> float:
-        with compressor.applied(model, prepared, value):
-            return evaluate_loss(model, tokens.eval)
+        """Held-out loss at `value`, averaged over the method's random draws (1 for most)."""
+        losses = []
+        for draw in range(compressor.num_draws):
+            with compressor.applied(model, prepared, value, draw):
+                losses.append(evaluate_loss(model, tokens.eval))
+        return sum(losses) / len(losses)
 
-    search = find_critical(loss_at, base_loss, config.epsilons, compressor.knob, config.precision, compressor.snap)
+    precision = config.precision if config.precision is not None else compressor.knob.precision
+    search = find_critical(loss_at, base_loss, config.epsilons, compressor.knob, precision,
+                           lambda v: compressor.snap(v, prepared))
     curve = []
     for value, loss in sorted(search.evaluations.items(), key=lambda kv: compressor.knob.compression(kv[0])):
         length = compressor.description_length(prepared, value)

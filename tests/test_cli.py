@@ -61,5 +61,22 @@ def test_critical_json_takes_several_epsilons(tiny_suite):
 
 
 def test_compressors_lists_the_registry():
+    import compressors
+
     done = run_cli("compressors")
-    assert done.returncode == 0 and done.stdout.startswith("rtn") and "bits" in done.stdout
+    assert done.returncode == 0
+    listed = [line.split()[0] for line in done.stdout.splitlines() if not line.startswith(" ")]
+    assert listed == compressors.names()
+    assert "knob bits in [1, 16] bits, lower compresses more" in done.stdout
+
+
+def test_critical_takes_compressor_options(tiny_suite):
+    home, _ = tiny_suite
+    done = run_cli("critical", "mdl-slt/tiny-a@step24", "--compressor", "magnitude", "--option", "scope=global",
+                   "--option", "targets=[attention, mlp]", "--epsilon", "0.05", "--json", home=home)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["knob"] == "sparsity" and 0 <= out["critical"][0]["sparsity"] <= 0.99
+    bad = run_cli("critical", "mdl-slt/tiny-a@step24", "--compressor", "magnitude", "--option", "scope",
+                  "--epsilon", "0.05", home=home)
+    assert_one_line_error(bad, "write KEY=VALUE")

@@ -5,8 +5,8 @@ import pytest
 from compressors.registry import Knob
 from mdl_slt.critical import find_critical
 
-BITS = Knob("bits", 1.0, 16.0, 32.0, "lower", "bits", "test knob")
-SPARSITY = Knob("sparsity", 0.0, 1.0, 0.0, "higher", "", "test knob")
+BITS = Knob("bits", 1.0, 16.0, 32.0, "lower", "bits", "test knob", 0.01)
+SPARSITY = Knob("sparsity", 0.0, 1.0, 0.0, "higher", "", "test knob", 0.001)
 
 
 def test_finds_smallest_passing_bits_within_precision():

@@ -4,37 +4,79 @@ import pytest
 import torch
 
 import compressors
-from compressors.quantize import levels_for, quantize_symmetric
+from compressors.grid import as_groups, fit_grid
+from compressors.quantize import levels_for
 from compressors.targets import parameter_roles
 from mdl_slt.errors import UserError
 from mdl_slt.lm_loss import evaluate_loss
 
 
-def test_grid_is_symmetric_with_at_most_n_levels():
+def quantize(w, levels, ratios, symmetric=True):
+    groups = w.reshape(1, -1)
+    grid = fit_grid(groups, levels, symmetric, ratios)
+    codes = grid.encode(groups)
+    return grid.decode(codes).reshape(w.shape), codes, grid
+
+
+def test_symmetric_grid_is_symmetric_with_at_most_n_levels():
     w = torch.randn(1000, generator=torch.Generator().manual_seed(0))
     for levels in (2, 3, 5, 16):
-        deq, codes, scale = quantize_symmetric(w, levels, [0.25, 0.5, 1.0])
-        values = torch.unique(deq)
-        assert len(values) <= levels
-        grid = scale * (torch.arange(levels) - (levels - 1) / 2)
-        assert torch.allclose(grid, -grid.flip(0))  # symmetric about zero
-        assert torch.allclose(deq, grid[codes], atol=1e-6)
+        deq, codes, grid = quantize(w, levels, [0.25, 0.5, 1.0])
+        assert len(torch.unique(deq)) <= levels
+        points = grid.decode(torch.arange(levels, dtype=torch.float32)[None, :])[0]
+        assert torch.allclose(points, -points.flip(0), atol=1e-6)  # symmetric about zero
+
+
+def test_asymmetric_grid_represents_zero_and_spans_the_range():
+    w = torch.rand(1000, generator=torch.Generator().manual_seed(0)) * 3 - 0.5  # in [-0.5, 2.5]
+    deq, codes, grid = quantize(w, 8, [1.0], symmetric=False)
+    assert float(grid.decode(grid.zero)) == 0.0  # zero is exactly a level
+    half_step = float(grid.scale) / 2  # rounding the zero point shifts the range by at most this
+    assert deq.min() >= -0.5 - half_step and deq.max() <= 2.5 + half_step and len(torch.unique(codes)) == 8
 
 
 def test_error_falls_with_levels_and_clip_search_helps():
     w = torch.randn(5000, generator=torch.Generator().manual_seed(1))
     ratios = [(i + 1) / 50 for i in range(50)]
-    errors = [torch.sum((quantize_symmetric(w, n, ratios)[0] - w) ** 2) for n in (2, 4, 8, 16, 64)]
+    errors = [torch.sum((quantize(w, n, ratios)[0] - w) ** 2) for n in (2, 4, 8, 16, 64)]
     assert all(a > b for a, b in zip(errors, errors[1:]))
-    no_clip = torch.sum((quantize_symmetric(w, 4, [1.0])[0] - w) ** 2)
+    no_clip = torch.sum((quantize(w, 4, [1.0])[0] - w) ** 2)
     assert errors[1] < no_clip
+
+
+def test_finer_scales_fit_better():
+    torch.manual_seed(0)
+    w = torch.randn(16, 64) * torch.logspace(-2, 0, 16)[:, None]  # rows of very different scale
+    ratios = [(i + 1) / 50 for i in range(50)]
+    error = {}
+    for granularity in ("tensor", "channel", "group"):
+        groups = as_groups(w, granularity, 16)
+        grid = fit_grid(groups, 8, True, ratios)
+        error[granularity] = float(((grid.decode(grid.encode(groups)) - groups) ** 2).sum())
+    assert error["tensor"] > error["channel"] > error["group"]
 
 
 def test_fractional_bits_go_through_the_level_count():
     assert levels_for(1.0) == 2 and levels_for(0.3) == 2 and levels_for(2.0) == 4
-    assert levels_for(math.log2(5)) == 5 and levels_for(3.3) == 10
+    assert levels_for(math.log2(6)) == 6 and levels_for(3.3) == 10
+    assert levels_for(math.log2(13)) == 14  # symmetric grids use even counts
+    assert levels_for(math.log2(13), symmetric=False) == 13
     rtn = compressors.get("rtn")
     assert rtn.snap(3.3) == pytest.approx(math.log2(10))
+    assert compressors.get("rtn", symmetric=False).snap(math.log2(13)) == pytest.approx(math.log2(13))
+
+
+def test_loss_range_is_no_worse_than_weight_error_range(tiny_checkpoint, tiny_tokens):
+    """The paper-faithful range choice minimises calibration loss, so it cannot do worse there."""
+    model = tiny_checkpoint.model
+    calibration = tiny_tokens.train[:16]
+    losses = {}
+    for range_by in ("mse", "loss"):
+        rtn = compressors.get("rtn", range_by=range_by, clip_candidates=1)  # mse with one candidate: α = 1
+        prepared = rtn.prepare(model, tiny_tokens.train)
+        with rtn.applied(model, prepared, 3.0):
+            losses[range_by] = evaluate_loss(model, calibration)
+    assert losses["loss"] <= losses["mse"]
 
 
 def test_description_length_by_hand():

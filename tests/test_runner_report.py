@@ -3,6 +3,7 @@ import subprocess
 
 import pytest
 
+from mdl_slt import __version__
 from mdl_slt.store import open_existing
 from tests.conftest import run_cli
 
@@ -42,7 +43,7 @@ def test_run_records_every_checkpoint(finished_run):
     crit = table[table.task == "critical"]
     assert crit.knob.notna().all() and (crit.bits > 0).all()
     assert set(table.step) == set(range(0, 25)) & ({0, 1, 2, 4, 8, 16, 24})
-    assert table.config_hash.notna().all() and (table.package_version == "0.1.0").all()
+    assert table.config_hash.notna().all() and (table.package_version == __version__).all()
 
 
 def test_rerun_skips_what_is_stored(finished_run):
