@@ -94,3 +94,24 @@ def test_gptq_beats_round_to_nearest(bits, tiny_checkpoint, tiny_tokens):
         with method.applied(model, prepared, bits):
             losses[method.name] = evaluate_loss(model, tokens)
     assert losses["gptq"] < losses["rtn"]
+
+
+def test_head_pruning_with_retraining(tiny_checkpoint, tiny_tokens):
+    model = tiny_checkpoint.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    calibration = tiny_tokens.train
+    plain = compressors.get("heads", selection="importance")
+    retrained = compressors.get("heads", selection="importance", retrain_steps=20, retrain_lr=1e-3)
+    losses = {}
+    for method in (plain, retrained):
+        prepared = method.prepare(model, calibration)
+        with method.applied(model, prepared, 0.5):
+            attention = model.gpt_neox.layers[0].attention
+            head = method.removed(prepared, 0.5)[0][1]
+            d = attention.dense.in_features // model.config.num_attention_heads
+            assert torch.count_nonzero(attention.dense.weight[:, head * d:(head + 1) * d]) == 0  # held at zero
+            losses[method.retrain_steps] = evaluate_loss(model, calibration)
+        assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert losses[20] < losses[0]  # brief retraining recovers loss on its own data
+    whole = retrained.description_length(retrained.prepare(model, calibration), 0.5)
+    assert whole.untouched_bits == 0  # retraining moves every weight, so every weight is counted as stored
