@@ -124,36 +124,90 @@ def _load(ref: str):
     return ckpt, token_sets(home, ckpt, DataConfig())
 
 
-@app.command("llc")
-def llc(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local directory."),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-        step_size: float = typer.Option(3e-4), n_beta: float = typer.Option(30.0),
-        localization: float = typer.Option(300.0), num_chains: int = typer.Option(2),
-        num_draws: int = typer.Option(150), num_burnin: int = typer.Option(50),
-        batch_size: int = typer.Option(16), seed: int = typer.Option(0),
-        trace: bool = typer.Option(False, help="Include the loss trace (chains × draws).")):
-    """Estimate the LLC of one checkpoint with SGLD."""
+def _llc_config(**fields) -> "LLCConfig":
     from pydantic import ValidationError
 
-    from mdl_slt.measure import measure_llc
     from mdl_slt.sgld import LLCConfig
 
     try:
-        config = LLCConfig(step_size=step_size, n_beta=n_beta, localization=localization, num_chains=num_chains,
-                           num_draws=num_draws, num_burnin=num_burnin, batch_size=batch_size, seed=seed)
+        return LLCConfig(**fields)
     except ValidationError as error:
         first = error.errors()[0]
         raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+
+
+@app.command("llc", context_settings={"allow_extra_args": True})
+def llc(ctx: typer.Context,
+        ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local directory; or `calibrate MODEL_REF`."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+        sampler: str = typer.Option("sgld", help="sgld or rmsprop."),
+        step_size: float = typer.Option(3e-4), n_beta: str = typer.Option("30", help="A number, or auto (n/log n)."),
+        localization: float = typer.Option(300.0), num_chains: int = typer.Option(2),
+        num_draws: int = typer.Option(150), num_burnin: int = typer.Option(50),
+        batch_size: int = typer.Option(16), seed: int = typer.Option(0),
+        parameters: list[str] = typer.Option([], help="Sample only parameters matching these globs "
+                                                      "(component LLC), e.g. 'gpt_neox.layers.0.attention.*'."),
+        plot: Path = typer.Option(Path("llc-calibration.png"), help="With calibrate: where to draw the sweep."),
+        trace: bool = typer.Option(False, help="Include the loss trace (chains × draws).")):
+    """Estimate the LLC of one checkpoint with SGLD; `mdl-slt llc calibrate REF` sweeps step size × nβ."""
+    from mdl_slt.measure import measure_llc
+
+    config = _llc_config(sampler=sampler, step_size=step_size,
+                         n_beta=n_beta if n_beta == "auto" else _number(n_beta, "--n-beta"),
+                         localization=localization, num_chains=num_chains, num_draws=num_draws,
+                         num_burnin=num_burnin, batch_size=batch_size, seed=seed, parameters=parameters or None)
+    if ref == "calibrate":
+        if len(ctx.args) != 1:
+            raise UserError("usage: mdl-slt llc calibrate MODEL_REF [options]")
+        return _calibrate(ctx.args[0], config, plot, as_json)
+    if ctx.args:
+        raise UserError(f"unexpected arguments {ctx.args}: mdl-slt llc MODEL_REF [options]")
     ckpt, tokens = _load(ref)
     result = measure_llc(ckpt, tokens, config)
-    payload = {"ref": str(ckpt.ref), "step": ckpt.step, "num_params": ckpt.num_params, **result.to_dict()}
+    payload = {"ref": str(ckpt.ref), "step": ckpt.step, "checkpoint_params": ckpt.num_params, **result.to_dict()}
     if not trace:
         payload.pop("loss_trace")
     if as_json:
         _print_json(payload)
-    else:
-        print(f"{ckpt.ref}: LLC {result.llc_mean:.2f} ± {result.llc_std_error:.2f} (s.e., {num_chains} chains); "
-              f"L(w*) = {result.init_loss:.4f}; diverged chains: {result.diverged_chains or 'none'}")
+        return
+    flags = f"diverged chains {result.diverged_chains} (try step {result.suggested_step_size:g})" \
+        if result.diverged_chains else "no divergence"
+    print(f"{ckpt.ref}: λ̂ = {result.llc_mean:.2f} ± {result.llc_std_error:.2f} (s.e.), {num_chains} chains; "
+          f"R̂ {result.r_hat:.3f}, ESS {result.ess:.0f}; L(w*) = {result.init_loss:.4f}; {flags}"
+          f"{'; NEGATIVE: w* is not a local minimum or the step is too large' if result.negative else ''}")
+
+
+def _number(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{flag} takes a number or 'auto', got {text!r}") from None
+
+
+def _calibrate(ref: str, base, plot: Path, as_json: bool) -> None:
+    from rich.progress import Progress
+
+    from mdl_slt.calibrate import N_BETAS, STEP_SIZES, as_rows, plot_sweep, recommend, run_sweep
+
+    ckpt, tokens = _load(ref)
+    with Progress(console=console, transient=True) as bars:
+        task = bars.add_task("calibrating", total=len(STEP_SIZES) * len(N_BETAS))
+        settings = run_sweep(ckpt.model, tokens.train, base, progress=lambda: bars.advance(task))
+    chosen = recommend(settings)
+    plot_sweep(settings, chosen, plot)
+    if as_json:
+        _print_json({"ref": str(ckpt.ref), "settings": as_rows(settings), "plot": str(plot),
+                     "recommended": None if chosen is None else {"step_size": chosen.step_size,
+                                                                 "n_beta": chosen.n_beta}})
+        return
+    print(f"{'nβ':>6} {'step':>8} {'λ̂':>9} {'s.e.':>7} {'R̂':>6} {'drift':>6}  stable")
+    for s in settings:
+        print(f"{s.n_beta:6g} {s.step_size:8.0e} {s.llc_mean:9.2f} {s.llc_std_error:7.2f} {s.r_hat:6.2f} "
+              f"{s.drift:6.2f}  {'yes' if s.stable else 'no' + (f' ({s.diverged} diverged)' if s.diverged else '')}")
+    if chosen is None:
+        raise UserError("no stable setting in the sweep: lower the step sizes, or raise --num-draws")
+    print(f"recommended: step_size {chosen.step_size:g}, n_beta {chosen.n_beta:g} (λ̂ {chosen.llc_mean:.2f}); "
+          f"plot {plot}")
 
 
 def _parse_options(items: list[str]) -> dict:

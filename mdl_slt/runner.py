@@ -170,9 +170,8 @@ def measure_unit(unit: Unit, experiment: Experiment, home: Path, todo: set[str])
                             elapsed_s=time.perf_counter() - t0, **common)])
     if "llc" in todo:
         result = measure_llc(ckpt, tokens, experiment.llc)
-        detail = {"llc_per_chain": result.llc_per_chain, "loss_trace": result.loss_trace,
-                  "diverged_chains": result.diverged_chains, "negative": result.negative,
-                  "steps_per_second": result.steps_per_second}
+        detail = {key: value for key, value in result.to_dict().items()
+                  if key not in ("llc_mean", "llc_std_error", "init_loss", "config", "elapsed_s")}
         done.append([Record("llc", config_hash=keys.llc, loss=result.init_loss, base_loss=base_loss,
                             llc_mean=result.llc_mean, llc_std_error=result.llc_std_error, detail=detail,
                             elapsed_s=result.elapsed_s, seed=experiment.llc.seed, **common)])

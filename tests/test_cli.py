@@ -80,3 +80,29 @@ def test_critical_takes_compressor_options(tiny_suite):
     bad = run_cli("critical", "mdl-slt/tiny-a@step24", "--compressor", "magnitude", "--option", "scope",
                   "--epsilon", "0.05", home=home)
     assert_one_line_error(bad, "write KEY=VALUE")
+
+
+def test_llc_reports_diagnostics_and_component(tiny_suite):
+    home, _ = tiny_suite
+    done = run_cli("llc", "mdl-slt/tiny-a@step24", "--json", "--num-draws", "20", "--num-burnin", "5",
+                   "--step-size", "1e-4", "--sampler", "rmsprop", "--step-size", "1e-5",
+                   "--parameters", "gpt_neox.layers.0.attention.*", home=home)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["config"]["sampler"] == "rmsprop" and out["num_params"] < out["checkpoint_params"]
+    assert {"r_hat", "ess", "diverged_chains", "negative", "n_beta"} <= set(out)
+    bad = run_cli("llc", "mdl-slt/tiny-a@step24", "--n-beta", "lots", home=home)
+    assert_one_line_error(bad, "--n-beta takes a number or 'auto'")
+
+
+def test_llc_calibrate_recommends_and_plots(tiny_suite, tmp_path):
+    home, _ = tiny_suite
+    plot = tmp_path / "calibration.png"
+    done = run_cli("llc", "calibrate", "mdl-slt/tiny-b@step24", "--num-draws", "30", "--num-burnin", "10",
+                   "--batch-size", "8", "--plot", plot, "--json", home=home, timeout=600)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert len(out["settings"]) == 18 and plot.read_bytes()[:4] == b"\x89PNG"
+    stable = [(s["step_size"], s["n_beta"]) for s in out["settings"] if s["stable"]]
+    assert (out["recommended"] is None) == (not stable)
+    assert out["recommended"] is None or (out["recommended"]["step_size"], out["recommended"]["n_beta"]) in stable

@@ -82,8 +82,113 @@ def test_language_model_estimate(tiny_checkpoint, tiny_tokens):
     result = estimate_llc(tiny_checkpoint.model, tokens, config)
     assert all(math.isfinite(v) for v in result.llc_per_chain) and math.isfinite(result.llc_std_error)
     assert result.diverged_chains == [] and result.steps_per_second > 0
+    assert not result.vectorized  # auto: transformers models run chain by chain
+    forced = estimate_llc(tiny_checkpoint.model, tokens, config.model_copy(update={"vectorize": "always"}))
+    assert forced.vectorized and forced.llc_per_chain == pytest.approx(result.llc_per_chain, rel=1e-4)
 
 
 def test_float_data_needs_a_loss_function():
     with pytest.raises(UserError, match="loss_fn"):
         estimate_llc(torch.nn.Linear(2, 1), torch.randn(4, 2))
+
+
+from mdl_slt.ground_truth import (  # noqa: E402
+    crossing_expectation, deep_linear, deep_linear_task, normal_crossing, random_deep_linear_cases)
+
+DLN_SAMPLER = LLCConfig(step_size=1e-5, n_beta="auto", localization=1.0, num_chains=4, num_draws=3000,
+                        num_burnin=1500, batch_size=500, seed=0)
+
+
+def dln_relative_error(widths, rank, config=DLN_SAMPLER):
+    model, data, loss = deep_linear_task(widths, rank, 10_000, seed=1)
+    result = estimate_llc(model, data, config, loss)
+    truth = deep_linear(widths, rank)
+    return (result.llc_mean - truth) / truth, result, truth
+
+
+@pytest.mark.parametrize("widths,rank", [([20, 30, 40, 20], 5), ([30, 50, 40, 30], 10)])
+def test_deep_linear_networks_match_aoyagi(widths, rank):
+    error, result, truth = dln_relative_error(widths, rank, DLN_SAMPLER.model_copy(update={"num_draws": 2000,
+                                                                                           "num_burnin": 1000}))
+    assert abs(error) < 0.10, f"λ̂ {result.llc_mean:.1f} vs λ {truth:.1f}"
+    assert result.vectorized and result.r_hat < 1.2
+
+
+@pytest.mark.slow
+def test_ten_random_deep_linear_networks():
+    """Over 10 random DLNs of 1k–100k parameters the mean relative error is at most 10%."""
+    rows = []
+    for widths, rank in random_deep_linear_cases(10, seed=0):
+        error, result, truth = dln_relative_error(widths, rank)
+        rows.append(abs(error))
+        print(f"{widths} r={rank} d={result.num_params} λ={truth:.1f} λ̂={result.llc_mean:.1f}"
+              f"±{result.llc_std_error:.1f} error {error:+.1%} R̂={result.r_hat:.2f} {result.elapsed_s:.0f}s")
+    print(f"mean relative error {sum(rows) / len(rows):.1%}, max {max(rows):.1%}")
+    assert sum(rows) / len(rows) <= 0.10
+
+
+def test_normal_crossing_potential():
+    """K(w) = w₁²·w₂⁴: λ = min(1/2, 1/4) = 1/4 (multiplicity 1). At finite nβ the estimator's
+    target is E_p[nβK], computed exactly by quadrature; it tends to λ as nβ grows."""
+    assert normal_crossing([1, 2]) == (0.25, 1) and normal_crossing([1, 1]) == (0.5, 2)
+    assert crossing_expectation(1e12, 1.0) == pytest.approx(0.25, abs=0.002)
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(torch.zeros(2))
+    potential = lambda m, batch: m.w[0] ** 2 * m.w[1] ** 4  # noqa: E731
+    config = LLCConfig(step_size=5e-5, n_beta=1e4, localization=10.0, num_chains=8, num_draws=10000,
+                       num_burnin=2000, batch_size=1, seed=0)
+    result = estimate_llc(model, torch.zeros(1, 1), config, potential)
+    exact = crossing_expectation(1e4, 10.0)  # 0.173
+    assert result.llc_std_error < 0.04
+    assert abs(result.llc_mean - exact) < 3 * result.llc_std_error, (result.llc_mean, exact)
+
+
+def test_vectorized_and_sequential_chains_agree():
+    model, data, loss = regression()
+    config = LLCConfig(step_size=1e-4, n_beta=100.0, num_chains=3, num_draws=40, num_burnin=10, batch_size=50)
+    together = estimate_llc(model, data, config, loss)
+    apart = estimate_llc(model, data, config.model_copy(update={"vectorize": "never"}), loss)
+    assert together.vectorized and not apart.vectorized
+    assert together.llc_per_chain == pytest.approx(apart.llc_per_chain, rel=1e-4)
+
+
+def test_rmsprop_sampler_recovers_d_over_2():
+    model, data, loss = regression()
+    config = LLCConfig(sampler="rmsprop", step_size=2e-5, n_beta=1000.0, localization=1.0, num_chains=4,
+                       num_draws=1500, num_burnin=300, batch_size=1000, seed=2)
+    result = estimate_llc(model, data, config, loss)
+    truth = exact_llc(data[0], 1000.0, 1.0)
+    assert abs(result.llc_mean - truth) < max(3 * result.llc_std_error, 0.1 * truth)
+
+
+def test_component_llc_of_a_subset():
+    """Two independent regressions in one model (d₁ = 2, d₂ = 6): sampling only the first gives
+    λ = d₁/2 = 1, sampling everything (d₁ + d₂)/2 = 4; the frozen part stays at w*."""
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(1000, 2, generator=g), torch.randn(1000, 6, generator=g)
+    y1, y2 = x1 @ torch.randn(2, 1, generator=g), x2 @ torch.randn(6, 1, generator=g)
+    model = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 1, bias=False), "b": torch.nn.Linear(6, 1, bias=False)})
+    with torch.no_grad():
+        model["a"].weight.copy_(torch.linalg.lstsq(x1, y1).solution.T)
+        model["b"].weight.copy_(torch.linalg.lstsq(x2, y2).solution.T)
+    loss = lambda m, b: 0.5 * (((m["a"](b[0]) - b[1]) ** 2).mean() + ((m["b"](b[2]) - b[3]) ** 2).mean())  # noqa: E731
+    config = LLCConfig(step_size=1e-4, n_beta=1000.0, localization=1.0, num_chains=4, num_draws=1500,
+                       num_burnin=200, batch_size=1000, seed=1)
+    data = (x1, y1, x2, y2)
+    full = estimate_llc(model, data, config, loss)
+    part = estimate_llc(model, data, config.model_copy(update={"parameters": ["a.*"]}), loss)
+    assert part.num_params == 2 and full.num_params == 8
+    assert part.llc_mean == pytest.approx(1.0, rel=0.15) and full.llc_mean == pytest.approx(4.0, rel=0.1)
+    with pytest.raises(UserError, match="no parameter matches"):
+        estimate_llc(model, data, config.model_copy(update={"parameters": ["nothing.*"]}), loss)
+
+
+def test_diverging_chains_are_excluded_with_a_suggestion():
+    """One chain at a stable step, the rest pushed out: the estimate comes from the healthy one."""
+    model, data, loss = regression()
+    config = LLCConfig(step_size=3e-3, n_beta=1000.0, localization=1.0, num_chains=4, num_draws=100,
+                       num_burnin=0, batch_size=1000, seed=0)
+    result = estimate_llc(model, data, config, loss)
+    assert result.diverged_chains and math.isfinite(result.llc_mean)
+    assert result.suggested_step_size == pytest.approx(3e-4)
+    assert all(math.isnan(result.llc_per_chain[c]) for c in result.diverged_chains)

@@ -1,0 +1,105 @@
+"""Learning coefficients known in closed form, to test LLC estimators against (SCIENCE.md §4)."""
+
+from __future__ import annotations
+
+import math
+
+
+def regular(num_params: int) -> float:
+    """A regular (identifiable, non-degenerate) model: λ = d/2."""
+    return num_params / 2
+
+
+def normal_crossing(powers) -> tuple[float, int]:
+    """K(w) = Π w_i^(2k_i): λ = min_i 1/(2k_i), multiplicity = how many i attain it (Watanabe)."""
+    values = [1 / (2 * k) for k in powers if k > 0]
+    lam = min(values)
+    return lam, sum(1 for v in values if math.isclose(v, lam))
+
+
+def deep_linear(widths, rank: int) -> float:
+    """Aoyagi (2024): λ of a deep linear network with layer widths H_1 (input) … H_{L+1} (output)
+    whose true product matrix has rank r.
+
+    With M_j = H_j − r sorted ascending, σ is the smallest prefix (ℓ = |σ| − 1 ≥ 1) with
+    max_σ M < min_{¬σ} M, Σ_σ M ≥ ℓ·max_σ M and Σ_σ M < ℓ·min_{¬σ} M; with S = Σ_σ M,
+    M̄ = ⌈S/ℓ⌉ and a = S − (M̄ − 1)ℓ:
+    λ = (−r² + r(H_1 + H_{L+1}))/2 + a(ℓ − a)/(4ℓ) − ℓ(ℓ − 1)/4·(S/ℓ)² + ½·Σ_{i<j∈σ} M_i M_j.
+    """
+    widths = list(widths)
+    if len(widths) < 2 or rank < 0 or rank > min(widths):
+        raise ValueError(f"need at least two widths and 0 ≤ rank ≤ min(widths), got {widths}, r={rank}")
+    m = sorted(h - rank for h in widths)
+    for size in range(2, len(m) + 1):
+        sigma, rest = m[:size], m[size:]
+        ell, s = size - 1, sum(m[:size])
+        low_rest = min(rest) if rest else math.inf
+        if max(sigma) < low_rest and s >= ell * max(sigma) and s < ell * low_rest:
+            bar = math.ceil(s / ell)
+            a = s - (bar - 1) * ell
+            pairs = sum(sigma[i] * sigma[j] for i in range(size) for j in range(i + 1, size))
+            return ((-rank**2 + rank * (widths[0] + widths[-1])) / 2 + a * (ell - a) / (4 * ell)
+                    - ell * (ell - 1) / 4 * (s / ell) ** 2 + pairs / 2)
+    raise ValueError(f"no subset σ satisfies Aoyagi's conditions for widths {widths}, rank {rank}")
+
+
+def deep_linear_task(widths, rank: int, num_samples: int, seed: int = 0):
+    """A random deep linear network at a true parameter w* whose product has rank `rank`, with
+    inputs x ~ N(0, I) and noiseless targets y = f(x; w*) (Lau et al.; Hitchcock & Hoogland).
+
+    Returns (model at w*, (x, y), loss) with loss = ½·mean over samples of ‖y − f(x; w)‖², the
+    negative log-likelihood of a unit-variance Gaussian up to a constant.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    layers = [torch.nn.Linear(a, b, bias=False) for a, b in zip(widths[:-1], widths[1:])]
+    model = torch.nn.Sequential(*layers)
+    with torch.no_grad():
+        for layer in layers:
+            fan_in = layer.in_features
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) / math.sqrt(fan_in))
+        # make the widest-rank layer (the middle one) rank-deficient so the product has rank r
+        middle = layers[len(layers) // 2]
+        out, inp = middle.weight.shape
+        low = torch.randn(out, rank, generator=gen) @ torch.randn(rank, inp, generator=gen)
+        middle.weight.copy_(low / math.sqrt(inp * max(rank, 1)))
+        x = torch.randn(num_samples, widths[0], generator=gen)
+        y = model(x)
+
+    def loss(net, batch):
+        return 0.5 * ((net(batch[0]) - batch[1]) ** 2).sum(-1).mean()
+
+    return model, (x, y), loss
+
+
+def random_deep_linear_cases(count: int, seed: int = 0, min_params: int = 1_000, max_params: int = 100_000):
+    """`count` random (widths, rank) with 2–4 layers and a parameter count log-uniform in range."""
+    import random
+
+    rng = random.Random(seed)
+    cases = []
+    while len(cases) < count:
+        target = math.exp(rng.uniform(math.log(min_params), math.log(max_params)))
+        layers = rng.randint(2, 4)
+        scale = math.sqrt(target / layers)
+        widths = [max(2, round(scale * rng.uniform(0.5, 1.5))) for _ in range(layers + 1)]
+        params = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+        if min_params <= params <= max_params:
+            cases.append((widths, rng.randint(1, min(widths) - 1)))
+    return cases
+
+
+def crossing_expectation(n_beta: float, gamma: float, k: int = 2, points: int = 2_000_001) -> float:
+    """Exact E_p[nβ·K] for K(w) = w₁²·w₂^(2k) under p ∝ exp(−nβK − γ‖w‖²/2): the value an LLC
+    estimator at finite nβ should return (it tends to λ = min(1/2, 1/(2k)) as nβ → ∞).
+
+    Given w₂, w₁ is Gaussian with precision 2a, a = nβ·w₂^(2k) + γ/2, so E[nβK | w₂] =
+    nβ·w₂^(2k)/(2a) and w₂ has density ∝ exp(−γw₂²/2)/√a; the rest is a 1-D quadrature.
+    """
+    import numpy as np
+
+    w2 = np.linspace(-12 / math.sqrt(gamma), 12 / math.sqrt(gamma), points)
+    a = n_beta * w2 ** (2 * k) + gamma / 2
+    density = np.exp(-gamma * w2**2 / 2) / np.sqrt(a)
+    return float(np.sum(density * n_beta * w2 ** (2 * k) / (2 * a)) / np.sum(density))
