@@ -25,7 +25,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # devinterp's per-chain progress bar
 import torch
 
 from mdl_slt.ground_truth import deep_linear_task
-from mdl_slt.sgld import LLCConfig, estimate_llc
+from mdl_slt.sgld import LLCConfig, estimate_llc, mse_loss
 
 CHAINS, DRAWS, BURNIN = 4, 200, 50
 
@@ -39,7 +39,7 @@ def mlp_task(num_samples=4096, seed=0):
     x = torch.randn(num_samples, 20, generator=gen)
     with torch.no_grad():
         y = model(x)
-    return model, (x, y), lambda net, batch: 0.5 * ((net(batch[0]) - batch[1]) ** 2).sum(-1).mean()
+    return model, (x, y), mse_loss
 
 
 def floor_ms(model, data, loss_fn, batch_size, repeats=50):

@@ -47,8 +47,8 @@ def deep_linear_task(widths, rank: int, num_samples: int, seed: int = 0):
     """A random deep linear network at a true parameter w* whose product has rank `rank`, with
     inputs x ~ N(0, I) and noiseless targets y = f(x; w*) (Lau et al.; Hitchcock & Hoogland).
 
-    Returns (model at w*, (x, y), loss) with loss = ½·mean over samples of ‖y − f(x; w)‖², the
-    negative log-likelihood of a unit-variance Gaussian up to a constant.
+    Returns (model at w*, (x, y), loss) with loss `mdl_slt.sgld.mse_loss`, the negative
+    log-likelihood of a unit-variance Gaussian up to a constant.
     """
     import torch
 
@@ -66,11 +66,9 @@ def deep_linear_task(widths, rank: int, num_samples: int, seed: int = 0):
         middle.weight.copy_(low / math.sqrt(inp * max(rank, 1)))
         x = torch.randn(num_samples, widths[0], generator=gen)
         y = model(x)
+    from mdl_slt.sgld import mse_loss
 
-    def loss(net, batch):
-        return 0.5 * ((net(batch[0]) - batch[1]) ** 2).sum(-1).mean()
-
-    return model, (x, y), loss
+    return model, (x, y), mse_loss
 
 
 def random_deep_linear_cases(count: int, seed: int = 0, min_params: int = 1_000, max_params: int = 100_000):

@@ -105,6 +105,12 @@ def _batches(data, batch_size: int):
         yield _pick(data, slice(start, stop)), stop - start
 
 
+def mse_loss(model, batch):
+    """½·mean over rows of ‖model(x) − y‖²: the unit-variance Gaussian NLL up to a constant."""
+    x, y = batch
+    return 0.5 * ((model(x) - y) ** 2).sum(-1).mean()
+
+
 def default_loss(data) -> Callable:
     import torch
 
@@ -112,7 +118,9 @@ def default_loss(data) -> Callable:
 
     if isinstance(data, torch.Tensor) and not data.is_floating_point():
         return token_nll
-    raise UserError("estimate_llc needs a loss_fn(model, batch) for data other than a LongTensor of tokens")
+    if isinstance(data, tuple) and len(data) == 2:
+        return mse_loss
+    raise UserError("estimate_llc needs a loss_fn(model, batch) for data other than tokens or (x, y)")
 
 
 def resolve_n_beta(config: LLCConfig, data) -> float:
@@ -275,8 +283,9 @@ def _vectorize(model, config: LLCConfig) -> bool:
 def estimate_llc(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | None = None) -> LLCResult:
     """Estimate the LLC of `model` at its current parameters w* on `data`.
 
-    `data` is a LongTensor of token sequences (loss: per-token cross-entropy) or any tensor or
-    tuple of tensors indexed along dim 0 with a `loss_fn(model, batch) -> scalar mean loss`.
+    `data` is a LongTensor of token sequences (default loss: per-token cross-entropy), an (x, y)
+    pair (default: `mse_loss`), or any tensor or tuple of tensors indexed along dim 0 with a
+    `loss_fn(model, batch) -> scalar mean loss`.
     The model's parameters are restored to w* on return.
     """
     import torch

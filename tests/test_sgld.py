@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mdl_slt.errors import UserError
-from mdl_slt.sgld import LLCConfig, estimate_llc
+from mdl_slt.sgld import LLCConfig, estimate_llc, mse_loss
 
 
 def regression(d=6, n=1000, seed=0):
@@ -15,8 +15,7 @@ def regression(d=6, n=1000, seed=0):
     model = torch.nn.Linear(d, 1, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
-    loss = lambda m, batch: 0.5 * ((m(batch[0]) - batch[1]) ** 2).sum(-1).mean()  # noqa: E731
-    return model, (x, y), loss
+    return model, (x, y), mse_loss
 
 
 def exact_llc(x, n_beta, gamma):
@@ -90,6 +89,9 @@ def test_language_model_estimate(tiny_checkpoint, tiny_tokens):
 def test_float_data_needs_a_loss_function():
     with pytest.raises(UserError, match="loss_fn"):
         estimate_llc(torch.nn.Linear(2, 1), torch.randn(4, 2))
+    model, data, _ = regression()
+    config = LLCConfig(step_size=1e-4, n_beta=100.0, num_chains=2, num_draws=20, num_burnin=5, batch_size=50)
+    assert estimate_llc(model, data, config).llc_per_chain == estimate_llc(model, data, config, mse_loss).llc_per_chain
 
 
 from mdl_slt.ground_truth import (  # noqa: E402
