@@ -37,13 +37,19 @@ def _home() -> Path:
     return resolve_home(state["home"])
 
 
-def _json_default(value):
-    return None if isinstance(value, float) and math.isnan(value) else str(value)
+def _finite(value):
+    """JSON has no NaN or infinity: they become null; anything unknown becomes its string."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value if value is None or isinstance(value, (str, int, bool)) else str(value)
 
 
 def _print_json(payload: dict) -> None:
-    clean = json.loads(json.dumps(payload, default=_json_default).replace("NaN", "null"))
-    print(json.dumps(clean, indent=1))
+    print(json.dumps(_finite(payload), indent=1, allow_nan=False))
 
 
 @suite_app.command("build")

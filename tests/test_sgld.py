@@ -194,3 +194,13 @@ def test_diverging_chains_are_excluded_with_a_suggestion():
     assert result.diverged_chains and math.isfinite(result.llc_mean)
     assert result.suggested_step_size == pytest.approx(3e-4)
     assert all(math.isnan(result.llc_per_chain[c]) for c in result.diverged_chains)
+
+
+def test_top_hessian_eigenvalue_of_a_regression():
+    """For ½·mean‖Wx − y‖² the Hessian is XᵀX/n: power iteration must find its top eigenvalue."""
+    from mdl_slt.curvature import top_hessian_eigenvalue
+
+    model, (x, y), loss = regression(d=6, n=1000)
+    x = x * torch.tensor([3.0, 1, 1, 1, 1, 0.5])  # a clear top direction
+    exact = float(torch.linalg.eigvalsh(x.T @ x / len(x)).max())
+    assert top_hessian_eigenvalue(model, (x, y), loss, batch_size=1000) == pytest.approx(exact, rel=1e-3)
