@@ -107,6 +107,64 @@ def run(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)
         raise typer.Exit(1)
 
 
+@app.command("validate")
+def validate(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML).")):
+    """Check an experiment file and print its plan and estimated cost, without running anything."""
+    import math as _math
+
+    import compressors
+
+    from mdl_slt.experiment import load_experiment
+    from mdl_slt.runner import plan
+
+    experiment = load_experiment(experiment_file)
+    methods = [compressors.get(c.name, **c.options) for c in experiment.critical.compressors]
+    units = plan(experiment, _home())
+    by_model: dict[str, list[str]] = {}
+    for unit in units:
+        by_model.setdefault(unit.ref.model_id, []).append(unit.ref.revision or "(directory)")
+    print(f"experiment {experiment.name}: {len(units)} checkpoints → store {experiment.store}"
+          + (f", report {experiment.report}" if experiment.report else ""))
+    for model, revisions in by_model.items():
+        print(f"  {model}: {len(revisions)} ({revisions[0]} … {revisions[-1]})")
+    tasks = ["base_loss", "llc", *(f"critical:{m.name}" for m in methods)]
+    llc = experiment.llc
+    searches = 0
+    for m in methods:
+        precision = experiment.critical.precision or m.knob.precision
+        searches += 2 + len(experiment.critical.epsilons) * _math.ceil(_math.log2((m.knob.high - m.knob.low) / precision))
+    print(f"tasks per checkpoint: {', '.join(tasks)}")
+    print(f"cost: {len(units) * llc.num_chains * llc.steps_per_chain:,} SGLD steps "
+          f"({llc.num_chains} chains × {llc.steps_per_chain} per checkpoint), at most "
+          f"{len(units) * (1 + searches):,} loss evaluations of {experiment.data.eval_sequences} × "
+          f"{experiment.data.context_length} tokens; {experiment.workers} worker(s) × {experiment.threads} thread(s)")
+
+
+@app.command("status")
+def status(store: Path = typer.Argument(..., help="Results store (SQLite) written by `mdl-slt run`.")):
+    """Show done / failed / pending for every checkpoint of the store's experiment."""
+    from pydantic import ValidationError
+
+    from mdl_slt.experiment import Experiment
+    from mdl_slt.runner import unit_status
+    from mdl_slt.store import open_existing
+
+    with open_existing(store) as db:
+        config = db.last_config()
+        if config is None:
+            raise UserError(f"{store} records no run yet: start one with `mdl-slt run FILE.yaml`")
+        try:
+            experiment = Experiment.model_validate(config)
+        except ValidationError:
+            raise UserError(f"{store} was written by another version of mdl-slt: rerun its experiment") from None
+        rows = unit_status(experiment, _home(), db)
+    for unit, state, detail in rows:
+        print(f"{state:8s} {unit}" + (f"  {detail}" if detail else ""))
+    counts = {s: sum(1 for _, st, _ in rows if st == s) for s in ("done", "failed", "pending")}
+    print(f"{experiment.name}: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending "
+          f"of {len(rows)}")
+
+
 @app.command("report")
 def report(store: Path = typer.Argument(..., help="Results store (SQLite) written by `mdl-slt run`."),
            output: Path = typer.Option(..., "-o", "--output", help="PDF file to write."),

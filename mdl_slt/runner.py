@@ -26,6 +26,22 @@ class Unit:
     ref: CheckpointRef
 
 
+def unit_status(experiment: Experiment, home: Path, store: Store) -> list[tuple[str, str, str]]:
+    """(unit, done | failed | pending, detail) for every unit of the experiment's plan."""
+    keys = TaskKeys(experiment)
+    failures = store.failures()
+    rows = []
+    for unit in plan(experiment, home):
+        missing = keys.missing(unit.ref, store)
+        if not missing:
+            rows.append((str(unit.ref), "done", ""))
+        elif str(unit.ref) in failures:
+            rows.append((str(unit.ref), "failed", failures[str(unit.ref)]))
+        else:
+            rows.append((str(unit.ref), "pending", "to measure: " + ", ".join(sorted(missing))))
+    return rows
+
+
 @dataclass
 class RunSummary:
     units: int = 0
@@ -36,13 +52,17 @@ class RunSummary:
 
 
 def plan(experiment: Experiment, home: Path) -> list[Unit]:
+    """One unit per (model, revision); `all` means every revision in the cache, or, for a suite
+    model not built yet, every revision the suite will have."""
+    spec = SuiteSpec()
+    future = {spec.model_id(m): [f"step{s}" for s in spec.schedule()] for m in spec.models}
     units = []
     for entry in experiment.models:
         if entry.revisions == "all":
             if Path(entry.id).is_dir():
                 units.append(Unit(CheckpointRef(entry.id)))
                 continue
-            revisions = list_revisions(hub_cache(home), entry.id)
+            revisions = list_revisions(hub_cache(home), entry.id) or future.get(entry.id, [])
             if not revisions:
                 raise UserError(f"no revisions of {entry.id} in the local cache: list them under "
                                 f"`revisions:` in the experiment file, or build the suite (`mdl-slt suite build`)")
@@ -117,11 +137,14 @@ def run_experiment(experiment: Experiment, home: Path, console) -> RunSummary:
             for unit, outcome in _measure_all(pending, experiment, home, todo):
                 if isinstance(outcome, Exception):
                     reason = str(outcome) if isinstance(outcome, UserError) else f"{type(outcome).__name__}: {outcome}"
+                    reason = " ".join(reason.split())
                     summary.failures.append((str(unit.ref), reason))
+                    store.record_failure(str(unit.ref), reason)
                     console.print(f"[red]failed[/] {unit.ref}: {reason}")
                 else:
                     for task_records in outcome:
                         store.write(task_records)
+                    store.clear_failure(str(unit.ref))
                     summary.measured += 1
                 bars.update(overall, advance=1, description=f"done {unit.ref}")
     summary.elapsed_s = time.perf_counter() - start

@@ -87,6 +87,7 @@ class Store:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(f"CREATE TABLE IF NOT EXISTS records ({', '.join(f'{c} {t}' for c, t in COLUMNS.items())})")
             self.db.execute("CREATE TABLE IF NOT EXISTS runs (started_at TEXT, experiment TEXT, config TEXT)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS failures (unit TEXT PRIMARY KEY, reason TEXT, at TEXT)")
             self.db.commit()
         except sqlite3.DatabaseError as error:
             raise UserError(f"cannot open results store {self.path}: {error}; "
@@ -117,6 +118,23 @@ class Store:
         with self.db:
             self.db.executemany(
                 f"INSERT OR IGNORE INTO records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", rows)
+
+    def record_failure(self, unit: str, reason: str) -> None:
+        """Remember why `unit` failed (the latest reason); cleared when it later succeeds."""
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?)",
+                            (unit, reason, datetime.now(timezone.utc).isoformat(timespec="seconds")))
+
+    def clear_failure(self, unit: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM failures WHERE unit = ?", (unit,))
+
+    def failures(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT unit, reason FROM failures").fetchall())
+
+    def last_config(self) -> dict | None:
+        row = self.db.execute("SELECT config FROM runs ORDER BY rowid DESC LIMIT 1").fetchone()
+        return json.loads(row[0]) if row else None
 
     def log_run(self, experiment: str, config: dict) -> None:
         with self.db:
