@@ -89,17 +89,22 @@ def list_compressors():
               f"{k.more_compression} compresses more, {k.identity:g} = none; {k.description}")
 
 
+SET_HELP = "Override a setting, KEY.PATH=VALUE, repeatable (e.g. --set llc.num_draws=300)."
+
+
 @app.command("run")
-def run(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML).")):
+def run(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)."),
+        set_: list[str] = typer.Option([], "--set", help=SET_HELP)):
     """Run an experiment: every checkpoint's base loss, LLC and critical compression; then its report."""
     from mdl_slt.experiment import load_experiment
     from mdl_slt.report import write_report
     from mdl_slt.runner import run_experiment
 
-    experiment = load_experiment(experiment_file)
+    experiment = load_experiment(experiment_file, set_)
     summary = run_experiment(experiment, _home(), console)
     console.print(f"{summary.units} checkpoints: {summary.measured} measured, {summary.skipped} already stored, "
-                  f"{len(summary.failures)} failed, in {summary.elapsed_s:.0f} s; store {experiment.store}")
+                  f"{len(summary.failures)} failed, in {summary.elapsed_s:.0f} s; store {experiment.store}, "
+                  f"log {summary.log}")
     if experiment.report is not None and summary.measured + summary.skipped > 0:
         written = write_report(experiment.store, experiment.report, experiment.analysis.min_step)
         console.print(f"report {written['pdf']} ({written['pages']} pages) and CSV beside it")
@@ -108,7 +113,8 @@ def run(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)
 
 
 @app.command("validate")
-def validate(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML).")):
+def validate(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)."),
+             set_: list[str] = typer.Option([], "--set", help=SET_HELP)):
     """Check an experiment file and print its plan and estimated cost, without running anything."""
     import math as _math
 
@@ -117,7 +123,7 @@ def validate(experiment_file: Path = typer.Argument(..., help="Experiment file (
     from mdl_slt.experiment import load_experiment
     from mdl_slt.runner import plan
 
-    experiment = load_experiment(experiment_file)
+    experiment = load_experiment(experiment_file, set_)
     methods = [compressors.get(c.name, **c.options) for c in experiment.critical.compressors]
     units = plan(experiment, _home())
     by_model: dict[str, list[str]] = {}

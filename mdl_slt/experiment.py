@@ -28,9 +28,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+PYTHIA_STEPS = [0] + [2**k for k in range(10)] + list(range(1000, 143_001, 1000))  # 154 checkpoints
+
+
+class StepRange(_Strict):
+    """Checkpoints `step<N>` for N from `start` to `stop` (inclusive) every `every`, or Pythia's
+    published schedule (0, 1, 2, 4, …, 512, then every 1,000 to 143,000) within [start, stop]."""
+
+    start: int = Field(0, ge=0)
+    stop: int | None = Field(None, ge=0)
+    every: int | None = Field(None, ge=1, description="spacing; omit for `schedule: pythia`")
+    schedule: Literal["pythia"] | None = None
+
+    def revisions(self) -> list[str]:
+        if (self.every is None) == (self.schedule is None):
+            raise UserError("a step range needs exactly one of `every` or `schedule: pythia`")
+        if self.schedule == "pythia":
+            stop = PYTHIA_STEPS[-1] if self.stop is None else self.stop
+            return [f"step{n}" for n in PYTHIA_STEPS if self.start <= n <= stop]
+        if self.stop is None:
+            raise UserError("a step range with `every` needs `stop`")
+        return [f"step{n}" for n in range(self.start, self.stop + 1, self.every)]
+
+
 class ModelEntry(_Strict):
     id: str = Field(description="hub id (ORG/NAME) or a local directory")
     revisions: Literal["all"] | list[str] = Field("all", description="`all` = every revision in the cache")
+    steps: StepRange | None = Field(None, description="instead of `revisions`: a range of `step<N>` revisions")
+
+    def listed_revisions(self) -> list[str] | None:
+        """The revisions named by `steps` or `revisions`, or None for `all`."""
+        if self.steps is not None:
+            if self.revisions != "all":
+                raise UserError(f"model {self.id}: give `revisions` or `steps`, not both")
+            return self.steps.revisions()
+        return None if self.revisions == "all" else list(self.revisions)
 
 
 class DataConfig(_Strict):
@@ -100,8 +132,35 @@ def _describe(error: dict) -> str:
     return f"unknown key '{path}'" + (f" (did you mean '{close[0]}'?)" if close else "")
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Read and validate an experiment file; any problem is one UserError line."""
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`key.path=value` settings (values read as YAML) applied to the raw file, before validation,
+    so a misspelt path is refused like a misspelt key; list items by index (models.0.id=...)."""
+    import yaml
+
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep or not path:
+            raise UserError(f"--set {item!r}: write KEY.PATH=VALUE, e.g. --set llc.num_draws=300")
+        node, parts = raw, path.split(".")
+        for part in parts[:-1]:
+            key = int(part) if isinstance(node, list) and part.isdigit() else part
+            try:
+                node = node[key]
+            except (KeyError, IndexError, TypeError):
+                if isinstance(node, dict):
+                    node = node.setdefault(key, {})
+                else:
+                    raise UserError(f"--set {item!r}: no {part!r} in {path!r}") from None
+        last = int(parts[-1]) if isinstance(node, list) and parts[-1].isdigit() else parts[-1]
+        try:
+            node[last] = yaml.safe_load(text)
+        except (IndexError, TypeError):
+            raise UserError(f"--set {item!r}: cannot set {path!r}") from None
+    return raw
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+    """Read, override and validate an experiment file; any problem is one UserError line."""
     import yaml
 
     path = Path(path)
@@ -115,6 +174,7 @@ def load_experiment(path: str | Path) -> Experiment:
         raise UserError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path} must hold a mapping of settings (name, store, models, ...), not {type(raw).__name__}")
+    raw = apply_overrides(raw, list(overrides))
     try:
         return Experiment.model_validate(raw)
     except ValidationError as error:

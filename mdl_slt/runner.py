@@ -49,6 +49,22 @@ class RunSummary:
     measured: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     elapsed_s: float = 0.0
+    log: Path | None = None
+
+
+def run_log(store: Path):
+    """A logger appending to `<store>.log` beside the results store, one line per event."""
+    import logging
+
+    log = logging.getLogger(f"mdl_slt.run.{store}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    path = Path(store).with_suffix(".log")
+    if not log.handlers:
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+    return log, path
 
 
 def plan(experiment: Experiment, home: Path) -> list[Unit]:
@@ -58,16 +74,16 @@ def plan(experiment: Experiment, home: Path) -> list[Unit]:
     future = {spec.model_id(m): [f"step{s}" for s in spec.schedule()] for m in spec.models}
     units = []
     for entry in experiment.models:
-        if entry.revisions == "all":
+        revisions = entry.listed_revisions()
+        if revisions is None:
             if Path(entry.id).is_dir():
                 units.append(Unit(CheckpointRef(entry.id)))
                 continue
             revisions = list_revisions(hub_cache(home), entry.id) or future.get(entry.id, [])
             if not revisions:
                 raise UserError(f"no revisions of {entry.id} in the local cache: list them under "
-                                f"`revisions:` in the experiment file, or build the suite (`mdl-slt suite build`)")
-        else:
-            revisions = entry.revisions
+                                f"`revisions:` or `steps:` in the experiment file, or build the suite "
+                                f"(`mdl-slt suite build`)")
         units.extend(Unit(CheckpointRef(entry.id, r)) for r in revisions)
     return units
 
@@ -126,10 +142,13 @@ def run_experiment(experiment: Experiment, home: Path, console) -> RunSummary:
     keys = TaskKeys(experiment)
     summary = RunSummary(units=len(units))
     with Store(experiment.store) as store:
+        log, summary.log = run_log(experiment.store)
         store.log_run(experiment.name, experiment.model_dump(mode="json"))
         todo = {u: keys.missing(u.ref, store) for u in units}
         pending = [u for u in units if todo[u]]
         summary.skipped = len(units) - len(pending)
+        log.info(f"run {experiment.name}: {len(units)} checkpoints, {len(pending)} to measure, "
+                 f"{experiment.workers} worker(s)")
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
         with Progress(*columns, console=console) as bars:
@@ -140,14 +159,18 @@ def run_experiment(experiment: Experiment, home: Path, console) -> RunSummary:
                     reason = " ".join(reason.split())
                     summary.failures.append((str(unit.ref), reason))
                     store.record_failure(str(unit.ref), reason)
+                    log.info(f"failed {unit.ref}: {reason}")
                     console.print(f"[red]failed[/] {unit.ref}: {reason}")
                 else:
                     for task_records in outcome:
                         store.write(task_records)
                     store.clear_failure(str(unit.ref))
+                    log.info(f"done {unit.ref}: {', '.join(sorted(todo[unit]))}")
                     summary.measured += 1
                 bars.update(overall, advance=1, description=f"done {unit.ref}")
     summary.elapsed_s = time.perf_counter() - start
+    log.info(f"finished: {summary.measured} measured, {summary.skipped} already stored, "
+             f"{len(summary.failures)} failed, in {summary.elapsed_s:.0f} s")
     return summary
 
 

@@ -40,3 +40,22 @@ def test_malformed_and_missing_files(tmp_path):
         load_experiment(write(tmp_path, "name: x\nstore: s\nmodels: [{id: a/b}]\ncritical: {epsilons: [-1]}\n"))
     with pytest.raises(UserError, match="'models': Field required"):
         load_experiment(write(tmp_path, "name: x\nstore: s\n"))
+
+
+def test_set_overrides_and_step_ranges(tmp_path):
+    path = write(tmp_path, "name: x\nstore: s.sqlite\nmodels: [{id: a/b}]\n")
+    exp = load_experiment(path, ["llc.num_draws=300", "models.0.steps={start: 1000, stop: 5000, every: 2000}",
+                                 "critical.epsilons=[0.1, 0.01]"])
+    assert exp.llc.num_draws == 300 and exp.critical.epsilons == [0.01, 0.1]
+    assert exp.models[0].listed_revisions() == ["step1000", "step3000", "step5000"]
+    with pytest.raises(UserError, match=r"unknown key 'llc.num_draw' \(did you mean 'num_draws'\?\)"):
+        load_experiment(path, ["llc.num_draw=3"])
+    with pytest.raises(UserError, match="write KEY.PATH=VALUE"):
+        load_experiment(path, ["llc"])
+    pythia = load_experiment(path, ["models.0.steps={schedule: pythia}"]).models[0].listed_revisions()
+    assert len(pythia) == 154 and pythia[:4] == ["step0", "step1", "step2", "step4"]
+    assert pythia[10:12] == ["step512", "step1000"] and pythia[-1] == "step143000"
+    window = load_experiment(path, ["models.0.steps={schedule: pythia, start: 2000, stop: 90000}"])
+    assert window.models[0].listed_revisions() == [f"step{n}" for n in range(2000, 90001, 1000)]
+    with pytest.raises(UserError, match="not both"):
+        load_experiment(path, ["models.0.revisions=[step1]", "models.0.steps={schedule: pythia}"]).models[0].listed_revisions()

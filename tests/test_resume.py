@@ -52,6 +52,8 @@ def test_failed_unit_is_recorded_and_the_others_go_on(tiny_suite, tmp_path):
     assert lines[-1] == "resume: 2 done, 1 failed, 0 pending of 3"
     keys = records(tmp_path / "partial.sqlite")
     assert keys and not any("step999" in k for k in keys)  # nothing half-written for the failed unit
+    log = (tmp_path / "partial.log").read_text()
+    assert "failed mdl-slt/tiny-a@step999: cannot load checkpoint" in log and "done mdl-slt/tiny-a@step24" in log
 
 
 def test_validate_prints_the_plan_without_running(tiny_suite, tmp_path):
@@ -61,7 +63,10 @@ def test_validate_prints_the_plan_without_running(tiny_suite, tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"{len(TINY.schedule())} checkpoints" in done.stdout
     assert "SGLD steps" in done.stdout and "critical:rtn" in done.stdout
+    assert "(2 chains × 50 per checkpoint)" in done.stdout
     assert not (tmp_path / "plan.sqlite").exists()
+    overridden = run_cli("validate", path, "--set", "llc.num_chains=3", "--set", "models.0.revisions=[step8]", home=home)
+    assert "1 checkpoints" in overridden.stdout and "(3 chains × 50 per checkpoint)" in overridden.stdout
 
 
 def test_sigkill_then_rerun_gives_exactly_the_uninterrupted_records(tiny_suite, tmp_path):
