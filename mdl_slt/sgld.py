@@ -168,18 +168,17 @@ class _Chains:
     """State and update of C chains over stacked parameter tensors (leading dim C)."""
 
     def __init__(self, anchor, config: LLCConfig, n_beta: float):
-        import torch
-
         self.anchor = anchor  # per parameter, shape (1, ...) for broadcasting
         self.config, self.n_beta = config, n_beta
         self.noise = None
         self.second_moment = None
         self.t = 0
-        self.torch = torch
 
     def step(self, params, grads, gens) -> None:
         """One SGLD step for every chain in place: params and grads are lists of (C, ...) tensors."""
-        torch, cfg = self.torch, self.config
+        import torch
+
+        cfg = self.config
         eps, gamma = cfg.step_size, cfg.localization
         if self.noise is None:
             self.noise = [torch.empty_like(p) for p in params]

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from mdl_slt.errors import UserError
+from mdl_slt.ground_truth import (
+    crossing_expectation, deep_linear, deep_linear_task, normal_crossing, random_deep_linear_cases)
 from mdl_slt.sgld import LLCConfig, estimate_llc, mse_loss
 
 
@@ -93,9 +95,6 @@ def test_float_data_needs_a_loss_function():
     config = LLCConfig(step_size=1e-4, n_beta=100.0, num_chains=2, num_draws=20, num_burnin=5, batch_size=50)
     assert estimate_llc(model, data, config).llc_per_chain == estimate_llc(model, data, config, mse_loss).llc_per_chain
 
-
-from mdl_slt.ground_truth import (  # noqa: E402
-    crossing_expectation, deep_linear, deep_linear_task, normal_crossing, random_deep_linear_cases)
 
 DLN_SAMPLER = LLCConfig(step_size=1e-5, n_beta="auto", localization=1.0, num_chains=4, num_draws=3000,
                         num_burnin=1500, batch_size=500, seed=0)
