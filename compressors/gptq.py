@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from compressors.grid import Grid, as_groups, fit_grid, side_bits_per_group
+from compressors.grid import Grid, as_groups, clip_ratios, fit_grid, side_bits_per_group
 from compressors.quantize import BITS_KNOB, code_entropy, levels_for
 from compressors.registry import Compressor, DescriptionLength, Knob, Prepared, register
 from mdl_slt.errors import UserError
@@ -125,7 +125,7 @@ class GPTQ(Compressor):
 
     def _grids(self, weight, levels: int):
         """Per-channel grid, or one per group of `group_size` columns (static groups)."""
-        ratios = [(i + 1) / self.clip_candidates for i in range(self.clip_candidates)]
+        ratios = clip_ratios(self.clip_candidates)
         w = weight.detach().float()
         if self.granularity == "channel":
             return [fit_grid(w, levels, True, ratios)], [0] * w.shape[1]

@@ -33,6 +33,11 @@ class Grid:
         return self.scale * (codes - self.zero)
 
 
+def clip_ratios(candidates: int) -> list[float]:
+    """α ∈ {1/c, 2/c, …, 1}: the clip ratios the weight-error search tries."""
+    return [(i + 1) / candidates for i in range(candidates)]
+
+
 def as_groups(weight, granularity: str, group_size: int):
     """View a weight as a (G, L) float array of groups; `from_groups` undoes it."""
     w = weight.detach().float()

@@ -56,30 +56,30 @@ class Magnitude(Compressor):
                 prepared.cache[t.name] = part
         return prepared
 
-    def _pruned(self, prepared: Prepared, value: float) -> dict:
-        """Weights removed per tensor at sparsity `value`."""
+    def _cuts(self, prepared: Prepared, value: float) -> dict:
+        """Per tensor, the rank below which weights are removed at sparsity `value`."""
         if self.scope == "layer":
             return {t.name: math.floor(value * t.original.numel()) for t in prepared.targets}
         total = math.floor(value * sum(t.original.numel() for t in prepared.targets))
-        return {t.name: int((prepared.cache[t.name] < total).sum()) for t in prepared.targets}
+        return {t.name: total for t in prepared.targets}
 
     def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
         import torch
 
-        threshold = math.floor(value * sum(t.original.numel() for t in prepared.targets))
+        cuts = self._cuts(prepared, value)
         with torch.no_grad():
             for t in prepared.targets:
-                cut = math.floor(value * t.original.numel()) if self.scope == "layer" else threshold
-                keep = (prepared.cache[t.name] >= cut).reshape(t.original.shape)
+                keep = (prepared.cache[t.name] >= cuts[t.name]).reshape(t.original.shape)
                 t.param.copy_(t.original * keep)
 
     def description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
         if value == self.knob.identity:
             return self.uncompressed_bits(prepared)
         payload = side = entropy = 0.0
+        cuts = self._cuts(prepared, value)
         for t in prepared.targets:
             n = t.original.numel()
-            kept = n - self._pruned(prepared, value)[t.name]
+            kept = int((prepared.cache[t.name] >= cuts[t.name]).sum())
             positions = min(n, kept * max(1, math.ceil(math.log2(n))))
             payload += 32.0 * kept + positions
             side += 32.0

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from compressors.grid import GRANULARITIES, as_groups, fit_grid, from_groups, side_bits_per_group
+from compressors.grid import GRANULARITIES, as_groups, clip_ratios, fit_grid, from_groups, side_bits_per_group
 from compressors.registry import Compressor, DescriptionLength, Knob, Prepared, entropy_bits, register
 from mdl_slt.errors import UserError
 
@@ -96,8 +96,7 @@ class RoundToNearest(Compressor):
     def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
         levels = levels_for(value, self.symmetric)
         if self.range_by == "mse":
-            ratios = [(i + 1) / self.clip_candidates for i in range(self.clip_candidates)]
-            prepared.cache[levels] = self._quantize(prepared, levels, ratios)
+            prepared.cache[levels] = self._quantize(prepared, levels, clip_ratios(self.clip_candidates))
             return
         from mdl_slt.lm_loss import evaluate_loss
 

@@ -137,7 +137,7 @@ def validate(experiment_file: Path = typer.Argument(..., help="Experiment file (
     llc = experiment.llc
     searches = 0
     for m in methods:
-        precision = experiment.critical.precision or m.knob.precision
+        precision = experiment.critical.precision_for(m.knob)
         searches += 2 + len(experiment.critical.epsilons) * _math.ceil(_math.log2((m.knob.high - m.knob.low) / precision))
     print(f"tasks per checkpoint: {', '.join(tasks)}")
     print(f"cost: {len(units) * llc.num_chains * llc.steps_per_chain:,} SGLD steps "

@@ -83,6 +83,10 @@ class CriticalConfig(_Strict):
     precision: float | None = Field(None, gt=0, description="knob precision of the critical search "
                                                                "(default: each knob's own, e.g. 0.05 bits)")
 
+    def precision_for(self, knob) -> float:
+        """The search precision on `knob`: this config's, else the knob's own default."""
+        return self.precision if self.precision is not None else knob.precision
+
     @field_validator("epsilons")
     @classmethod
     def _positive(cls, values):

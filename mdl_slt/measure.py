@@ -75,8 +75,7 @@ def measure_critical(checkpoint: Checkpoint, tokens: TokenSets, compressor, base
                 losses.append(evaluate_loss(model, tokens.eval))
         return sum(losses) / len(losses)
 
-    precision = config.precision if config.precision is not None else compressor.knob.precision
-    search = find_critical(loss_at, base_loss, config.epsilons, compressor.knob, precision,
+    search = find_critical(loss_at, base_loss, config.epsilons, compressor.knob, config.precision_for(compressor.knob),
                            lambda v: compressor.snap(v, prepared))
     curve = []
     for value, loss in sorted(search.evaluations.items(), key=lambda kv: compressor.knob.compression(kv[0])):
