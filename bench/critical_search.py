@@ -19,10 +19,9 @@ import torch
 import compressors
 from mdl_slt.checkpoints import load_checkpoint
 from mdl_slt.critical import find_critical
-from mdl_slt.experiment import DataConfig
+from mdl_slt.data import DataConfig, token_sets
 from mdl_slt.home import resolve_home
 from mdl_slt.lm_loss import evaluate_loss
-from mdl_slt.measure import token_sets
 
 EPSILONS = [0.02, 0.05, 0.1]
 REFS = ["mdl-slt/micro-pythia-90k@step1000", "mdl-slt/micro-pythia-230k@step500", "mdl-slt/micro-pythia-530k@step250"]
@@ -63,7 +62,7 @@ def main():
     print(f"compressor {args.compressor}, knob {method.knob.name}, precision {precision}, ε {EPSILONS}")
     for ref in args.refs:
         ckpt = load_checkpoint(ref, home)
-        tokens = token_sets(home, ckpt, DataConfig())
+        tokens = token_sets(home, ckpt.tokenizer, DataConfig())
         base = evaluate_loss(ckpt.model, tokens.eval)
         prepared = method.prepare(ckpt.model, tokens.train)
 

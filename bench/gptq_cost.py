@@ -13,10 +13,9 @@ import torch
 
 import compressors
 from mdl_slt.checkpoints import load_checkpoint
-from mdl_slt.experiment import DataConfig
+from mdl_slt.data import DataConfig, token_sets
 from mdl_slt.home import resolve_home
 from mdl_slt.lm_loss import evaluate_loss
-from mdl_slt.measure import token_sets
 
 REFS = ["mdl-slt/micro-pythia-90k@step1000", "mdl-slt/micro-pythia-230k@step1000", "mdl-slt/micro-pythia-530k@step1000"]
 
@@ -29,7 +28,7 @@ def main():
     home = resolve_home(args.home)
     for ref in REFS:
         ckpt = load_checkpoint(ref, home)
-        tokens = token_sets(home, ckpt, DataConfig())
+        tokens = token_sets(home, ckpt.tokenizer, DataConfig())
         base = evaluate_loss(ckpt.model, tokens.eval)
         gptq = compressors.get("gptq")
         start = time.perf_counter()

@@ -134,14 +134,13 @@ def main():
                       num_burnin=BURNIN, batch_size=32))
 
     from mdl_slt.checkpoints import load_checkpoint
-    from mdl_slt.experiment import DataConfig
+    from mdl_slt.data import DataConfig, token_sets
     from mdl_slt.home import resolve_home
     from mdl_slt.lm_loss import token_nll
-    from mdl_slt.measure import token_sets
 
     home = resolve_home(args.home)
     ckpt = load_checkpoint(args.ref, home)
-    tokens = token_sets(home, ckpt, DataConfig())
+    tokens = token_sets(home, ckpt.tokenizer, DataConfig())
     compare(f"GPT-NeoX {args.ref}", ckpt.model, tokens.train, token_nll,
             LLCConfig(step_size=3e-4, n_beta=30.0, localization=300.0, num_chains=CHAINS, num_draws=DRAWS,
                       num_burnin=BURNIN, batch_size=8))

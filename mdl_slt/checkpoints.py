@@ -122,9 +122,12 @@ def load_checkpoint(ref: CheckpointRef | str, home: Path, device: str = "cpu") -
         try:
             model = AutoModelForCausalLM.from_pretrained(**kwargs, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(**kwargs)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError) as error:  # not in this source: try the next
             last_error = error
             continue
+        except Exception as error:  # noqa: BLE001  found but unreadable (e.g. a truncated safetensors file)
+            raise UserError(f"checkpoint '{ref}' is corrupt or incomplete ({type(error).__name__}: "
+                            f"{' '.join(str(error).split())[:160]}): download or copy it again") from None
         model.to(device).eval()
         meta = _suite_metadata(ref, home)
         step = ref.step if ref.step is not None else meta.get("step")

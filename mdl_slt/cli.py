@@ -94,13 +94,18 @@ SET_HELP = "Override a setting, KEY.PATH=VALUE, repeatable (e.g. --set llc.num_d
 
 @app.command("run")
 def run(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)."),
-        set_: list[str] = typer.Option([], "--set", help=SET_HELP)):
+        set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+        executor: Optional[str] = typer.Option(None, help="local | ray [default: the file's, else local]."),
+        address: Optional[str] = typer.Option(None, help="Ray cluster address HOST:PORT [default: a Ray "
+                                                         "instance on this machine]."),
+        device: Optional[str] = typer.Option(None, help="cpu | cuda | auto [default: the file's, else auto].")):
     """Run an experiment: every checkpoint's base loss, LLC and critical compression; then its report."""
     from mdl_slt.experiment import load_experiment
     from mdl_slt.report import write_report
     from mdl_slt.runner import run_experiment
 
-    experiment = load_experiment(experiment_file, set_)
+    chosen = {"executor": executor, "address": address, "device": device}
+    experiment = load_experiment(experiment_file, [*set_, *(f"{k}={v}" for k, v in chosen.items() if v)])
     summary = run_experiment(experiment, _home(), console)
     console.print(f"{summary.units} checkpoints: {summary.measured} measured, {summary.skipped} already stored, "
                   f"{len(summary.failures)} failed, in {summary.elapsed_s:.0f} s; store {experiment.store}, "
@@ -184,14 +189,13 @@ def report(store: Path = typer.Argument(..., help="Results store (SQLite) writte
 
 def _load(ref: str):
     from mdl_slt.checkpoints import load_checkpoint
-    from mdl_slt.experiment import DataConfig
-    from mdl_slt.measure import token_sets
+    from mdl_slt.data import DataConfig, token_sets
     from mdl_slt.threads import set_threads
 
     set_threads(state["threads"])
     home = _home()
     ckpt = load_checkpoint(ref, home)
-    return ckpt, token_sets(home, ckpt, DataConfig())
+    return ckpt, token_sets(home, ckpt.tokenizer, DataConfig())
 
 
 def _llc_config(**fields) -> "LLCConfig":

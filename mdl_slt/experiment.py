@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mdl_slt.data import DataConfig
 from mdl_slt.errors import UserError
 from mdl_slt.sgld import LLCConfig
 
@@ -65,13 +66,6 @@ class ModelEntry(_Strict):
         return None if self.revisions == "all" else list(self.revisions)
 
 
-class DataConfig(_Strict):
-    source: Literal["embedded"] = "embedded"
-    context_length: int = Field(128, ge=8)
-    eval_sequences: int = Field(64, ge=1, description="held-out sequences for every loss evaluation")
-    llc_sequences: int = Field(256, ge=1, description="training sequences the SGLD minibatches come from")
-
-
 class CompressorEntry(_Strict):
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
@@ -104,7 +98,12 @@ class Experiment(_Strict):
     store: Path
     report: Path | None = None
     threads: int = Field(1, ge=1, description="torch threads per process")
-    workers: int = Field(1, ge=1, description="checkpoints measured in parallel processes")
+    workers: int = Field(1, ge=1, description="local executor: checkpoints measured in parallel processes")
+    executor: Literal["local", "ray"] = Field("local", description="`local` (this machine) or `ray` (a cluster)")
+    address: str | None = Field(None, description="ray: the cluster's address (HOST:PORT); none = a Ray "
+                                                  "instance on this machine for this run")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto`: cuda when available, else cpu")
+    gpus_per_unit: float = Field(0, ge=0, description="ray: GPUs each checkpoint asks for (CPUs: `threads`)")
     models: list[ModelEntry] = Field(min_length=1)
     data: DataConfig = DataConfig()
     llc: LLCConfig = LLCConfig()

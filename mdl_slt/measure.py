@@ -7,32 +7,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from mdl_slt.checkpoints import Checkpoint
 from mdl_slt.critical import CriticalSearch, find_critical
-from mdl_slt.data import TokenSetSpec, cached_token_set
-from mdl_slt.experiment import CriticalConfig, DataConfig
+from mdl_slt.data import TokenSets
+from mdl_slt.experiment import CriticalConfig
 from mdl_slt.lm_loss import evaluate_loss
 from mdl_slt.sgld import LLCConfig, LLCResult, estimate_llc
-
-
-@dataclass
-class TokenSets:
-    eval: object  # LongTensor (eval_sequences, context_length), held-out text
-    train: object  # LongTensor (llc_sequences, context_length), training text
-
-
-def token_sets(home: Path, checkpoint: Checkpoint, data: DataConfig) -> TokenSets:
-    """The fixed evaluation and sampling tokens for `checkpoint`'s tokenizer."""
-    from mdl_slt.corpus import load_corpus
-
-    corpus = load_corpus(home)
-    tok = checkpoint.tokenizer
-    return TokenSets(
-        eval=cached_token_set(home, corpus.eval, tok, TokenSetSpec("eval", data.eval_sequences, data.context_length)),
-        train=cached_token_set(home, corpus.train, tok, TokenSetSpec("train", data.llc_sequences, data.context_length)),
-    )
 
 
 def measure_llc(checkpoint: Checkpoint, tokens: TokenSets, config: LLCConfig) -> LLCResult:

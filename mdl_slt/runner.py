@@ -1,9 +1,10 @@
 """The batch runner: one unit of work per (model, checkpoint), run in order, resumable.
 
 Each unit loads its checkpoint once and measures base loss, LLC, and per compressor the loss
-curve with the critical compression at each ε. Units run in this process or in a pool of
-worker processes; either way one writer stores each task's rows in one transaction. On a
-rerun, stored tasks are skipped and a unit with nothing left to do is not even loaded.
+curve with the critical compression at each ε. Units run in this process, in a pool of worker
+processes, or as Ray tasks on a cluster; whichever, their records come back to this process,
+the one writer, which stores each task's rows in one transaction. On a rerun, stored tasks
+are skipped and a unit with nothing left to do is not even loaded.
 """
 
 from __future__ import annotations
@@ -176,6 +177,9 @@ def run_experiment(experiment: Experiment, home: Path, console) -> RunSummary:
 
 def _measure_all(pending: list[Unit], experiment: Experiment, home: Path, todo: dict):
     """Yield (unit, records-per-task or the exception it raised), as units finish."""
+    if experiment.executor == "ray":
+        yield from _measure_on_ray(pending, experiment, home, todo)
+        return
     if experiment.workers == 1 or len(pending) <= 1:
         for unit in pending:
             try:
@@ -193,19 +197,52 @@ def _measure_all(pending: list[Unit], experiment: Experiment, home: Path, todo: 
             yield futures[future], error if error is not None else future.result()
 
 
+def _measure_on_ray(pending: list[Unit], experiment: Experiment, home: Path, todo: dict):
+    """Each unit a Ray task asking for `threads` CPUs and `gpus_per_unit` GPUs; results come back
+    here to the one writer. The home (suite, token caches) must be on a filesystem every node sees."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'mdl-slt[ray]'") from None
+    if not pending:
+        return
+    try:
+        ray.init(address=experiment.address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, **({} if experiment.address else {"num_cpus": experiment.workers * experiment.threads}))
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise UserError(f"cannot reach the Ray cluster at {experiment.address}: {' '.join(str(error).split())[:160]} "
+                        "— start one with `ray start --head`, or leave out --address") from None
+    try:
+        task = ray.remote(measure_unit).options(num_cpus=experiment.threads, num_gpus=experiment.gpus_per_unit,
+                                                max_retries=0)
+        running = {task.remote(u, experiment, home, todo[u]): u for u in pending}
+        while running:
+            (ready,), _ = ray.wait(list(running), num_returns=1)
+            unit = running.pop(ready)
+            try:
+                yield unit, ray.get(ready)
+            except ray.exceptions.RayTaskError as error:  # the task raised: report its own exception
+                yield unit, error.cause if error.cause is not None else error
+            except ray.exceptions.RayError as error:  # the worker died
+                yield unit, error
+    finally:
+        ray.shutdown()
+
+
 def measure_unit(unit: Unit, experiment: Experiment, home: Path, todo: set[str]) -> list[list[Record]]:
     """Measure the tasks in `todo` for one checkpoint; returns one list of records per task."""
     import compressors
 
     from mdl_slt.checkpoints import load_checkpoint
     from mdl_slt.lm_loss import evaluate_loss
-    from mdl_slt.measure import measure_critical, measure_llc, token_sets
+    from mdl_slt.data import token_sets
+    from mdl_slt.measure import measure_critical, measure_llc
     from mdl_slt.threads import set_threads
 
     set_threads(experiment.threads)
     keys = TaskKeys(experiment)
     ckpt = load_checkpoint(unit.ref, home)
-    tokens = token_sets(home, ckpt, experiment.data)
+    tokens = token_sets(home, ckpt.tokenizer, experiment.data)
     common = dict(model=unit.ref.model_id, revision=unit.ref.revision, step=ckpt.step,
                   num_params=ckpt.num_params, tokens_seen=ckpt.tokens_seen, experiment=experiment.name)
     done = []

@@ -49,11 +49,10 @@ def tiny_checkpoint(tiny_suite):
 @pytest.fixture(scope="session")
 def tiny_tokens(tiny_suite, tiny_checkpoint):
     """The real held-out and sampling token sets for the tiny suite's tokenizer."""
-    from mdl_slt.experiment import DataConfig
-    from mdl_slt.measure import token_sets
+    from mdl_slt.data import DataConfig, token_sets
 
     home, _ = tiny_suite
-    return token_sets(home, tiny_checkpoint, DataConfig(context_length=32, eval_sequences=32, llc_sequences=64))
+    return token_sets(home, tiny_checkpoint.tokenizer, DataConfig(context_length=32, eval_sequences=32, llc_sequences=64))
 
 
 def run_cli(*args, home=None, cwd=None, timeout=300):

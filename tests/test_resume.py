@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,52 @@ def test_sigkill_then_rerun_gives_exactly_the_uninterrupted_records(tiny_suite, 
     again = run_cli("run", killed, home=home)
     assert again.returncode == 0, again.stderr
     assert records(store) == expected  # none lost, none duplicated, identical values
+
+
+def test_ray_executor_gives_the_records_of_the_local_one(tiny_suite, tmp_path):
+    """A real local Ray cluster (`ray start --head`), joined by address, measures what the local executor does."""
+    import socket
+    import sysconfig
+
+    home, _ = tiny_suite
+    local = write(tmp_path, "local", "[step1, step24]")
+    assert run_cli("run", local, home=home).returncode == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray = [str(Path(sysconfig.get_path("scripts")) / "ray")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    started = subprocess.run([*ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                              "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    try:
+        remote = write(tmp_path, "remote", "[step1, step24]")
+        done = run_cli("run", remote, "--executor", "ray", "--address", f"127.0.0.1:{port}", home=home)
+        assert done.returncode == 0, done.stderr
+    finally:
+        subprocess.run([*ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    expected = records(tmp_path / "local.sqlite")
+    assert len(expected) > 10 and records(tmp_path / "remote.sqlite") == expected
+
+
+def test_unloadable_checkpoints_are_failures_with_their_reason(tiny_suite, tmp_path):
+    """A corrupt checkpoint directory and a hub model while offline fail alone, in one line each."""
+    import shutil
+
+    home, _ = tiny_suite
+    repo = home / "hub" / "models--mdl-slt--tiny-a"
+    snapshot = repo / "snapshots" / (repo / "refs" / "step24").read_text().strip()
+    corrupt = tmp_path / "corrupt-checkpoint"
+    shutil.copytree(snapshot, corrupt, symlinks=False)
+    (corrupt / "model.safetensors").write_bytes((corrupt / "model.safetensors").read_bytes()[:1000])
+    path = tmp_path / "broken.yaml"
+    more = f"  - id: {corrupt}\n  - id: EleutherAI/pythia-14m\n    revisions: [step1000]\ndata:"
+    path.write_text(EXPERIMENT.format(store=tmp_path / "broken.sqlite", revisions="[step24]").replace("data:", more))
+    done = run_cli("run", path, home=home)
+    assert done.returncode == 1, done.stderr
+    failed = {line.split()[1]: line for line in run_cli("status", tmp_path / "broken.sqlite", home=home).stdout.splitlines()
+              if line.startswith("failed")}
+    assert "is corrupt or incomplete (SafetensorError" in failed[str(corrupt)]
+    assert "hub is unreachable (offline)" in failed["EleutherAI/pythia-14m@step1000"]
+    keys = records(tmp_path / "broken.sqlite")
+    assert keys and all("mdl-slt/tiny-a|step24" in k for k in keys)  # nothing of the failed units
