@@ -148,7 +148,12 @@ def validate(experiment_file: Path = typer.Argument(..., help="Experiment file (
     print(f"cost: {len(units) * llc.num_chains * llc.steps_per_chain:,} SGLD steps "
           f"({llc.num_chains} chains × {llc.steps_per_chain} per checkpoint), at most "
           f"{len(units) * (1 + searches):,} loss evaluations of {experiment.data.eval_sequences} × "
-          f"{experiment.data.context_length} tokens; {experiment.workers} worker(s) × {experiment.threads} thread(s)")
+          f"{experiment.data.context_length} tokens")
+    if experiment.executor == "ray":
+        print(f"executor: Ray at {experiment.address or 'a local instance'}, each checkpoint asking for "
+              f"{experiment.threads} CPU(s) and {experiment.gpus_per_unit:g} GPU(s)")
+    else:
+        print(f"executor: local, {experiment.workers} worker(s) × {experiment.threads} thread(s)")
 
 
 @app.command("status")
@@ -187,7 +192,8 @@ def report(store: Path = typer.Argument(..., help="Results store (SQLite) writte
     print(f"{written['pdf']}: {written['pages']} pages; tables {', '.join(written['csv'])}")
 
 
-def _load(ref: str):
+def _load(ref: str, data=None):
+    """The checkpoint and its token sets (`data`, default the embedded corpus)."""
     from mdl_slt.checkpoints import load_checkpoint
     from mdl_slt.data import DataConfig, token_sets
     from mdl_slt.threads import set_threads
@@ -195,7 +201,55 @@ def _load(ref: str):
     set_threads(state["threads"])
     home = _home()
     ckpt = load_checkpoint(ref, home)
-    return ckpt, token_sets(home, ckpt.tokenizer, DataConfig())
+    return ckpt, token_sets(home, ckpt.tokenizer, data or DataConfig())
+
+
+@app.command("predict")
+def predict(fit: Path = typer.Option(..., "--fit", help="Fit file written by `mdl-slt report` (<report>-fit.json)."),
+            model: str = typer.Option(..., "--model", help="Checkpoint to predict: MODEL_ID@REVISION or a directory."),
+            verify: bool = typer.Option(False, help="Also measure the critical compression and print both."),
+            as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    """Predict a checkpoint's critical compression from its LLC, estimated with the fit's own settings."""
+    import compressors
+
+    from mdl_slt.fitfile import FitFile
+    from mdl_slt.lm_loss import evaluate_loss
+    from mdl_slt.measure import measure_critical, measure_llc
+
+    saved = FitFile.load(fit)
+    data, llc_config, critical_config = saved.settings()
+    ckpt, tokens = _load(model, data)
+    llc_result = measure_llc(ckpt, tokens, llc_config)
+    predictions = saved.predict(ckpt.ref.model_id, llc_result.llc_mean, llc_result.llc_std_error or 0.0,
+                                llc_result.num_params)
+    measured = {}
+    if verify:
+        base_loss = evaluate_loss(ckpt.model, tokens.eval)
+        for entry in critical_config.compressors:
+            found = measure_critical(ckpt, tokens, compressors.get(entry.name, **entry.options), base_loss,
+                                     critical_config)
+            measured.update({(entry.name, p.epsilon): p.value for p in found.search.points})
+    rows = []
+    for p in predictions:
+        row = vars(p)
+        if verify:
+            value = measured.get((p.compressor, p.epsilon))
+            row.update(measured=value, inside=value is not None and p.lower <= value <= p.upper)
+        rows.append(row)
+    if as_json:
+        _print_json({"ref": str(ckpt.ref), "llc_mean": llc_result.llc_mean, "llc_std_error": llc_result.llc_std_error,
+                     "r_hat": llc_result.r_hat, "fit": str(fit), "predictions": rows})
+        return
+    print(f"{ckpt.ref}: λ̂ = {llc_result.llc_mean:.2f} ± {llc_result.llc_std_error:.2f} (R̂ {llc_result.r_hat:.2f}); "
+          f"predicted critical compression, {100 * 0.95:.0f}% prediction intervals, from {fit}")
+    for row in rows:
+        line = (f"  {row['compressor']:10s} ε={row['epsilon']:<6g} {row['predicted']:7.3f}  "
+                f"[{row['lower']:.3f}, {row['upper']:.3f}]  ({row['basis']} line)")
+        if verify:
+            value = row["measured"]
+            line += f"   measured {value:.3f} {'inside' if row['inside'] else 'OUTSIDE'}" if value is not None \
+                else "   measured: beyond the knob's range"
+        print(line)
 
 
 def _llc_config(**fields) -> "LLCConfig":

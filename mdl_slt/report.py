@@ -1,7 +1,13 @@
-"""The PDF report (fpdf2) and its CSV tables, built from a results store. Needs no torch."""
+"""The PDF report (fpdf2), its CSV tables and its fit file, built from a results store. Needs no torch.
+
+Pages: title; summary of the findings in numbers; fit tables; then one figure per page
+(loss curves per compressor, LLC with R̂, SGLD traces, critical compression over training and
+against λ̂, residuals, ε sweep, description lengths); last, the leave-one-out prediction table.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from datetime import datetime, timezone
@@ -24,83 +30,189 @@ def _unicode_fonts(pdf) -> None:
     pdf.add_font("Mono", "", fonts / "DejaVuSansMono.ttf")
 
 
-def summary_lines(table: pd.DataFrame, fits: pd.DataFrame, min_step: int) -> list[str]:
+def _g(value, digits: int = 3) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}g}"
+
+
+def summary_lines(table: pd.DataFrame, fits: pd.DataFrame, pooled: pd.DataFrame, sweep: pd.DataFrame,
+                  min_step: int) -> list[str]:
+    """The findings in numbers: per model its training span, each fit, then across sizes."""
     lines = []
     for model, part in table.groupby("model", sort=False):
         llc = part.drop_duplicates("step").sort_values("step")
         last = llc.iloc[-1]
+        unhealthy = int((llc.r_hat > 1.1).sum())
         lines.append(f"{model} ({int(last.num_params):,} parameters, {len(llc)} checkpoints): base loss "
                      f"{llc.base_loss.iloc[0]:.3f} → {last.base_loss:.3f} nats/token; λ̂ "
-                     f"{llc.llc_mean.iloc[0]:.1f} → {last.llc_mean:.1f} (final ± {last.llc_std_error:.1f} s.e.).")
+                     f"{llc.llc_mean.iloc[0]:.1f} → {last.llc_mean:.1f} (final ± {last.llc_std_error:.1f} s.e.); "
+                     f"R̂ > 1.1 at {unhealthy} of {len(llc)} checkpoints.")
         for _, f in fits[fits.model == model].iterrows():
-            finals = part[(part.epsilon == f.epsilon) & (part.compressor == f.compressor)].sort_values("step")
-            crit = finals.critical_bits.iloc[-1]
-            if "slope" in f and not math.isnan(f.get("slope", math.nan)):
-                lines.append(f"    {f.compressor}, ε={f.epsilon:g}: critical bits at last step {crit:.2f}; "
-                             f"fit over {f.n} checkpoints (step ≥ {min_step}): slope {f.slope:.4f} ± "
-                             f"{f.slope_se:.4f} bits per unit λ̂, R² = {f.r_squared:.2f}, Pearson r = {f.pearson_r:.2f}")
-            else:
-                lines.append(f"    {f.compressor}, ε={f.epsilon:g}: critical bits at last step {crit:.2f}; "
-                             f"too few distinct points for a fit")
+            head = f"  {f.compressor} ε={f.epsilon:g}:"
+            if pd.isna(f.get("slope")):
+                lines.append(f"{head} {f.n} checkpoints with step ≥ {min_step}: too few for a fit")
+                continue
+            lines.append(f"{head} R² = {f.r_squared:.2f}, Pearson r = {f.pearson_r:.2f}, Spearman ρ = "
+                         f"{_g(f.spearman_rho, 2)}, slope {f.slope:.4f} [{f.slope_ci_low:.4f}, {f.slope_ci_high:.4f}] "
+                         f"per unit λ̂ (bootstrap with λ̂ errors [{_g(f.bootstrap_slope_ci_low)}, "
+                         f"{_g(f.bootstrap_slope_ci_high)}]), leave-one-out error {_g(f.loo_rmse)} "
+                         f"(coverage {_g(f.loo_coverage, 2)}), n = {f.n}")
+    for _, p in pooled.iterrows():
+        if pd.notna(p.get("p_same_line")):
+            lines.append(f"Across {p.models} sizes, {p.compressor} ε={p.epsilon:g}: one common line R² = "
+                         f"{p.r2_common:.2f} against a line per size R² = {p.r2_separate:.2f} (F test p = "
+                         f"{p.p_same_line:.2g}; equal slopes p = {p.p_same_slope:.2g}); on λ̂/d R² = {p.r2_per_param:.2f}.")
+    for comp, part in sweep.groupby("compressor"):
+        ok = part.dropna(subset=["eps_slope_bits", "llc_mean"])
+        if len(ok) >= 3:
+            r = ok[["eps_slope_bits", "llc_mean"]].corr().iloc[0, 1]
+            ratio = (ok.eps_slope_bits / ok.llc_mean).median()
+            lines.append(f"ε sweep, {comp}: description-length slope per halving of ε against λ̂ over {len(ok)} "
+                         f"checkpoints, Pearson r = {r:.2f}, median slope / λ̂ = {ratio:.3g}.")
     return lines
 
 
+def _table_page(pdf, title: str, frame: pd.DataFrame, columns: dict, note: str = "") -> None:
+    """A page holding `frame`'s `columns` ({column: header}) as a table, numbers to 4 significant digits."""
+    pdf.add_page()
+    pdf.set_font("Sans", "B", 13)
+    pdf.cell(0, 8, title, new_x="LMARGIN", new_y="NEXT")
+    if note:
+        pdf.set_font("Sans", "", 8)
+        pdf.multi_cell(0, 4, note, new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Sans", "", 6.5 if len(columns) > 10 else 7.5)
+    with pdf.table(text_align="RIGHT", line_height=3.6, first_row_as_headings=True) as grid:
+        grid.row(list(columns.values()))
+        for _, record in frame.iterrows():
+            grid.row([record[c].split("/")[-1] if isinstance(record[c], str) else
+                      _g(record[c], 4) if isinstance(record[c], float) else str(record[c]) for c in columns])
+
+
 def write_report(store_path: Path, output: Path, min_step: int = 0) -> dict:
-    """Write the PDF to `output` and `<output>-records.csv`, `-measurements.csv`, `-fits.csv` beside it."""
+    """Write the PDF to `output`; beside it `<stem>-<table>.csv` for every table and `<stem>-fit.json`."""
     from fpdf import FPDF
 
     from mdl_slt import __version__, figures
-    from mdl_slt.analysis import fit_relation, measurements
+    from mdl_slt.analysis import eps_sweep, fit_relation, latest_records, loo_predictions, measurements, pooled_fits
+    from mdl_slt.fitfile import build_fit_file, versions
     from mdl_slt.store import open_existing
 
     with open_existing(store_path) as store:
-        records, runs = store.table(), store.runs()
+        records, runs, config = store.table(), store.runs(), store.last_config()
     if records.empty or not (records.task == "critical").any() or not (records.task == "llc").any():
         raise UserError(f"{store_path} holds no complete measurements yet: run the experiment first")
+    records = latest_records(records)
     table = measurements(records)
-    fits = fit_relation(table, min_step)
+    fits, pooled = fit_relation(table, min_step), pooled_fits(table, min_step)
+    sweep, loo = eps_sweep(table), loo_predictions(table, min_step)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     stem = output.with_suffix("")
-    csvs = {"records": records.drop(columns="detail"), "measurements": table, "fits": fits}
-    for name, frame in csvs.items():
+    tables = {"records": records.drop(columns="detail"), "measurements": table, "fits": fits, "pooled": pooled,
+              "eps-sweep": sweep, "predictions": loo}
+    for name, frame in tables.items():
         frame.to_csv(f"{stem}-{name}.csv", index=False)
+    fit_path = Path(f"{stem}-fit.json")
+    fit_path.write_text(json.dumps(build_fit_file(table, config, min_step, store_path), indent=1))
 
-    epsilons = sorted(table.epsilon.unique())
-    pages = [
-        ("Loss against bits", figures.loss_curves(records, epsilons)),
-        ("LLC over training", figures.llc_over_training(table)),
-        ("Critical bits over training", figures.critical_over_training(table)),
-        ("Critical bits against LLC", figures.critical_vs_llc(table, fits, min_step)),
-    ]
     pdf = FPDF(orientation="L", unit="mm", format="A4")
     _unicode_fonts(pdf)
     pdf.set_auto_page_break(auto=True, margin=10)
-    pdf.add_page()
-    pdf.set_font("Sans", "B", 18)
     experiment = runs.experiment.iloc[-1] if len(runs) else "experiment"
-    pdf.cell(0, 12, f"mdl-slt report: {experiment}", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Sans", "", 10)
-    pdf.multi_cell(0, 5, f"Store {store_path}; mdl-slt {__version__}; written "
-                         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Critical bits b*(ε): the fewest "
-                         f"bits per weight whose loss increase on held-out text stays within ε (nats/token). "
-                         f"λ̂: SGLD estimate of the local learning coefficient, mean over chains.",
-                   new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(3)
-    pdf.set_font("Sans", "B", 12)
+    _title_page(pdf, experiment, table, config, store_path, versions())
+
+    pdf.add_page()
+    pdf.set_font("Sans", "B", 13)
     pdf.cell(0, 8, "Summary", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Mono", "", 8)
-    for line in summary_lines(table, fits, min_step):
-        pdf.multi_cell(0, 4, line, new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Sans", "", 8)
+    pdf.multi_cell(0, 4, f"Critical compression c*(ε): the most compression whose loss increase on held-out text stays "
+                         f"within ε (nats/token); for rtn, bits per weight. Fits over checkpoints with step ≥ "
+                         f"{min_step}: OLS with HC3 errors, 95% intervals.", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+    pdf.set_font("Mono", "", 7.5)
+    for line in summary_lines(table, fits, pooled, sweep, min_step):
+        pdf.multi_cell(0, 3.8, line, new_x="LMARGIN", new_y="NEXT")
+
+    if "slope" in fits:
+        _table_page(pdf, "Fits per model size: critical compression = α + β·λ̂", fits, {
+            "model": "model", "compressor": "method", "epsilon": "ε", "n": "n", "slope": "β",
+            "slope_ci_low": "β low", "slope_ci_high": "β high", "bootstrap_slope_ci_low": "boot low",
+            "bootstrap_slope_ci_high": "boot high", "intercept": "α", "r_squared": "R²", "pearson_r": "r",
+            "spearman_rho": "ρ", "loo_rmse": "LOO err", "loo_coverage": "LOO cover"},
+            "boot: bootstrap over checkpoints with each λ̂ redrawn from its standard error. LOO err: root mean "
+            "square error of leave-one-checkpoint-out predictions, in knob units; LOO cover: share inside their 95% "
+            "prediction interval.")
+    if "p_same_line" in pooled:
+        _table_page(pdf, "Across model sizes: does one line serve all?", pooled, {
+            "compressor": "method", "epsilon": "ε", "n": "n", "models": "sizes", "r2_common": "R² one line",
+            "r2_separate": "R² line per size", "p_same_line": "p (F, one line)", "p_same_slope": "p (equal slopes)",
+            "r2_per_param": "R² on λ̂/d", "slope_per_param": "β on λ̂/d"},
+            "p (F, one line): F test of one common line against one line per size. p (equal slopes): HC3 Wald test "
+            "of the size × λ̂ interactions. λ̂/d: the LLC per sampled parameter.")
+
+    pages = [(f"{comp}: loss against knob", figures.loss_curves(records, sorted(table.epsilon.unique()), comp,
+                                                                   part.knob_name.iloc[0] or "knob"))
+             for comp, part in table.groupby("compressor")]
+    pages += [("LLC over training, with chain agreement", figures.llc_over_training(table)),
+              ("SGLD chains", figures.chain_traces(records)),
+              ("Critical compression over training", figures.critical_over_training(table))]
+    for comp, part in table.groupby("compressor"):
+        pages.append((f"{comp}: critical compression against LLC",
+                      figures.critical_vs_llc(part, fits[fits.compressor == comp], min_step)))
+    pages += [("Residuals", figures.residuals(table, fits, min_step))]
+    if len(sweep):
+        pages.append(("ε sweep", figures.eps_sweep(sweep)))
+    pages.append(("Description lengths", figures.description_lengths(table)))
     with tempfile.TemporaryDirectory() as tmp:
         for i, (title, fig) in enumerate(pages):
             image = Path(tmp) / f"figure{i}.png"
-            fig.savefig(image, dpi=170)
+            fig.savefig(image, dpi=150)
             figures.plt.close(fig)
             pdf.add_page()
             pdf.set_font("Sans", "B", 13)
             pdf.cell(0, 8, title, new_x="LMARGIN", new_y="NEXT")
             pdf.image(str(image), w=PAGE_WIDTH_MM, keep_aspect_ratio=True, h=180)
+        if len(loo):
+            shown = loo.groupby(["model", "compressor", "epsilon"]).tail(3)
+            _table_page(pdf, "Predictions: each checkpoint from a fit on the others", shown, {
+                "model": "model", "compressor": "method", "epsilon": "ε", "step": "step", "llc_mean": "λ̂",
+                "measured": "measured", "predicted": "predicted", "lower": "95% low", "upper": "95% high",
+                "inside": "inside"},
+                f"The last three fitted checkpoints per model, method and ε; all {len(loo)} rows are in "
+                f"{Path(f'{stem}-predictions.csv').name}. Intervals add the left-out λ̂'s own standard error.")
         pdf.output(str(output))
-    return {"pdf": str(output), "pages": pdf.page_no(), "csv": [f"{stem}-{n}.csv" for n in csvs],
-            "fits": fits}
+    return {"pdf": str(output), "pages": pdf.page_no(), "csv": [f"{stem}-{n}.csv" for n in tables],
+            "fit": str(fit_path), "fits": fits}
+
+
+def _title_page(pdf, experiment: str, table: pd.DataFrame, config: dict | None, store_path: Path,
+                versions: dict) -> None:
+    from mdl_slt import __version__
+
+    pdf.add_page()
+    pdf.set_font("Sans", "B", 22)
+    pdf.ln(20)
+    pdf.cell(0, 14, f"mdl-slt report: {experiment}", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Sans", "", 11)
+    pdf.cell(0, 7, f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by mdl-slt {__version__}, from "
+                   f"{store_path}", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(4)
+    pdf.set_font("Sans", "B", 12)
+    pdf.cell(0, 8, "Models", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Sans", "", 10)
+    for model, part in table.groupby("model", sort=False):
+        steps = sorted(part.step.dropna().unique())
+        pdf.cell(0, 6, f"{model}: {int(part.num_params.iloc[0]):,} parameters, {len(steps)} checkpoints "
+                       f"(steps {int(steps[0])} … {int(steps[-1])})", new_x="LMARGIN", new_y="NEXT")
+    if config:
+        pdf.ln(3)
+        pdf.set_font("Sans", "B", 12)
+        pdf.cell(0, 8, "Settings", new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("Mono", "", 8)
+        for part in ("data", "llc", "critical"):
+            shown = {k: v for k, v in config[part].items() if v not in (None, [], {})}
+            pdf.multi_cell(0, 4, f"{part}: {json.dumps(shown)}", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(3)
+    pdf.set_font("Sans", "B", 12)
+    pdf.cell(0, 8, "Versions", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Mono", "", 8)
+    pdf.multi_cell(0, 4, ", ".join(f"{k} {v}" for k, v in versions.items() if v), new_x="LMARGIN", new_y="NEXT")
