@@ -33,7 +33,7 @@ def inverse_hessian_factor(hessian, damp: float):
     h = hessian.clone().double()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(len(h), dtype=h.dtype)
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(len(h), dtype=h.dtype, device=h.device)
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
     return torch.linalg.cholesky(inverse, upper=True).float(), dead
 
@@ -99,7 +99,8 @@ class GPTQ(Compressor):
         sums, hooks = {}, []
         for t in prepared.targets:
             module = modules[id(t.param)]
-            sums[t.name] = [torch.zeros(module.in_features, module.in_features, dtype=torch.float64), 0]
+            sums[t.name] = [torch.zeros(module.in_features, module.in_features, dtype=torch.float64,
+                                        device=module.weight.device), 0]
 
             def collect(mod, args, name=t.name):
                 x = args[0].detach().reshape(-1, args[0].shape[-1]).double()

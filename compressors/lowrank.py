@@ -102,6 +102,6 @@ class EnergySVD(_LowRank):
         owner = torch.cat([torch.full((len(prepared.cache[n][2]),), i) for i, n in enumerate(names)])
         order = torch.argsort(energies, descending=True, stable=True)
         cumulative = torch.cumsum(energies[order], 0) / energies.sum()
-        keep = int(torch.searchsorted(cumulative, torch.tensor(value, dtype=cumulative.dtype))) + 1
+        keep = int(torch.searchsorted(cumulative, torch.tensor(value, dtype=cumulative.dtype, device=cumulative.device))) + 1
         counts = torch.bincount(owner[order[:keep]], minlength=len(names))
         return {n: max(1, int(c)) for n, c in zip(names, counts)}

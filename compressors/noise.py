@@ -39,7 +39,7 @@ class GaussianNoise(Compressor):
         with torch.no_grad():
             for t in prepared.targets:
                 rms = t.original.float().pow(2).mean().sqrt()
-                noise = torch.randn(t.original.shape, generator=gen)
+                noise = torch.randn(t.original.shape, generator=gen).to(t.original.device)  # CPU stream: same draws anywhere
                 t.param.copy_((t.original + value * rms * noise).to(t.param.dtype))
 
     def description_length(self, prepared: Prepared, value: float) -> DescriptionLength:

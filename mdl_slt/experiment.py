@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mdl_slt import pythia
 from mdl_slt.data import DataConfig
 from mdl_slt.errors import UserError
 from mdl_slt.sgld import LLCConfig
@@ -22,14 +23,11 @@ from mdl_slt.sgld import LLCConfig
 
 # Bumped whenever a change to the code changes what a measurement returns (e.g. rtn's even level
 # counts in 0.2), so stores never mix results from different methods under one key.
-MEASUREMENT_VERSION = 2
+MEASUREMENT_VERSION = 3
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-PYTHIA_STEPS = [0] + [2**k for k in range(10)] + list(range(1000, 143_001, 1000))  # 154 checkpoints
 
 
 class StepRange(_Strict):
@@ -45,8 +43,8 @@ class StepRange(_Strict):
         if (self.every is None) == (self.schedule is None):
             raise UserError("a step range needs exactly one of `every` or `schedule: pythia`")
         if self.schedule == "pythia":
-            stop = PYTHIA_STEPS[-1] if self.stop is None else self.stop
-            return [f"step{n}" for n in PYTHIA_STEPS if self.start <= n <= stop]
+            stop = pythia.STEPS[-1] if self.stop is None else self.stop
+            return [f"step{n}" for n in pythia.STEPS if self.start <= n <= stop]
         if self.stop is None:
             raise UserError("a step range with `every` needs `stop`")
         return [f"step{n}" for n in range(self.start, self.stop + 1, self.every)]

@@ -1,28 +1,35 @@
 """Per-token cross-entropy of a causal language model, the loss every measurement uses.
 
 L(w) = mean over sequences and positions t of −log p_w(x_{t+1} | x_{≤t}), in nats per token,
-computed in fp32.
+reduced in fp32 (the forward pass under bf16 autocast on CUDA: see `mdl_slt.device`).
 """
 
 from __future__ import annotations
+
+from mdl_slt.device import autocast, eval_batch_size
 
 
 def token_nll(model, tokens):
     """Mean next-token negative log-likelihood of a (batch, length) LongTensor; differentiable."""
     import torch.nn.functional as F
 
-    logits = model(input_ids=tokens).logits[:, :-1].float()
+    with autocast(tokens.device):
+        logits = model(input_ids=tokens).logits[:, :-1]
+    logits = logits.float()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
 
 
-def evaluate_loss(model, tokens, batch_size: int = 32) -> float:
-    """Mean per-token NLL over a fixed token set, under inference mode, accumulated in float64."""
+def evaluate_loss(model, tokens, batch_size: int | None = None) -> float:
+    """Mean per-token NLL over a fixed token set, under inference mode, accumulated in float64;
+    batches go to the model's device, sized to it unless `batch_size` is given."""
     import torch
 
+    device = next(model.parameters()).device
+    batch_size = batch_size or eval_batch_size(model, tokens.shape[1])
     total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(tokens), batch_size):
-            batch = tokens[start:start + batch_size]
+            batch = tokens[start:start + batch_size].to(device)
             n = batch.shape[0] * (batch.shape[1] - 1)
             total += float(token_nll(model, batch).double()) * n
             count += n

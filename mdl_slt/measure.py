@@ -46,7 +46,7 @@ def measure_critical(checkpoint: Checkpoint, tokens: TokenSets, compressor, base
     """Critical compression of `checkpoint` under `compressor` at every ε of `config`."""
     start = time.perf_counter()
     model = checkpoint.model
-    prepared = compressor.prepare(model, tokens.train)
+    prepared = compressor.prepare(model, tokens.train.to(next(model.parameters()).device))
 
     def loss_at(value: float) -> float:
         """Held-out loss at `value`, averaged over the method's random draws (1 for most)."""

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mdl_slt import pythia
 from mdl_slt.checkpoints import CheckpointRef
 from mdl_slt.errors import UserError
 from mdl_slt.experiment import Experiment
@@ -85,6 +86,8 @@ def plan(experiment: Experiment, home: Path) -> list[Unit]:
                 raise UserError(f"no revisions of {entry.id} in the local cache: list them under "
                                 f"`revisions:` or `steps:` in the experiment file, or build the suite "
                                 f"(`mdl-slt suite build`)")
+        for revision in revisions:
+            pythia.check_revision(entry.id, revision)
         units.extend(Unit(CheckpointRef(entry.id, r)) for r in revisions)
     return units
 
@@ -180,7 +183,9 @@ def _measure_all(pending: list[Unit], experiment: Experiment, home: Path, todo: 
     if experiment.executor == "ray":
         yield from _measure_on_ray(pending, experiment, home, todo)
         return
-    if experiment.workers == 1 or len(pending) <= 1:
+    gpus = _local_gpus(experiment)
+    workers = gpus if gpus > 1 else experiment.workers
+    if workers == 1 or len(pending) <= 1:
         for unit in pending:
             try:
                 yield unit, measure_unit(unit, experiment, home, todo[unit])
@@ -190,11 +195,32 @@ def _measure_all(pending: list[Unit], experiment: Experiment, home: Path, todo: 
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    with ProcessPoolExecutor(max_workers=experiment.workers, mp_context=get_context("spawn")) as pool:
+    context = get_context("spawn")
+    slots = context.Queue()
+    for gpu in range(gpus):
+        slots.put(gpu)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_claim_gpu if gpus > 1 else None,
+                             initargs=(slots,)) as pool:
         futures = {pool.submit(measure_unit, u, experiment, home, todo[u]): u for u in pending}
         for future in as_completed(futures):
             error = future.exception()
             yield futures[future], error if error is not None else future.result()
+
+
+def _local_gpus(experiment: Experiment) -> int:
+    """CUDA devices the local executor spreads units over: one worker per GPU, one unit each."""
+    if experiment.device == "cpu":
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _claim_gpu(slots) -> None:
+    """Worker initializer: take one free GPU index and see only that device (before CUDA starts)."""
+    import os
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(slots.get())
 
 
 def _measure_on_ray(pending: list[Unit], experiment: Experiment, home: Path, todo: dict):
@@ -234,6 +260,7 @@ def measure_unit(unit: Unit, experiment: Experiment, home: Path, todo: set[str])
     import compressors
 
     from mdl_slt.checkpoints import load_checkpoint
+    from mdl_slt.device import resolve_device
     from mdl_slt.lm_loss import evaluate_loss
     from mdl_slt.data import token_sets
     from mdl_slt.measure import measure_critical, measure_llc
@@ -241,7 +268,7 @@ def measure_unit(unit: Unit, experiment: Experiment, home: Path, todo: set[str])
 
     set_threads(experiment.threads)
     keys = TaskKeys(experiment)
-    ckpt = load_checkpoint(unit.ref, home)
+    ckpt = load_checkpoint(unit.ref, home, resolve_device(experiment.device))
     tokens = token_sets(home, ckpt.tokenizer, experiment.data)
     common = dict(model=unit.ref.model_id, revision=unit.ref.revision, step=ckpt.step,
                   num_params=ckpt.num_params, tokens_seen=ckpt.tokens_seen, experiment=experiment.name)
@@ -255,6 +282,7 @@ def measure_unit(unit: Unit, experiment: Experiment, home: Path, todo: set[str])
         result = measure_llc(ckpt, tokens, experiment.llc)
         detail = {key: value for key, value in result.to_dict().items()
                   if key not in ("llc_mean", "llc_std_error", "init_loss", "config", "elapsed_s")}
+        detail["step_size"] = result.config["step_size"]  # resolved, where the config says auto
         done.append([Record("llc", config_hash=keys.llc, loss=result.init_loss, base_loss=base_loss,
                             llc_mean=result.llc_mean, llc_std_error=result.llc_std_error, detail=detail,
                             elapsed_s=result.elapsed_s, seed=experiment.llc.seed, **common)])

@@ -24,7 +24,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mdl_slt.errors import UserError
 
@@ -37,7 +37,11 @@ class LLCConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     sampler: Literal["sgld", "rmsprop"] = Field("sgld", description="plain or RMSProp-preconditioned SGLD")
-    step_size: float = Field(3e-4, gt=0, description="SGLD step size ε")
+    preset: Literal["pythia"] | None = Field(None, description="`pythia`: the paper's settings (γ 300, nβ 30, "
+                                                            "batch 32, 4 chains, 100 draws, step size by model size) "
+                                                            "for every field not given")
+    step_size: float | Literal["auto"] = Field(3e-4, description="SGLD step size ε; `auto`: the paper's step for "
+                                                                "the Pythia size nearest in parameters")
     n_beta: float | Literal["auto"] = Field(30.0, description="nβ; `auto` = n/log n, β = 1/log n")
     localization: float = Field(300.0, ge=0, description="γ, strength of the pull towards w*")
     num_chains: int = Field(2, ge=1)
@@ -56,6 +60,30 @@ class LLCConfig(BaseModel):
         "auto", description="run chains together with torch.func.vmap: `auto` does for plain torch modules "
                             "and not for transformers models, whose CPU attention has no vmap batching rule")
     runaway: float = Field(4.0, gt=0, description="runaway threshold on window means of nβ·(L − L*), in units of d")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, values):
+        if isinstance(values, dict) and values.get("preset") == "pythia":
+            from mdl_slt.pythia import PAPER_SAMPLER
+
+            values = {**PAPER_SAMPLER, "step_size": "auto", **values}
+        return values
+
+    @field_validator("step_size")
+    @classmethod
+    def _positive(cls, value):
+        if value != "auto" and value <= 0:
+            raise ValueError("step_size must be positive, or auto")
+        return value
+
+    def resolved(self, model) -> "LLCConfig":
+        """This config with `step_size: auto` replaced by the paper's step for `model`'s size."""
+        if self.step_size != "auto":
+            return self
+        from mdl_slt.pythia import default_step_size
+
+        return self.model_copy(update={"step_size": default_step_size(sum(p.numel() for p in model.parameters()))})
 
     @property
     def steps_per_chain(self) -> int:
@@ -91,6 +119,10 @@ class LLCResult:
 
 def data_size(data) -> int:
     return len(data[0]) if isinstance(data, tuple) else len(data)
+
+
+def _to_device(data, device):
+    return tuple(d.to(device) for d in data) if isinstance(data, tuple) else data.to(device)
 
 
 def _pick(data, index):
@@ -175,7 +207,12 @@ class _Chains:
         self.t = 0
 
     def step(self, params, grads, gens) -> None:
-        """One SGLD step for every chain in place: params and grads are lists of (C, ...) tensors."""
+        """One SGLD step for every chain in place: params and grads are lists of (C, ...) tensors.
+
+        Memory: besides the parameters it keeps the anchor w*, one noise buffer and (RMSProp) V,
+        each the size of the sampled parameters; the gradients are turned into the drift in place
+        and the noise buffer holds the preconditioner, so a step allocates nothing.
+        """
         import torch
 
         cfg = self.config
@@ -186,34 +223,39 @@ class _Chains:
                 self.second_moment = [torch.zeros_like(p) for p in params]
         self.t += 1
         with torch.no_grad():
-            drift = torch._foreach_sub(params, self.anchor)  # γ(w − w*) + nβ∇L
-            torch._foreach_mul_(drift, gamma)
-            torch._foreach_add_(drift, grads, alpha=self.n_beta)
+            if cfg.sampler == "rmsprop":  # V ← αV + (1 − α)g², before g becomes the drift
+                torch._foreach_mul_(self.second_moment, cfg.rmsprop_alpha)
+                torch._foreach_addcmul_(self.second_moment, grads, grads, value=1 - cfg.rmsprop_alpha)
+            drift = grads  # nβ∇L + γ(w − w*), in place
+            torch._foreach_mul_(drift, self.n_beta)
+            torch._foreach_add_(drift, params, alpha=gamma)
+            torch._foreach_add_(drift, self.anchor, alpha=-gamma)
+            if cfg.sampler == "rmsprop":
+                precond = self.noise  # P = 1/(√V̂ + eps), V̂ bias-corrected, in the noise buffer
+                torch._foreach_copy_(precond, self.second_moment)
+                torch._foreach_div_(precond, 1 - cfg.rmsprop_alpha**self.t)
+                torch._foreach_sqrt_(precond)
+                torch._foreach_add_(precond, cfg.rmsprop_eps)
+                torch._foreach_reciprocal_(precond)
+                torch._foreach_mul_(drift, precond)
+                torch._foreach_add_(params, drift, alpha=-eps / 2)
+                torch._foreach_sqrt_(precond)  # √P scales the noise; the drift buffer is free again
+                torch._foreach_copy_(drift, precond)
+            else:
+                torch._foreach_add_(params, drift, alpha=-eps / 2)
             for buffer in self.noise:
                 for c, gen in enumerate(gens):
                     buffer[c].normal_(generator=gen)
-            if cfg.sampler == "sgld":
-                torch._foreach_add_(params, drift, alpha=-eps / 2)
-                torch._foreach_add_(params, self.noise, alpha=math.sqrt(eps))
-                return
-            alpha = cfg.rmsprop_alpha
-            torch._foreach_mul_(self.second_moment, alpha)
-            torch._foreach_addcmul_(self.second_moment, grads, grads, value=1 - alpha)
-            precond = torch._foreach_div(self.second_moment, 1 - alpha**self.t)  # bias-corrected V̂
-            torch._foreach_sqrt_(precond)
-            torch._foreach_add_(precond, cfg.rmsprop_eps)
-            torch._foreach_reciprocal_(precond)  # P = 1/(√V̂ + eps)
-            torch._foreach_mul_(drift, precond)
-            torch._foreach_add_(params, drift, alpha=-eps / 2)
-            torch._foreach_sqrt_(precond)
-            torch._foreach_mul_(self.noise, precond)
+            if cfg.sampler == "rmsprop":
+                torch._foreach_mul_(self.noise, drift)
             torch._foreach_add_(params, self.noise, alpha=math.sqrt(eps))
 
 
-def _generators(config: LLCConfig, chains):
+def _generators(config: LLCConfig, chains, device):
+    """One seeded stream per chain, on the parameters' device (minibatch picks and noise)."""
     import torch
 
-    return [torch.Generator().manual_seed(config.seed * 1_000_003 + c) for c in chains]
+    return [torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + c) for c in chains]
 
 
 def _sample_vectorized(model, names, anchor, data, loss_fn, config, n_beta, traces, health):
@@ -239,10 +281,10 @@ def _sample_vectorized(model, names, anchor, data, loss_fn, config, n_beta, trac
     step_fn = vmap(grad_and_value(loss_single), in_dims=(0, 0), randomness="error")
     params = [a.expand(chains, *a.shape[1:]).clone() for a in anchor]
     sampler = _Chains(anchor, config, n_beta)
-    gens = _generators(config, range(chains))
+    gens = _generators(config, range(chains), anchor[0].device)
     b = min(config.batch_size, size)
     for t in range(config.steps_per_chain):
-        index = torch.stack([torch.randint(size, (b,), generator=g) for g in gens])
+        index = torch.stack([torch.randint(size, (b,), generator=g, device=g.device) for g in gens])
         grads, loss = step_fn(params, _pick(data, index))
         traces[:, t] = loss.detach()
         sampler.step(params, list(grads), gens)
@@ -256,14 +298,14 @@ def _sample_sequential(model, params, anchor, data, loss_fn, config, n_beta, tra
 
     size = data_size(data)
     b = min(config.batch_size, size)
-    for chain, gen in enumerate(_generators(config, range(config.num_chains))):
+    for chain, gen in enumerate(_generators(config, range(config.num_chains), anchor[0].device)):
         with torch.no_grad():
             for p, a in zip(params, anchor):
                 p.copy_(a[0])
         sampler = _Chains([a[0] for a in anchor], config, n_beta)
         views = [p.unsqueeze(0) for p in params]  # (1, ...) views: the update writes into the model
         for t in range(config.steps_per_chain):
-            loss = loss_fn(model, _pick(data, torch.randint(size, (b,), generator=gen)))
+            loss = loss_fn(model, _pick(data, torch.randint(size, (b,), generator=gen, device=gen.device)))
             grads = torch.autograd.grad(loss, params)
             traces[chain, t] = loss.detach()
             sampler.step(views, [g.unsqueeze(0) for g in grads], [gen])
@@ -289,17 +331,19 @@ def estimate_llc(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable
     """
     import torch
 
+    config = config.resolved(model)
     loss_fn = loss_fn or default_loss(data)
     if data_size(data) < 1:
         raise UserError("estimate_llc needs non-empty data")
     chosen = select_parameters(model, config.parameters)
     names, params = [n for n, _ in chosen], [p for _, p in chosen]
     d = sum(p.numel() for p in params)
+    data = _to_device(data, params[0].device)
     n_beta = resolve_n_beta(config, data)
     init_loss, init_se = reference_loss(model, data, loss_fn, config)
     anchor = [p.detach().clone().unsqueeze(0) for p in params]
     steps = config.steps_per_chain
-    traces = torch.full((config.num_chains, steps), float("nan"))
+    traces = torch.full((config.num_chains, steps), float("nan"), device=params[0].device)
     limit = config.runaway * d
 
     def health(trace):
@@ -326,7 +370,7 @@ def estimate_llc(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable
             for p, a in zip(params, anchor):
                 p.copy_(a[0])
     elapsed = time.perf_counter() - start
-    return _summarise(traces, health(traces), init_loss, init_se, n_beta, d, config, elapsed, vectorized)
+    return _summarise(traces.cpu(), health(traces).cpu(), init_loss, init_se, n_beta, d, config, elapsed, vectorized)
 
 
 def _summarise(traces, healthy, init_loss, init_se, n_beta, d, config, elapsed, vectorized) -> LLCResult:
