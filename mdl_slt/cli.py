@@ -19,7 +19,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 suite_app = typer.Typer(no_args_is_help=True, help="The embedded micro-Pythia suite.")
 app.add_typer(suite_app, name="suite")
 console = Console(stderr=True)
-state = {"home": None, "threads": 1}
+state = {"home": None, "threads": 1, "device": None}
 
 
 @app.callback()
@@ -27,8 +27,10 @@ def _options(
     home: Optional[Path] = typer.Option(None, help="Where the corpus, suite and token caches live "
                                                    "[default: $MDL_SLT_HOME or ~/.cache/mdl-slt]."),
     threads: int = typer.Option(1, min=1, help="Torch threads (1 is fastest on small shared machines)."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | auto: where models run; bf16 autocast on "
+                                                    "cuda [default: an experiment's `device`, else auto]."),
 ):
-    state.update(home=home, threads=threads)
+    state.update(home=home, threads=threads, device=device)
 
 
 def _home() -> Path:
@@ -97,14 +99,13 @@ def run(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)
         set_: list[str] = typer.Option([], "--set", help=SET_HELP),
         executor: Optional[str] = typer.Option(None, help="local | ray [default: the file's, else local]."),
         address: Optional[str] = typer.Option(None, help="Ray cluster address HOST:PORT [default: a Ray "
-                                                         "instance on this machine]."),
-        device: Optional[str] = typer.Option(None, help="cpu | cuda | auto [default: the file's, else auto].")):
+                                                         "instance on this machine].")):
     """Run an experiment: every checkpoint's base loss, LLC and critical compression; then its report."""
     from mdl_slt.experiment import load_experiment
     from mdl_slt.report import write_report
     from mdl_slt.runner import run_experiment
 
-    chosen = {"executor": executor, "address": address, "device": device}
+    chosen = {"executor": executor, "address": address, "device": state["device"]}
     experiment = load_experiment(experiment_file, [*set_, *(f"{k}={v}" for k, v in chosen.items() if v)])
     summary = run_experiment(experiment, _home(), console)
     console.print(f"{summary.units} checkpoints: {summary.measured} measured, {summary.skipped} already stored, "
@@ -196,11 +197,12 @@ def _load(ref: str, data=None):
     """The checkpoint and its token sets (`data`, default the embedded corpus)."""
     from mdl_slt.checkpoints import load_checkpoint
     from mdl_slt.data import DataConfig, token_sets
+    from mdl_slt.device import resolve_device
     from mdl_slt.threads import set_threads
 
     set_threads(state["threads"])
     home = _home()
-    ckpt = load_checkpoint(ref, home)
+    ckpt = load_checkpoint(ref, home, resolve_device(state["device"] or "auto"))
     return ckpt, token_sets(home, ckpt.tokenizer, data or DataConfig())
 
 
@@ -411,20 +413,18 @@ def critical(ctx: typer.Context,
 
 
 def main() -> None:
-    import click
-
     try:
         code = app(standalone_mode=False)
     except UserError as error:
         print(f"mdl-slt: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Abort:
-        print("mdl-slt: interrupted; results stored so far are kept", file=sys.stderr)
-        sys.exit(130)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-    except Exception as error:  # noqa: BLE001  a bug, not a user mistake: still one line
+    except Exception as error:  # noqa: BLE001  click's own, or typer's vendored copy of click (typer ≥ 0.20)
+        if type(error).__name__ == "Abort":
+            print("mdl-slt: interrupted; results stored so far are kept", file=sys.stderr)
+            sys.exit(130)
+        if callable(getattr(error, "show", None)) and isinstance(getattr(error, "exit_code", None), int):
+            error.show()  # a usage error: click's message, exit code 2
+            sys.exit(error.exit_code)
         if os.environ.get("MDL_SLT_DEBUG"):
             raise
         print(f"mdl-slt: internal error: {type(error).__name__}: {' '.join(str(error).split())[:300]} "

@@ -18,6 +18,14 @@ def test_bad_reference(home):
     assert done.stdout == ""
 
 
+def test_usage_errors_exit_2_and_name_the_option(home):
+    done = run_cli("llc", "x@step1", "--num-chain", "2", home=home)
+    assert done.returncode == 2 and "No such option: --num-chain" in done.stderr and "Traceback" not in done.stderr
+    assert_one_line_error(run_cli("--device", "gpu", "llc", "x@step1", home=home), "unknown device 'gpu'")
+    assert_one_line_error(run_cli("llc", "EleutherAI/pythia-70m@step1500", home=home),
+                          "no checkpoint step1500", "nearest: step1000 or step2000")
+
+
 def test_missing_and_malformed_experiment_files(tmp_path, home):
     assert_one_line_error(run_cli("run", tmp_path / "missing.yaml", home=home), "experiment file not found")
     bad = tmp_path / "bad.yaml"

@@ -86,6 +86,21 @@ def test_language_model_estimate(tiny_checkpoint, tiny_tokens):
     assert not result.vectorized  # auto: transformers models run chain by chain
     forced = estimate_llc(tiny_checkpoint.model, tokens, config.model_copy(update={"vectorize": "always"}))
     assert forced.vectorized and forced.llc_per_chain == pytest.approx(result.llc_per_chain, rel=1e-4)
+    saved = estimate_llc(tiny_checkpoint.model, tokens, config.model_copy(update={"gradient_checkpointing": True}))
+    assert saved.llc_per_chain == pytest.approx(result.llc_per_chain, rel=1e-4)  # same chains, recomputed activations
+    assert not tiny_checkpoint.model.training and not tiny_checkpoint.model.is_gradient_checkpointing
+
+
+def test_bf16_autocast_changes_the_loss_only_at_bf16_precision(tiny_checkpoint, tiny_tokens):
+    """The autocast path CUDA takes, exercised on CPU: the loss stays fp32-reduced and close."""
+    from mdl_slt.lm_loss import token_nll
+
+    batch = tiny_tokens.eval[:8]
+    with torch.no_grad():
+        exact = float(token_nll(tiny_checkpoint.model, batch))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = token_nll(tiny_checkpoint.model, batch)
+    assert mixed.dtype == torch.float32 and float(mixed) == pytest.approx(exact, rel=2e-2) and float(mixed) != exact
 
 
 def test_float_data_needs_a_loss_function():
