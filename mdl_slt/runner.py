@@ -157,6 +157,7 @@ def run_experiment(experiment: Experiment, home: Path, console) -> RunSummary:
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
         with Progress(*columns, console=console) as bars:
             overall = bars.add_task("checkpoints", total=len(units), completed=summary.skipped)
+            tasks = bars.add_task("tasks", total=sum(len(t) for t in todo.values()))
             for unit, outcome in _measure_all(pending, experiment, home, todo):
                 if isinstance(outcome, Exception):
                     reason = str(outcome) if isinstance(outcome, UserError) else f"{type(outcome).__name__}: {outcome}"
@@ -172,6 +173,7 @@ def run_experiment(experiment: Experiment, home: Path, console) -> RunSummary:
                     log.info(f"done {unit.ref}: {', '.join(sorted(todo[unit]))}")
                     summary.measured += 1
                 bars.update(overall, advance=1, description=f"done {unit.ref}")
+                bars.update(tasks, advance=len(todo[unit]))
     summary.elapsed_s = time.perf_counter() - start
     log.info(f"finished: {summary.measured} measured, {summary.skipped} already stored, "
              f"{len(summary.failures)} failed, in {summary.elapsed_s:.0f} s")
