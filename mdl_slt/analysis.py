@@ -171,13 +171,18 @@ def usable(table: pd.DataFrame, min_step: int) -> pd.DataFrame:
     return table[(table.step >= min_step) & table.critical_value.notna() & table.llc_mean.notna()]
 
 
+def fit_lines(table: pd.DataFrame, min_step: int = 0) -> dict:
+    """(model, compressor, ε) → (LineFit or None, the group's rows) for critical compression on λ̂."""
+    return {key: (fit_line(group.llc_mean, group.critical_value, group.llc_std_error.to_numpy()), group)
+            for key, group in usable(table, min_step).groupby(GROUP)}
+
+
 def fit_relation(table: pd.DataFrame, min_step: int = 0) -> pd.DataFrame:
     """One row per (model, compressor, ε): the LineFit of critical compression on λ̂, flattened."""
     rows = []
-    for (model, comp, eps), group in usable(table, min_step).groupby(GROUP):
+    for (model, comp, eps), (fit, group) in fit_lines(table, min_step).items():
         row = {"model": model, "compressor": comp, "epsilon": eps, "n": len(group),
                "num_params": int(group.num_params.iloc[0]), "min_step": min_step}
-        fit = fit_line(group.llc_mean, group.critical_value, group.llc_std_error.to_numpy())
         if fit is not None:
             row.update(_flat(fit))
         rows.append(row)

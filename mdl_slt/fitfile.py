@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mdl_slt.analysis import GROUP, LineFit, fit_line, usable
+from mdl_slt.analysis import GROUP, LineFit, fit_line, fit_lines, usable
 from mdl_slt.errors import UserError
 
 FORMAT = "mdl-slt-fit/1"
@@ -36,11 +36,9 @@ def versions() -> dict:
 
 def build_fit_file(table: pd.DataFrame, config: dict, min_step: int, store: Path) -> dict:
     """The payload of a fit file from the measurements table and the run's resolved config."""
-    lines, pooled = [], []
-    for key, group in usable(table, min_step).groupby(GROUP):
-        fit = fit_line(group.llc_mean, group.critical_value, group.llc_std_error.to_numpy())
-        if fit is not None:
-            lines.append({**dict(zip(GROUP, key)), "steps": sorted(int(s) for s in group.step), "fit": fit.to_dict()})
+    lines = [{**dict(zip(GROUP, key)), "steps": sorted(int(s) for s in group.step), "fit": fit.to_dict()}
+             for key, (fit, group) in fit_lines(table, min_step).items() if fit is not None]
+    pooled = []
     for key, group in usable(table, min_step).groupby(["compressor", "epsilon"]):
         fit = fit_line(group.llc_mean / group.llc_params, group.critical_value,
                        (group.llc_std_error / group.llc_params).to_numpy())
