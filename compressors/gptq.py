@@ -3,8 +3,9 @@
 Columns of each weight W (out × in) are quantized in order; the error of column i is spread over
 the not-yet-quantized columns with the inverse Hessian of the layer's inputs, H = 2XᵀX/N:
     err = (w_i − q_i) / [U]_ii,   W[:, j>i] −= err · U[i, j>i],   U = chol(H⁻¹) (upper).
-`prepare` collects H for every target layer from calibration tokens in one forward pass and
-factorises it once (with 1% dampening); each bit width then costs only the column sweep.
+`prepare` collects H layer by layer (one forward pass over the calibration tokens per transformer
+layer, so only that layer's Hessians are in memory) and factorises each once (with 1% dampening);
+each bit width then costs only the column sweep.
 The grid (symmetric, per output channel or group, clip ratio by weight error) and the
 description length are those of `rtn` with the same options.
 
@@ -65,6 +66,17 @@ def gptq_quantize(weight, factor, dead, grids: list[Grid], group_of_column, bloc
     return q, codes
 
 
+def _by_layer(targets) -> list[list]:
+    """Targets grouped by transformer layer (`….layers.<i>.…`), others alone, in model order."""
+    import re
+
+    blocks: dict = {}
+    for t in targets:
+        found = re.search(r"\.layers\.(\d+)\.", t.name)
+        blocks.setdefault(found.group(1) if found else t.name, []).append(t)
+    return list(blocks.values())
+
+
 @register
 @dataclass(frozen=True)
 class GPTQ(Compressor):
@@ -96,29 +108,31 @@ class GPTQ(Compressor):
             raise UserError("gptq needs calibration tokens to estimate each layer's input Hessian")
         prepared = super().prepare(model, calibration)
         modules = {id(m.weight): m for m in model.modules() if isinstance(m, torch.nn.Linear)}
-        sums, hooks = {}, []
-        for t in prepared.targets:
-            module = modules[id(t.param)]
-            sums[t.name] = [torch.zeros(module.in_features, module.in_features, dtype=torch.float64,
-                                        device=module.weight.device), 0]
+        for block in _by_layer(prepared.targets):  # one layer's Hessians at a time
+            sums, hooks = {}, []
+            for t in block:
+                module = modules[id(t.param)]
+                sums[t.name] = [torch.zeros(module.in_features, module.in_features, dtype=torch.float64,
+                                            device=module.weight.device), 0]
 
-            def collect(mod, args, name=t.name):
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-                sums[name][0] += x.T @ x
-                sums[name][1] += x.shape[0]
+                def collect(mod, args, name=t.name):
+                    x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+                    sums[name][0] += x.T @ x
+                    sums[name][1] += x.shape[0]
 
-            hooks.append(module.register_forward_pre_hook(collect))
-        try:
-            with torch.inference_mode():
-                tokens = calibration[:self.calibration_sequences]
-                for start in range(0, len(tokens), 16):
-                    model(input_ids=tokens[start:start + 16])
-        finally:
-            for hook in hooks:
-                hook.remove()
-        for t in prepared.targets:
-            total, count = sums[t.name]
-            prepared.cache[t.name] = inverse_hessian_factor(2 * total / count, self.damp)
+                hooks.append(module.register_forward_pre_hook(collect))
+            try:
+                with torch.inference_mode():
+                    tokens = calibration[:self.calibration_sequences]
+                    for start in range(0, len(tokens), 16):
+                        model(input_ids=tokens[start:start + 16])
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            for t in block:
+                total, count = sums.pop(t.name)
+                factor, dead = inverse_hessian_factor(2 * total / count, self.damp)
+                prepared.cache[t.name] = (prepared.keep(factor), dead)
         return prepared
 
     def _groups_per_row(self, columns: int) -> int:
@@ -142,8 +156,10 @@ class GPTQ(Compressor):
         with torch.no_grad():
             for t in prepared.targets:
                 factor, dead = prepared.cache[t.name]
-                grids, group_of_column = self._grids(t.original, levels)
-                q, codes = gptq_quantize(t.original, factor, dead, grids, group_of_column)
+                original = t.working
+                grids, group_of_column = self._grids(original, levels)
+                q, codes = gptq_quantize(original, factor.to(original.device), dead.to(original.device), grids,
+                                         group_of_column)
                 t.param.copy_(q.to(t.param.dtype))
                 entropy += code_entropy(codes, levels)
         prepared.cache[("entropy", levels)] = entropy

@@ -22,10 +22,10 @@ from compressors.registry import Compressor, DescriptionLength, Knob, Prepared, 
 def _factorize(prepared: Prepared) -> None:
     import torch
 
-    for t in prepared.targets:
-        w = t.original.detach().float().reshape(t.original.shape[0], -1)
+    for t in prepared.targets:  # one matrix at a time on the model's device; factors kept by `prepared`
+        w = t.working.float().reshape(t.original.shape[0], -1)
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
-        prepared.cache[t.name] = (u * s, vh, s)
+        prepared.cache[t.name] = (prepared.keep(u * s), prepared.keep(vh), s.cpu())
 
 
 def _write_ranks(prepared: Prepared, ranks: dict) -> None:
@@ -35,7 +35,8 @@ def _write_ranks(prepared: Prepared, ranks: dict) -> None:
         for t in prepared.targets:
             us, vh, _ = prepared.cache[t.name]
             k = ranks[t.name]
-            t.param.copy_((us[:, :k] @ vh[:k]).reshape(t.original.shape).to(t.param.dtype))
+            device = t.param.device
+            t.param.copy_((us[:, :k].to(device) @ vh[:k].to(device)).reshape(t.original.shape).to(t.param.dtype))
 
 
 def _factor_bits(prepared: Prepared, ranks: dict) -> tuple[float, float]:

@@ -86,10 +86,10 @@ class RoundToNearest(Compressor):
         entropy = 0.0
         with torch.no_grad():
             for t in prepared.targets:
-                groups = as_groups(t.original, self.granularity, self.group_size)
+                groups = as_groups(t.working, self.granularity, self.group_size)
                 grid = fit_grid(groups, levels, self.symmetric, ratios)
                 codes = grid.encode(groups)
-                t.param.copy_(from_groups(grid.decode(codes), t.original))
+                t.param.copy_(from_groups(grid.decode(codes), t.param))
                 entropy += code_entropy(codes, levels)
         return entropy
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
+from compressors.spill import Spill, spill_bytes
 from compressors.targets import DEFAULT_TARGETS, select_targets
 from mdl_slt.errors import UserError
 
@@ -77,7 +78,12 @@ class DescriptionLength:
 class Target:
     name: str
     param: Any  # torch.nn.Parameter, compressed in place
-    original: Any  # its uncompressed values
+    original: Any  # its uncompressed values (memory-mapped on the host for large models)
+
+    @property
+    def working(self):
+        """The original on the parameter's device: one layer's transient copy when spilled."""
+        return self.original.to(self.param.device)
 
 
 @dataclass
@@ -86,6 +92,11 @@ class Prepared:
     untouched_params: int
     calibration: Any = None  # LongTensor of training tokens, for methods that need data
     cache: dict = field(default_factory=dict)
+    spill: Spill | None = None  # where large per-checkpoint state lives (see compressors.spill)
+
+    def keep(self, tensor):
+        """Hold `tensor` for the life of this state: memory-mapped from disk when spilling."""
+        return self.spill.put(tensor) if self.spill is not None else tensor
 
 
 @dataclass(frozen=True)
@@ -118,9 +129,10 @@ class Compressor:
                             "choose other targets")
         ids = {id(p) for _, p in chosen}
         untouched = sum(p.numel() for p in model.parameters() if id(p) not in ids)
+        spill = Spill() if sum(4 * p.numel() for _, p in chosen) > spill_bytes() else None
         with torch.no_grad():
-            targets = [Target(n, p, p.detach().clone()) for n, p in chosen]
-        return Prepared(targets, untouched, calibration)
+            targets = [Target(n, p, spill.put(p) if spill else p.detach().clone()) for n, p in chosen]
+        return Prepared(targets, untouched, calibration, spill=spill)
 
     def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
         raise NotImplementedError

@@ -38,7 +38,8 @@ def summary_lines(table: pd.DataFrame, fits: pd.DataFrame, pooled: pd.DataFrame,
                   min_step: int) -> list[str]:
     """The findings in numbers: per model its training span, each fit, then across sizes."""
     lines = []
-    for model, part in table.groupby("model", sort=False):
+    for model in table.groupby("model").num_params.first().sort_values().index:  # smallest first
+        part = table[table.model == model]
         llc = part.drop_duplicates("step").sort_values("step")
         last = llc.iloc[-1]
         unhealthy = int((llc.r_hat > 1.1).sum())

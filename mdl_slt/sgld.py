@@ -316,12 +316,13 @@ def _sample_sequential(model, params, anchor, data, loss_fn, config, n_beta, tra
 
 
 def _checkpointing(model, on: bool) -> None:
-    """Switch gradient checkpointing on (train mode, which transformers requires for it) or off
-    (back to eval mode). Only for models whose dropout is zero, as Pythia's is: train mode must
-    not change the loss."""
+    """Switch activation (gradient) checkpointing on, in train mode, which transformers requires
+    for it, or off, back to eval mode. Only for models whose dropout is zero, as Pythia's is:
+    train mode must not change the loss. Newer transformers name it `activation_checkpointing`."""
+    new = hasattr(model, "activation_checkpointing_enable")
     if not on:
-        if getattr(model, "is_gradient_checkpointing", False):
-            model.gradient_checkpointing_disable()
+        if getattr(model, "is_activation_checkpointing" if new else "is_gradient_checkpointing", False):
+            model.activation_checkpointing_disable() if new else model.gradient_checkpointing_disable()
             model.eval()
         return
     if not hasattr(model, "gradient_checkpointing_enable"):
@@ -331,7 +332,10 @@ def _checkpointing(model, on: bool) -> None:
     if any(dropout):
         raise UserError("gradient_checkpointing runs the model in train mode, which would switch on its "
                         f"dropout ({max(dropout)}): use it only for models without dropout")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if new:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
 
 

@@ -115,3 +115,44 @@ def test_head_pruning_with_retraining(tiny_checkpoint, tiny_tokens):
     assert losses[20] < losses[0]  # brief retraining recovers loss on its own data
     whole = retrained.description_length(retrained.prepare(model, calibration), 0.5)
     assert whole.untouched_bits == 0  # retraining moves every weight, so every weight is counted as stored
+
+
+def mapped_from(tensor, directory) -> bool:
+    """Whether `tensor`'s memory is a mapping of a file in `directory` (Linux /proc/self/maps)."""
+    address = tensor.data_ptr()
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        if low <= address < high:
+            return len(fields) >= 6 and fields[5].startswith(str(directory))
+    return False
+
+
+@pytest.mark.parametrize("name", compressors.names())
+def test_spilled_state_gives_identical_results_and_is_removed(name, tiny_checkpoint, tiny_tokens, monkeypatch):
+    """Above the spill threshold (0 here) originals and per-layer caches are memory-mapped files:
+    every compressor must give exactly the losses and lengths it gives in memory."""
+    import gc
+
+    model, tokens = tiny_checkpoint.model, tiny_tokens.eval
+    method = compressors.get(name)
+    in_memory = method.prepare(model, tiny_tokens.train)
+    values = knob_values(method, in_memory, count=3)
+
+    def measured(prepared):
+        out = []
+        for value in values:
+            with method.applied(model, prepared, value):
+                out.append(evaluate_loss(model, tokens))
+            out.append(method.description_length(prepared, value).total_bits)
+        return out
+
+    expected = measured(in_memory)
+    monkeypatch.setenv("MDL_SLT_SPILL_BYTES", "0")
+    spilled = method.prepare(model, tiny_tokens.train)
+    directory = spilled.spill.dir
+    assert all(mapped_from(t.original, directory) for t in spilled.targets)  # file-backed pages, not RAM
+    assert measured(spilled) == expected
+    del spilled
+    gc.collect()
+    assert not directory.exists()

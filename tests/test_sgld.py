@@ -88,7 +88,7 @@ def test_language_model_estimate(tiny_checkpoint, tiny_tokens):
     assert forced.vectorized and forced.llc_per_chain == pytest.approx(result.llc_per_chain, rel=1e-4)
     saved = estimate_llc(tiny_checkpoint.model, tokens, config.model_copy(update={"gradient_checkpointing": True}))
     assert saved.llc_per_chain == pytest.approx(result.llc_per_chain, rel=1e-4)  # same chains, recomputed activations
-    assert not tiny_checkpoint.model.training and not tiny_checkpoint.model.is_gradient_checkpointing
+    assert not tiny_checkpoint.model.training and not tiny_checkpoint.model.is_activation_checkpointing
 
 
 def test_bf16_autocast_changes_the_loss_only_at_bf16_precision(tiny_checkpoint, tiny_tokens):
