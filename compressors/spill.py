@@ -3,8 +3,8 @@
 A compressor snapshots the weights it touches (to restore them between knob values), and some
 keep per-layer caches (SVD factors, GPTQ's inverse-Hessian factors). For a model whose targeted
 weights exceed `spill_bytes()` (default 2 GiB; `MDL_SLT_SPILL_BYTES` overrides), these are
-written once, layer by layer, to files in a temporary directory and mapped back read-only: the
-operating system pages a layer in while it is used and may drop it after, so memory holds one
+written once, layer by layer, to files in a temporary directory and mapped back (copy-on-write,
+never written to): the operating system pages a layer in while it is used and may drop it after, so memory holds one
 copy of the model plus one layer's working set, and on a GPU the device holds only the model.
 The directory is removed when the prepared state is released.
 """
@@ -33,7 +33,7 @@ class Spill:
         self.count = 0
 
     def put(self, tensor):
-        """`tensor` written to its own file and mapped back (CPU, read-only pages from disk)."""
+        """`tensor` written to its own file and mapped back (CPU pages read from disk on use)."""
         import torch
 
         path = self.dir / f"{self.count}.pt"

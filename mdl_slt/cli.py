@@ -212,6 +212,8 @@ def predict(fit: Path = typer.Option(..., "--fit", help="Fit file written by `md
             verify: bool = typer.Option(False, help="Also measure the critical compression and print both."),
             as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
     """Predict a checkpoint's critical compression from its LLC, estimated with the fit's own settings."""
+    from dataclasses import asdict
+
     import compressors
 
     from mdl_slt.fitfile import FitFile
@@ -233,7 +235,7 @@ def predict(fit: Path = typer.Option(..., "--fit", help="Fit file written by `md
             measured.update({(entry.name, p.epsilon): p.value for p in found.search.points})
     rows = []
     for p in predictions:
-        row = vars(p)
+        row = asdict(p)
         if verify:
             value = measured.get((p.compressor, p.epsilon))
             row.update(measured=value, inside=value is not None and p.lower <= value <= p.upper)

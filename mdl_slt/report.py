@@ -92,7 +92,7 @@ def write_report(store_path: Path, output: Path, min_step: int = 0) -> dict:
     """Write the PDF to `output`; beside it `<stem>-<table>.csv` for every table and `<stem>-fit.json`."""
     from fpdf import FPDF
 
-    from mdl_slt import __version__, figures
+    from mdl_slt import figures
     from mdl_slt.analysis import eps_sweep, fit_relation, latest_records, loo_predictions, measurements, pooled_fits
     from mdl_slt.fitfile import build_fit_file, versions
     from mdl_slt.store import open_existing

@@ -185,9 +185,11 @@ def _measure_all(pending: list[Unit], experiment: Experiment, home: Path, todo: 
     if experiment.executor == "ray":
         yield from _measure_on_ray(pending, experiment, home, todo)
         return
+    if not pending:
+        return
     gpus = _local_gpus(experiment)
     workers = gpus if gpus > 1 else experiment.workers
-    if workers == 1 or len(pending) <= 1:
+    if workers == 1 or len(pending) == 1:
         for unit in pending:
             try:
                 yield unit, measure_unit(unit, experiment, home, todo[unit])
@@ -198,11 +200,13 @@ def _measure_all(pending: list[Unit], experiment: Experiment, home: Path, todo: 
     from multiprocessing import get_context
 
     context = get_context("spawn")
-    slots = context.Queue()
-    for gpu in range(gpus):
-        slots.put(gpu)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_claim_gpu if gpus > 1 else None,
-                             initargs=(slots,)) as pool:
+    pinning = {}
+    if gpus > 1:  # one worker per GPU, each pinned to its own
+        slots = context.Queue()
+        for gpu in range(gpus):
+            slots.put(gpu)
+        pinning = {"initializer": _claim_gpu, "initargs": (slots,)}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, **pinning) as pool:
         futures = {pool.submit(measure_unit, u, experiment, home, todo[u]): u for u in pending}
         for future in as_completed(futures):
             error = future.exception()
@@ -262,9 +266,9 @@ def measure_unit(unit: Unit, experiment: Experiment, home: Path, todo: set[str])
     import compressors
 
     from mdl_slt.checkpoints import load_checkpoint
+    from mdl_slt.data import token_sets
     from mdl_slt.device import resolve_device
     from mdl_slt.lm_loss import evaluate_loss
-    from mdl_slt.data import token_sets
     from mdl_slt.measure import measure_critical, measure_llc
     from mdl_slt.threads import set_threads
 

@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import TINY, run_cli
 
 EXPERIMENT = """
