@@ -1,10 +1,12 @@
 """bitsandbytes' standard formats through bitsandbytes itself (≥ 0.50 runs them on CPU).
 
 The knob is a position in an ordered set of formats, least compressing first (default int8,
-then nf4; fp4 by option): 0 = unquantized, k = the k-th format. Formats and their bits:
-- int8: 8-bit blockwise dynamic quantization, 8 bits/weight + an fp32 absmax per 256 weights
-  + the 256-entry fp32 code table once;
+then nf4; fp4 by option): 0 = unquantized, k = the k-th format. Each weight matrix, read as
+(out × in) (see compressors.layout), is quantized in blocks of consecutive weights:
+- int8: 8-bit blockwise dynamic quantization, 8 bits/weight + an fp32 absmax per 256 weights;
 - nf4 / fp4: 4-bit NormalFloat / FloatingPoint, 4 bits/weight + an fp32 absmax per 64 weights.
+The formats' code tables (the int8 dynamic map, NF4's and FP4's 16 values) are fixed by the
+format and known to any decoder, so none is charged (docs/description-lengths.md).
 """
 
 from __future__ import annotations
@@ -12,15 +14,15 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from compressors.quantize import code_entropy
+from compressors.coding import coded_bits
+from compressors.quantize import code_counts
 from compressors.registry import Compressor, DescriptionLength, Knob, Prepared, register
 from mdl_slt.errors import UserError
 
 FORMAT_BITS = {"int8": 8, "nf4": 4, "fp4": 4}
 BLOCK = {"int8": 256, "nf4": 64, "fp4": 64}
-INT8_TABLE_BITS = 256 * 32
 
 
 def _functional():
@@ -54,16 +56,13 @@ class BitsAndBytes(Compressor):
     """bitsandbytes int8 / NF4 / FP4 formats, the knob ordering them by compression."""
 
     name: ClassVar[str] = "bnb"
-    formats: tuple[str, ...] = ("int8", "nf4")
+    formats: tuple[Literal["int8", "nf4", "fp4"], ...] = ("int8", "nf4")
 
     def __post_init__(self):
-        object.__setattr__(self, "formats", tuple(self.formats))
-        unknown = [f for f in self.formats if f not in FORMAT_BITS]
-        if unknown or not self.formats:
-            raise UserError(f"bnb: unknown formats {unknown}: choose from {sorted(FORMAT_BITS)}")
         bits = [FORMAT_BITS[f] for f in self.formats]
-        if any(a <= b for a, b in zip(bits, bits[1:])):
-            raise UserError(f"bnb: formats must be ordered from more to fewer bits, got {list(self.formats)}")
+        if not self.formats or any(a <= b for a, b in zip(bits, bits[1:])):
+            raise UserError(f"bnb: formats must be a non-empty list ordered from more to fewer bits, "
+                            f"got {list(self.formats)}")
 
     @property
     def knob(self) -> Knob:
@@ -74,26 +73,24 @@ class BitsAndBytes(Compressor):
     def snap(self, value: float, prepared: Prepared | None = None) -> float:
         return float(min(len(self.formats), max(1, round(value))))
 
+    def levels(self, prepared: Prepared) -> list[float]:
+        return [float(k) for k in range(1, len(self.formats) + 1)]
+
     def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
-        import torch
-
         fmt = self.formats[int(value) - 1]
-        entropy = 0.0
-        with torch.no_grad():
-            for t in prepared.targets:
-                deq, codes = bnb_roundtrip(t.original, fmt)
-                t.param.copy_(deq.to(t.param.dtype))
-                entropy += code_entropy(codes, 256 if fmt == "int8" else 16)
-        prepared.cache[fmt] = entropy
+        counts = []
+        for t in prepared.targets:
+            deq, codes = bnb_roundtrip(t.matrix(), fmt)
+            t.write(deq)
+            counts.append(code_counts(codes, 256 if fmt == "int8" else 16))
+        prepared.cache[fmt] = counts
 
-    def description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
-        if value == self.knob.identity:
-            return self.uncompressed_bits(prepared)
-        fmt = self.formats[int(self.snap(value)) - 1]
-        if fmt not in prepared.cache:
-            self.apply(None, prepared, value)
-            self.restore(prepared)
+    def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
+        fmt = self.formats[int(value) - 1]
+        alphabet = 256 if fmt == "int8" else 16
+        if fmt not in prepared.cache:  # from the originals alone; the model is not touched
+            prepared.cache[fmt] = [code_counts(bnb_roundtrip(t.matrix(), fmt)[1], alphabet) for t in prepared.targets]
         count = sum(t.original.numel() for t in prepared.targets)
         blocks = sum(math.ceil(t.original.numel() / BLOCK[fmt]) for t in prepared.targets)
-        side = blocks * 32.0 + (INT8_TABLE_BITS if fmt == "int8" else 0.0)
-        return self._length(prepared, payload=count * FORMAT_BITS[fmt], side=side, entropy=prepared.cache[fmt])
+        return self._length(prepared, payload=count * FORMAT_BITS[fmt], side=blocks * 32.0,
+                            entropy=sum(coded_bits(c, alphabet) for c in prepared.cache[fmt]))

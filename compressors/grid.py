@@ -7,7 +7,14 @@ s_g and a zero point z_g and decodes codes q ∈ {0..N−1} to s_g·(q − z_g):
 - symmetric: z = (N−1)/2, a grid symmetric about zero, clipped at ±α·max|w_g|;
 - asymmetric: the grid spans [α·min w_g, α·max w_g], z the rounded code of zero.
 
-α is chosen per group from `clip_ratios` to minimise the squared error of the group.
+α is chosen per group from {1/c, 2/c, …, 1} (c = `candidates`) to minimise the group's squared
+error. `search: fast` (default) tries every (c/10)-th ratio, then the ratios around the best
+one, and judges a group longer than SAMPLE weights by an estimate of its error: exact on its
+TAIL largest-magnitude weights (where clipping errs), scaled up from SAMPLE evenly spaced ones
+elsewhere; the range itself always comes from the whole group. That is 19 trial encodes of
+at most 4,352 weights per group instead of c encodes of the whole group, and the chosen grid's
+squared error stays within 1% of the exhaustive search's (tested). `search: exhaustive` tries
+every ratio on every weight.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ import math
 from dataclasses import dataclass
 
 GRANULARITIES = ("tensor", "channel", "group")
+SAMPLE = 4096  # evenly spaced weights per long group the fast search judges α on
+TAIL = 256  # and its largest-magnitude weights, whose clipping error the even sample would miss
+COARSE = 10  # ratios tried in the first, coarse pass of the fast search
 
 
 @dataclass
@@ -39,7 +49,7 @@ def clip_ratios(candidates: int) -> list[float]:
 
 
 def as_groups(weight, granularity: str, group_size: int):
-    """View a weight as a (G, L) float array of groups; `from_groups` undoes it."""
+    """View an (out × in) weight as a (G, L) float array of groups; `from_groups` undoes it."""
     w = weight.detach().float()
     if granularity == "tensor":
         return w.reshape(1, -1)
@@ -59,7 +69,8 @@ def from_groups(groups, like):
     return groups.reshape(like.shape).to(like.dtype)
 
 
-def _grid(groups, levels: int, symmetric: bool, ratio: float) -> Grid:
+def grid_at(groups, levels: int, symmetric: bool, ratio) -> Grid:
+    """The grid of each group at clip ratio `ratio` (a number, or a (G, 1) tensor of them)."""
     import torch
 
     if symmetric:
@@ -72,21 +83,52 @@ def _grid(groups, levels: int, symmetric: bool, ratio: float) -> Grid:
     return Grid(scale, torch.round(-lo / scale), levels)
 
 
-def fit_grid(groups, levels: int, symmetric: bool, clip_ratios) -> Grid:
-    """The per-group grid, α chosen from `clip_ratios` to minimise each group's squared error."""
+def _errors(groups, samples, levels, symmetric, ratios):
+    """(len(ratios), G) squared error of each group on the grid of each ratio, estimated from
+    `samples`: (values, weight per value) pairs whose weighted errors add up; the ratios are
+    numbers or (G, 1) tensors."""
     import torch
 
-    best, best_err = None, None
-    for ratio in clip_ratios:
-        grid = _grid(groups, levels, symmetric, ratio)
-        err = ((grid.decode(grid.encode(groups)) - groups) ** 2).sum(dim=1, keepdim=True)
-        if best is None:
-            best, best_err = grid, err
-            continue
-        better = err < best_err
-        best = Grid(torch.where(better, grid.scale, best.scale), torch.where(better, grid.zero, best.zero), levels)
-        best_err = torch.minimum(err, best_err)
-    return best
+    rows = []
+    for ratio in ratios:
+        grid = grid_at(groups, levels, symmetric, ratio)
+        rows.append(sum((weight * (grid.decode(grid.encode(values)) - values) ** 2).sum(dim=1)
+                        for values, weight in samples))
+    return torch.stack(rows)
+
+
+def _samples(groups):
+    """The whole groups, or for long ones their TAIL largest-magnitude weights (each counted once)
+    and SAMPLE evenly spaced ones below them standing for all the rest."""
+    import torch
+
+    length = groups.shape[1]
+    if length <= SAMPLE + TAIL:
+        return [(groups, 1.0)]
+    top = groups.abs().topk(TAIL, dim=1)
+    tail = groups.gather(1, top.indices)
+    spaced = groups[:, torch.linspace(0, length - 1, SAMPLE, device=groups.device).round().long()]
+    below = (spaced.abs() < top.values[:, -1:]).to(groups.dtype)
+    return [(tail, 1.0), (spaced, below * (length - TAIL) / below.sum(dim=1, keepdim=True).clamp_min(1))]
+
+
+def fit_grid(groups, levels: int, symmetric: bool, candidates: int = 50, search: str = "fast") -> Grid:
+    """The per-group grid whose clip ratio α ∈ {1/c, …, 1} minimises each group's squared error."""
+    import torch
+
+    ratios = torch.tensor(clip_ratios(candidates), dtype=groups.dtype, device=groups.device)
+    if search == "exhaustive" or candidates <= 2 * COARSE:
+        best = _errors(groups, [(groups, 1.0)], levels, symmetric, ratios.tolist()).argmin(dim=0)
+        return grid_at(groups, levels, symmetric, ratios[best][:, None])
+    samples = _samples(groups)
+    stride = math.ceil(candidates / COARSE)
+    coarse = list(range(candidates - 1, -1, -stride))[::-1]  # every stride-th ratio, ending at α = 1
+    best = torch.tensor(coarse, device=groups.device)[_errors(groups, samples, levels, symmetric,
+                                                             ratios[coarse].tolist()).argmin(dim=0)]
+    around = [(best + offset).clamp(0, candidates - 1) for offset in range(-stride + 1, stride)]
+    pick = _errors(groups, samples, levels, symmetric, [ratios[i][:, None] for i in around]).argmin(dim=0)
+    chosen = torch.stack(around).gather(0, pick[None, :])[0]
+    return grid_at(groups, levels, symmetric, ratios[chosen][:, None])
 
 
 def side_bits_per_group(levels: int, symmetric: bool) -> float:

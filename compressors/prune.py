@@ -2,27 +2,35 @@
 
 `magnitude`: zero the fraction s of target weights with the smallest |w|, per tensor (`scope:
 layer`) or ranked across all targets (`scope: global`); the ranks are computed once in
-`prepare`. Description length per tensor: the kept values in fp32 plus their positions, as a
-bitmap or as indices, whichever is smaller, plus a 32-bit count; entropy-coded, the mask costs
-n·H(density) bits.
+`prepare`, and s snaps to the least value removing the same weights. Description length per
+tensor: the kept values in fp32 plus their positions, as a bitmap or as indices, whichever is
+smaller, plus a 32-bit count; entropy-coded, the positions are the mask's enumerative code.
 
-`heads`: remove a fraction of all attention heads (GPT-NeoX layout: a head's query, key and
-value rows in `query_key_value` and its columns of `dense` are zeroed, so its output is exactly
-zero). Heads are chosen at random (seeded, as in the compressibility paper) or by importance,
-|∂L/∂g_h| of a gate on each head's output averaged over calibration tokens (Michel et al. 2019),
-least important first. `retrain_steps` > 0 fine-tunes the remaining weights briefly (Adam,
-lr `retrain_lr`) on calibration tokens with pruned heads held at zero. Description length:
-kept parameters of the attention layers in fp32 (everything, when retrained) plus a one-bit
-mask per head.
+`heads`: remove a fraction of all attention heads, in any multi-head attention the layout
+module reads (compressors.layout). A head is a query head: removing it zeroes its slice of the
+output projection's input, so its output is exactly zero. Under grouped-query attention a
+key/value head goes when all the query heads it serves are gone. Heads are chosen at random
+(seeded, as in the compressibility paper) or by importance, |∂L/∂g_h| of a gate on each head's
+output averaged over calibration tokens (Michel et al. 2019), least important first.
+`retrain_steps` > 0 fine-tunes the remaining weights briefly (Adam, lr `retrain_lr`) on
+calibration tokens with pruned heads held at zero. Description length: the attention weights
+that remain in fp32 (everything, when retrained) plus a one-bit mask per head; a removed head's
+query rows (and a removed key/value head's key and value rows) are not stored, except where
+queries and keys are normalised across heads (OLMo-2), which keeps them shaping the others.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from compressors.registry import Compressor, DescriptionLength, Knob, Prepared, entropy_bits, register
+from pydantic import Field
+
+from compressors import layout
+from compressors.coding import coded_bits
+from compressors.registry import Compressor, Cost, DescriptionLength, Knob, Prepared, register
+from compressors.targets import Role
 from mdl_slt.errors import UserError
 
 
@@ -36,23 +44,21 @@ class Magnitude(Compressor):
                                 unit="", description="fraction of target weights set to zero", precision=0.005)
     scope: Literal["layer", "global"] = "layer"
 
-    def __post_init__(self):
-        if self.scope not in ("layer", "global"):
-            raise UserError(f"magnitude: scope must be 'layer' or 'global', got {self.scope!r}")
-
     def prepare(self, model, calibration=None) -> Prepared:
         import torch
 
         prepared = super().prepare(model, calibration)
+        flat = [t.original.abs().reshape(-1) for t in prepared.targets]
         if self.scope == "layer":
-            for t in prepared.targets:
-                order = torch.argsort(t.original.abs().reshape(-1), stable=True)
-                prepared.cache[t.name] = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
+            for t, values in zip(prepared.targets, flat):
+                order = torch.argsort(values, stable=True)
+                prepared.cache[t.name] = torch.empty_like(order).scatter_(
+                    0, order, torch.arange(len(order), device=order.device))
         else:
-            flat = torch.cat([t.original.abs().reshape(-1) for t in prepared.targets])
-            order = torch.argsort(flat, stable=True)
+            joined = torch.cat(flat)
+            order = torch.argsort(joined, stable=True)
             ranks = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
-            for t, part in zip(prepared.targets, torch.split(ranks, [t.original.numel() for t in prepared.targets])):
+            for t, part in zip(prepared.targets, torch.split(ranks, [len(f) for f in flat])):
                 prepared.cache[t.name] = part
         return prepared
 
@@ -63,6 +69,15 @@ class Magnitude(Compressor):
         total = math.floor(value * sum(t.original.numel() for t in prepared.targets))
         return {t.name: total for t in prepared.targets}
 
+    def snap(self, value: float, prepared: Prepared | None = None) -> float:
+        """The least sparsity removing the same weights."""
+        if prepared is None:
+            return value
+        cuts = self._cuts(prepared, value)
+        if self.scope == "global":
+            return next(iter(cuts.values())) / sum(t.original.numel() for t in prepared.targets)
+        return max(cuts[t.name] / t.original.numel() for t in prepared.targets)
+
     def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
         import torch
 
@@ -70,11 +85,9 @@ class Magnitude(Compressor):
         with torch.no_grad():
             for t in prepared.targets:
                 keep = (prepared.cache[t.name] >= cuts[t.name]).reshape(t.original.shape)
-                t.param.copy_(t.original * keep)
+                t.param.copy_(t.working * keep)
 
-    def description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
-        if value == self.knob.identity:
-            return self.uncompressed_bits(prepared)
+    def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
         payload = side = entropy = 0.0
         cuts = self._cuts(prepared, value)
         for t in prepared.targets:
@@ -83,38 +96,31 @@ class Magnitude(Compressor):
             positions = min(n, kept * max(1, math.ceil(math.log2(n))))
             payload += 32.0 * kept + positions
             side += 32.0
-            entropy += 32.0 * kept + entropy_bits([kept, n - kept])
+            entropy += 32.0 * kept + coded_bits([kept, n - kept], 2, fixed_bits=positions)
         return self._length(prepared, payload, side, entropy)
 
 
 @register
 @dataclass(frozen=True)
 class Heads(Compressor):
-    """Attention-head pruning (GPT-NeoX): random or by gradient importance, optional retraining."""
+    """Attention-head pruning (any multi-head attention): random or by gradient importance, optional retraining."""
 
     name: ClassVar[str] = "heads"
     knob: ClassVar[Knob] = Knob(name="fraction", low=0.0, high=0.95, identity=0.0, more_compression="higher",
-                                unit="", description="fraction of all attention heads removed", precision=0.01)
-    targets: tuple[str, ...] = ("attention",)  # fixed by the head layout; see prepare
+                                unit="", description="fraction of all attention (query) heads removed", precision=0.01)
+    targets: tuple[Role, ...] = ("attention",)  # fixed by the head layout; see prepare
     selection: Literal["random", "importance"] = "random"
-    retrain_steps: int = 0
-    retrain_lr: float = 1e-4
+    retrain_steps: Annotated[int, Field(ge=0)] = 0
+    retrain_lr: Annotated[float, Field(gt=0)] = 1e-4
     seed: int = 0
-    calibration_batches: int = 4
+    calibration_batches: Annotated[int, Field(ge=1)] = 4
 
     def __post_init__(self):
-        if self.selection not in ("random", "importance"):
-            raise UserError(f"heads: selection must be 'random' or 'importance', got {self.selection!r}")
-        if self.retrain_steps < 0:
-            raise UserError("heads: retrain_steps must be non-negative")
         if tuple(self.targets) != ("attention",):
             raise UserError("heads pruning always acts on attention heads: leave `targets` unset")
 
-    def _layers(self, model):
-        if getattr(getattr(model, "config", None), "model_type", None) != "gpt_neox":
-            raise UserError("heads pruning supports GPT-NeoX models (Pythia and the embedded suite); "
-                            f"this model is {getattr(getattr(model, 'config', None), 'model_type', 'unknown')!r}")
-        return [layer.attention for layer in model.gpt_neox.layers]
+    def cost(self) -> Cost:
+        return Cost(1, f"{self.retrain_steps} retraining steps of 8 sequences" if self.retrain_steps else "")
 
     def total_heads(self, prepared: Prepared) -> int:
         return len(prepared.cache["order"])
@@ -126,45 +132,51 @@ class Heads(Compressor):
         total = self.total_heads(prepared)
         return min(math.floor(self.knob.high * total), round(value * total)) / total
 
+    def levels(self, prepared: Prepared) -> list[float]:
+        total = self.total_heads(prepared)
+        return [k / total for k in range(math.floor(self.knob.high * total) + 1)]
+
     def prepare(self, model, calibration=None) -> Prepared:
         import torch
 
-        attentions = self._layers(model)
+        attentions = layout.attentions(model)
         if (self.selection == "importance" or self.retrain_steps) and calibration is None:
             raise UserError("heads pruning by importance or with retraining needs calibration tokens")
-        heads = model.config.num_attention_heads
         if self.retrain_steps:  # retraining moves every weight
             chosen = list(model.named_parameters())
-        else:  # a head lives in its query/key/value rows (weight and bias) and its output columns
-            touched = {id(p) for a in attentions
-                       for p in (a.query_key_value.weight, a.query_key_value.bias, a.dense.weight) if p is not None}
+        else:  # a head lives in its query/key/value rows (weights and biases) and its output columns
+            touched = set()
+            for a in attentions:
+                touched.add(id(a.output.weight))
+                touched.update(id(p) for m in a.row_matrices() for p in (m.weight, m.bias) if p is not None)
             chosen = [(n, p) for n, p in model.named_parameters() if id(p) in touched]
         prepared = self._snapshot(model, chosen, calibration)
-        everyone = [(layer, h) for layer in range(len(attentions)) for h in range(heads)]
+        everyone = [(layer, h) for layer, a in enumerate(attentions) for h in range(a.heads)]
         if self.selection == "random":
-            perm = torch.randperm(len(everyone), generator=torch.Generator().manual_seed(self.seed)).tolist()
-            order = [everyone[i] for i in perm]
+            gen = torch.Generator(device="cpu").manual_seed(self.seed)
+            order = [everyone[i] for i in torch.randperm(len(everyone), generator=gen, device="cpu").tolist()]
         else:
-            scores = self._importance(model, attentions, heads, calibration)
+            scores = self._importance(model, attentions, calibration)
             order = sorted(everyone, key=lambda lh: (float(scores[lh[0]][lh[1]]), lh))
-        prepared.cache.update(order=order, model=model, attentions=attentions, heads=heads)
+        prepared.cache.update(order=order, attentions=attentions)
         return prepared
 
-    def _importance(self, model, attentions, heads, calibration):
+    def _importance(self, model, attentions, calibration):
         """|∂L/∂g| for a gate g = 1 on each head's output, summed over calibration batches."""
         import torch
 
         from mdl_slt.lm_loss import token_nll
 
-        gates = [torch.ones(heads, requires_grad=True) for _ in attentions]
+        device = calibration.device
+        gates = [torch.ones(a.heads, requires_grad=True, device=device) for a in attentions]
         hooks = []
         for attention, gate in zip(attentions, gates):
-            def scale(module, args, gate=gate):
+            def scale(module, args, gate=gate, heads=attention.heads):
                 x = args[0]
                 shaped = x.reshape(*x.shape[:-1], heads, -1) * gate[:, None]
-                return (shaped.reshape(x.shape),)
-            hooks.append(attention.dense.register_forward_pre_hook(scale))
-        scores = [torch.zeros(heads) for _ in attentions]
+                return (shaped.reshape(x.shape), *args[1:])
+            hooks.append(attention.output.register_forward_pre_hook(scale))
+        scores = [torch.zeros(a.heads, device=device) for a in attentions]
         try:
             for batch in calibration[: 8 * self.calibration_batches].split(8):
                 grads = torch.autograd.grad(token_nll(model, batch), gates)
@@ -173,28 +185,23 @@ class Heads(Compressor):
         finally:
             for hook in hooks:
                 hook.remove()
-        return scores
-
-    def _zero_heads(self, attentions, removed, heads) -> None:
-        for layer, h in removed:
-            attention = attentions[layer]
-            d = attention.dense.in_features // heads
-            rows = slice(h * 3 * d, (h + 1) * 3 * d)  # GPT-NeoX fuses q, k, v per head
-            attention.query_key_value.weight[rows] = 0
-            if attention.query_key_value.bias is not None:
-                attention.query_key_value.bias[rows] = 0
-            attention.dense.weight[:, h * d:(h + 1) * d] = 0
+        return [s.cpu() for s in scores]
 
     def removed(self, prepared: Prepared, value: float):
+        """(layer, query head) pairs removed at `value`, in removal order."""
         return prepared.cache["order"][: round(value * self.total_heads(prepared))]
 
-    def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
+    def _zero_heads(self, attentions, removed) -> None:
         import torch
 
-        removed = self.removed(prepared, value)
-        attentions, heads = prepared.cache["attentions"], prepared.cache["heads"]
         with torch.no_grad():
-            self._zero_heads(attentions, removed, heads)
+            for layer, h in removed:
+                attention = attentions[layer]
+                layout.matrix(attention.output.weight, attention.output)[:, attention.columns(h)] = 0
+
+    def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
+        removed = self.removed(prepared, value)
+        self._zero_heads(prepared.cache["attentions"], removed)
         if self.retrain_steps:
             self._retrain(prepared, removed)
 
@@ -203,27 +210,38 @@ class Heads(Compressor):
 
         from mdl_slt.lm_loss import token_nll
 
-        model, attentions, heads = prepared.cache["model"], prepared.cache["attentions"], prepared.cache["heads"]
+        model, attentions = prepared.model, prepared.cache["attentions"]
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=self.retrain_lr)
-        order = torch.Generator().manual_seed(self.seed)
+        order = torch.Generator(device="cpu").manual_seed(self.seed)
         for _ in range(self.retrain_steps):
-            batch = prepared.calibration[torch.randint(len(prepared.calibration), (8,), generator=order)]
+            picks = torch.randint(len(prepared.calibration), (8,), generator=order, device="cpu")
             optimizer.zero_grad(set_to_none=True)
-            token_nll(model, batch).backward()
+            token_nll(model, prepared.calibration[picks.to(prepared.calibration.device)]).backward()
             optimizer.step()
-            with torch.no_grad():
-                self._zero_heads(attentions, removed, heads)
+            self._zero_heads(attentions, removed)
+        optimizer.zero_grad(set_to_none=True)
 
-    def description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
-        if value == self.knob.identity:
-            return self.uncompressed_bits(prepared)
-        heads, attentions = prepared.cache["heads"], prepared.cache["attentions"]
-        removed_params = 0
-        for layer, _ in self.removed(prepared, value):
+    def _removed_parameters(self, prepared: Prepared, value: float) -> int:
+        """Weights (and biases) no longer stored once the heads of `value` are gone."""
+        attentions = prepared.cache["attentions"]
+        gone: dict[int, set[int]] = {}
+        for layer, h in self.removed(prepared, value):
+            gone.setdefault(layer, set()).add(h)
+        count = 0
+        for layer, heads in gone.items():
             a = attentions[layer]
-            d = a.dense.in_features // heads
-            removed_params += 3 * d * a.query_key_value.in_features + 3 * d * (a.query_key_value.bias is not None)
-            removed_params += a.dense.out_features * d
-        kept = sum(t.original.numel() for t in prepared.targets) - removed_params
+            count += len(heads) * layout.matrix(a.output.weight, a.output).shape[0] * a.head_dim
+            kv_gone = [g for g in range(a.kv_heads) if set(range(g * a.group, (g + 1) * a.group)) <= heads]
+            parts = [("v", g) for g in kv_gone]
+            if not a.shared_norm:  # else the query and key rows still shape the other heads
+                parts += [("q", h) for h in heads] + [("k", g) for g in kv_gone]
+            for part, head in parts:
+                module, rows = a.rows(part, head)
+                count += (rows.stop - rows.start) * (layout.matrix(module.weight, module).shape[1]
+                                                     + (module.bias is not None))
+        return count
+
+    def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
+        kept = sum(t.original.numel() for t in prepared.targets) - self._removed_parameters(prepared, value)
         return self._length(prepared, payload=32.0 * kept, side=float(self.total_heads(prepared)))

@@ -2,24 +2,28 @@
 
 With N ≈ 2^b levels per group (see compressors.grid; even N for a symmetric grid, see
 `levels_for`), fractional bit widths b are realised through the level count, so critical bits
-are not limited to integers. Default: the
-paper's symmetric per-tensor grid. The clip ratio is chosen per group to minimise weight error
-(`range_by: mse`, fast), or, paper-faithful, as one ratio for the whole model that minimises the
-loss on calibration tokens at each bit width (`range_by: loss`, ~10 loss evaluations per width).
+are not limited to integers; the realisable widths are log₂ N for every admissible N. Default:
+the paper's symmetric per-tensor grid. The clip ratio is chosen per group to minimise weight
+error (`range_by: mse`, fast), or, paper-faithful, as one ratio for the whole model that
+minimises the loss on calibration tokens at each bit width (`range_by: loss`, 10 loss
+evaluations per width).
 
-Description length: payload n·log2 N bits; side information per group an fp32 scale (and an
+Description length: payload n·log₂ N bits; side information per group an fp32 scale (and an
 asymmetric grid's zero point at the code width); untouched parameters at 32 bits. The
-entropy-coded payload counts the codes' empirical entropy per tensor.
+entropy-coded payload codes each tensor's integer codes with compressors.coding.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from compressors.grid import GRANULARITIES, as_groups, clip_ratios, fit_grid, from_groups, side_bits_per_group
-from compressors.registry import Compressor, DescriptionLength, Knob, Prepared, entropy_bits, register
+from pydantic import Field
+
+from compressors.coding import coded_bits
+from compressors.grid import as_groups, fit_grid, from_groups, grid_at, side_bits_per_group
+from compressors.registry import Compressor, Cost, DescriptionLength, Knob, Prepared, register
 from mdl_slt.errors import UserError
 
 BITS_KNOB = Knob(name="bits", low=1.0, high=16.0, identity=32.0, more_compression="lower", unit="bits",
@@ -42,10 +46,26 @@ def levels_for(bits: float, symmetric: bool = True) -> int:
     return max(2, math.floor(2.0**bits + 0.5))
 
 
-def code_entropy(codes, levels: int) -> float:
+def bit_levels(symmetric: bool) -> list[float]:
+    """Every realisable width log₂ N within the knob's range, least compressing (16 bits) first."""
+    top = 2 ** int(BITS_KNOB.high)
+    return [math.log2(n) for n in range(top, 1, -2 if symmetric else -1)]
+
+
+def code_counts(codes, levels: int) -> list[int]:
     import torch
 
-    return entropy_bits(torch.bincount(codes.long().reshape(-1), minlength=levels).tolist())
+    return torch.bincount(codes.long().reshape(-1), minlength=levels).tolist()
+
+
+def quantized_length(compressor, prepared: Prepared, levels: int, symmetric: bool, groups: int,
+                     counts: list[list[int]]) -> DescriptionLength:
+    """Nominal and entropy-coded length of integer codes at `levels` (per-tensor `counts`), with an
+    fp32 scale (and an asymmetric zero point) per group: shared by rtn and gptq."""
+    count = sum(t.original.numel() for t in prepared.targets)
+    return compressor._length(prepared, payload=count * math.log2(levels),
+                              side=groups * side_bits_per_group(levels, symmetric),
+                              entropy=sum(coded_bits(c, levels) for c in counts))
 
 
 @register
@@ -57,65 +77,87 @@ class RoundToNearest(Compressor):
     knob: ClassVar[Knob] = BITS_KNOB
     symmetric: bool = True
     granularity: Literal["tensor", "channel", "group"] = "tensor"
-    group_size: int = 128
+    group_size: Annotated[int, Field(ge=1)] = 128
     range_by: Literal["mse", "loss"] = "mse"
-    clip_candidates: int = 50
-
-    def __post_init__(self):
-        if self.granularity not in GRANULARITIES:
-            raise UserError(f"rtn: granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
-        if self.range_by not in ("mse", "loss"):
-            raise UserError(f"rtn: range_by must be 'mse' or 'loss', got {self.range_by!r}")
-        if self.group_size < 1 or self.clip_candidates < 1:
-            raise UserError("rtn: group_size and clip_candidates must be at least 1")
+    clip_candidates: Annotated[int, Field(ge=1, le=1000)] = 50
+    range_search: Literal["fast", "exhaustive"] = "fast"
 
     def snap(self, value: float, prepared: Prepared | None = None) -> float:
         return math.log2(levels_for(value, self.symmetric))
 
+    def levels(self, prepared: Prepared) -> list[float]:
+        return bit_levels(self.symmetric)
+
+    def cost(self) -> Cost:
+        if self.range_by == "loss":
+            return Cost(1, f"{len(LOSS_RANGE_RATIOS)} calibration-loss evaluations of {CALIBRATION_SEQUENCES} "
+                           "sequences (range_by: loss)")
+        return Cost(1)
+
     def prepare(self, model, calibration=None) -> Prepared:
         if self.range_by == "loss" and calibration is None:
             raise UserError("rtn with range_by 'loss' needs calibration tokens")
-        prepared = super().prepare(model, calibration)
-        prepared.cache["model"] = model
-        return prepared
+        return super().prepare(model, calibration)
 
-    def _quantize(self, prepared: Prepared, levels: int, ratios) -> float:
-        """Write every target at `levels`; returns the entropy-coded payload in bits."""
+    def _groups(self, t):
+        return as_groups(t.matrix(), self.granularity, self.group_size)
+
+    def _codes(self, prepared: Prepared, t, levels: int, ratio: float | None):
+        """(groups, grid, codes) of target `t` at `levels`; clip ratio per group by weight error,
+        or the one given."""
+        groups = self._groups(t)
+        grid = fit_grid(groups, levels, self.symmetric, self.clip_candidates, self.range_search) if ratio is None \
+            else grid_at(groups, levels, self.symmetric, ratio)
+        return groups, grid, grid.encode(groups)
+
+    def _ratio(self, prepared: Prepared, levels: int) -> float | None:
+        """None (per-group weight-error fit), or the model-wide ratio of least calibration loss."""
+        if self.range_by == "mse":
+            return None
+        key = ("ratio", levels)
+        if key not in prepared.cache:
+            prepared.cache[key] = self._loss_ratio(prepared, levels)
+        return prepared.cache[key]
+
+    def _loss_ratio(self, prepared: Prepared, levels: int) -> float:
+        """Try each ratio of LOSS_RANGE_RATIOS on the model; the parameters are put back exactly as
+        they were found, so this is safe inside an `applied` block."""
         import torch
 
-        entropy = 0.0
-        with torch.no_grad():
-            for t in prepared.targets:
-                groups = as_groups(t.working, self.granularity, self.group_size)
-                grid = fit_grid(groups, levels, self.symmetric, ratios)
-                codes = grid.encode(groups)
-                t.param.copy_(from_groups(grid.decode(codes), t.param))
-                entropy += code_entropy(codes, levels)
-        return entropy
-
-    def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
-        levels = levels_for(value, self.symmetric)
-        if self.range_by == "mse":
-            prepared.cache[levels] = self._quantize(prepared, levels, clip_ratios(self.clip_candidates))
-            return
         from mdl_slt.lm_loss import evaluate_loss
 
         tokens = prepared.calibration[:CALIBRATION_SEQUENCES]
+        found = [t.param.detach().clone() for t in prepared.targets]
         losses = {}
-        for ratio in LOSS_RANGE_RATIOS:
-            self._quantize(prepared, levels, [ratio])
-            losses[ratio] = evaluate_loss(prepared.cache["model"], tokens)
-        prepared.cache[levels] = self._quantize(prepared, levels, [min(losses, key=losses.get)])
+        try:
+            for ratio in LOSS_RANGE_RATIOS:
+                for t in prepared.targets:
+                    groups, grid, codes = self._codes(prepared, t, levels, ratio)
+                    t.write(from_groups(grid.decode(codes), t.matrix()))
+                losses[ratio] = evaluate_loss(prepared.model, tokens)
+        finally:
+            with torch.no_grad():
+                for t, values in zip(prepared.targets, found):
+                    t.param.copy_(values)
+        return min(losses, key=losses.get)
 
-    def description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
-        if value == self.knob.identity:
-            return self.uncompressed_bits(prepared)
+    def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
         levels = levels_for(value, self.symmetric)
-        if levels not in prepared.cache:
-            self.apply(prepared.cache["model"], prepared, value)
-            self.restore(prepared)
-        count = sum(t.original.numel() for t in prepared.targets)
-        groups = sum(as_groups(t.original, self.granularity, self.group_size).shape[0] for t in prepared.targets)
-        return self._length(prepared, payload=count * math.log2(levels),
-                            side=groups * side_bits_per_group(levels, self.symmetric),
-                            entropy=prepared.cache[levels])
+        ratio = self._ratio(prepared, levels)
+        counts = []
+        for t in prepared.targets:
+            groups, grid, codes = self._codes(prepared, t, levels, ratio)
+            t.write(from_groups(grid.decode(codes), t.matrix()))
+            counts.append(code_counts(codes, levels))
+        prepared.cache[("counts", levels)] = counts
+
+    def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
+        levels = levels_for(value, self.symmetric)
+        key = ("counts", levels)
+        if key not in prepared.cache:  # from the originals alone; the model is not touched
+            ratio = self._ratio(prepared, levels)
+            prepared.cache[key] = [code_counts(self._codes(prepared, t, levels, ratio)[2], levels)
+                                   for t in prepared.targets]
+        groups = sum(self._groups(t).shape[0] for t in prepared.targets)
+        return quantized_length(self, prepared, levels, self.symmetric, groups, prepared.cache[key])
+

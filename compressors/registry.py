@@ -4,19 +4,26 @@ A compressor is a small frozen dataclass registered under one name, with one kno
 `prepare(model)` does the one-off work per checkpoint (snapshots the weights it will touch,
 factorizations, Hessians), `apply(model, prepared, value)` writes the compressed weights in
 place, `restore(prepared)` puts the originals back (no reloading between knob values), and
-`description_length(prepared, value)` counts the compressed model's bits.
+`description_length(prepared, value)` counts the compressed model's bits from the stored
+originals, never touching the model. `levels(prepared)` lists the realisable knob values of a
+discrete knob, so a search evaluates each distinct compressed model once.
+
+Options are the dataclass's fields; their types and ranges (`Annotated[..., Field(ge=1)]`) are
+checked by pydantic when a compressor is built, so a bad value is one line naming the option,
+the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
+from compressors import layout
 from compressors.spill import Spill, spill_bytes
-from compressors.targets import DEFAULT_TARGETS, select_targets
+from compressors.targets import DEFAULT_TARGETS, Role, select_targets
 from mdl_slt.errors import UserError
 
 
@@ -56,8 +63,10 @@ class Knob:
 class DescriptionLength:
     """Bits to store the compressed model: payload + side information + untouched parameters.
 
-    `entropy_payload_bits` is the payload entropy-coded with its empirical code distribution,
-    a stricter figure beside the nominal one. Untouched parameters count at 32 bits each.
+    `entropy_payload_bits` is the payload entropy-coded with a real code (see compressors.coding:
+    its own histogram paid for, never more than one bit per tensor above the nominal payload);
+    float payloads are not entropy-coded. Untouched parameters count at 32 bits each. The rules
+    for every format are in docs/description-lengths.md.
     """
 
     payload_bits: float
@@ -74,16 +83,36 @@ class DescriptionLength:
         return self.entropy_payload_bits + self.side_bits + self.untouched_bits
 
 
+@dataclass(frozen=True)
+class Cost:
+    """What one knob value costs a critical search."""
+
+    evaluations: int  # held-out loss evaluations
+    note: str = ""  # any other work, in words
+
+
 @dataclass
 class Target:
     name: str
     param: Any  # torch.nn.Parameter, compressed in place
     original: Any  # its uncompressed values (memory-mapped on the host for large models)
+    module: Any = None  # the module owning it, for its layout (compressors.layout)
 
     @property
     def working(self):
         """The original on the parameter's device: one layer's transient copy when spilled."""
         return self.original.to(self.param.device)
+
+    def matrix(self):
+        """The original as an (out × in) matrix on the parameter's device (see compressors.layout)."""
+        return layout.matrix(self.working, self.module)
+
+    def write(self, values) -> None:
+        """Write (out × in) `values` into the parameter, whatever its stored layout."""
+        import torch
+
+        with torch.no_grad():
+            layout.matrix(self.param, self.module).copy_(values.reshape(layout.matrix(self.param, self.module).shape))
 
 
 @dataclass
@@ -93,29 +122,41 @@ class Prepared:
     calibration: Any = None  # LongTensor of training tokens, for methods that need data
     cache: dict = field(default_factory=dict)
     spill: Spill | None = None  # where large per-checkpoint state lives (see compressors.spill)
+    model: Any = None
 
     def keep(self, tensor):
         """Hold `tensor` for the life of this state: memory-mapped from disk when spilling."""
         return self.spill.put(tensor) if self.spill is not None else tensor
 
+    @property
+    def device(self):
+        return self.targets[0].param.device
+
 
 @dataclass(frozen=True)
 class Compressor:
     """Base class: subclasses are frozen dataclasses setting `name`, `knob`, `apply` and
-    `description_length`; `targets` (roles, see compressors.targets) is an option of every one."""
+    `_description_length`; `targets` (roles, see compressors.targets) is an option of every one."""
 
     name: ClassVar[str]
     knob: ClassVar[Knob]
-    targets: tuple[str, ...] = DEFAULT_TARGETS
+    targets: tuple[Role, ...] = DEFAULT_TARGETS
 
     def snap(self, value: float, prepared: Prepared | None = None) -> float:
-        """The nearest knob value the method can realise on the prepared model (continuous: itself)."""
+        """The knob value that stands for every value giving the same compressed model (continuous: itself)."""
         return value
+
+    def levels(self, prepared: Prepared) -> list[float] | None:
+        """The realisable knob values, least compressing first, for a discrete knob; None if continuous."""
+        return None
 
     @property
     def num_draws(self) -> int:
         """Random draws whose losses are averaged per knob value (stochastic probes override)."""
         return 1
+
+    def cost(self) -> Cost:
+        return Cost(self.num_draws)
 
     def prepare(self, model, calibration=None) -> Prepared:
         """Snapshot the target parameters; subclasses add their one-off work per checkpoint."""
@@ -130,14 +171,26 @@ class Compressor:
         ids = {id(p) for _, p in chosen}
         untouched = sum(p.numel() for p in model.parameters() if id(p) not in ids)
         spill = Spill() if sum(4 * p.numel() for _, p in chosen) > spill_bytes() else None
+        modules = layout.owners(model)
         with torch.no_grad():
-            targets = [Target(n, p, spill.put(p) if spill else p.detach().clone()) for n, p in chosen]
-        return Prepared(targets, untouched, calibration, spill=spill)
+            targets = [Target(n, p, spill.put(p) if spill else p.detach().clone(), modules.get(id(p)))
+                       for n, p in chosen]
+        return Prepared(targets, untouched, calibration, spill=spill, model=model)
 
     def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
+        """Write the compressed weights at a realisable `value` (never the identity) in place."""
         raise NotImplementedError
 
     def description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
+        """Bits of the model compressed at `value`, from the stored originals (the model is not
+        touched); the uncompressed size at the identity."""
+        self.knob.check(value)
+        value = value if value == self.knob.identity else self.snap(value, prepared)
+        if value == self.knob.identity:
+            return self.uncompressed_bits(prepared)
+        return self._description_length(prepared, value)
+
+    def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
         raise NotImplementedError
 
     def restore(self, prepared: Prepared) -> None:
@@ -151,9 +204,10 @@ class Compressor:
     def applied(self, model, prepared: Prepared, value: float, draw: int = 0):
         """Compress at `value` for the duration of the block; the model is restored afterwards."""
         self.knob.check(value)
+        value = value if value == self.knob.identity else self.snap(value, prepared)
         try:
             if value != self.knob.identity:
-                self.apply(model, prepared, self.snap(value, prepared), draw)
+                self.apply(model, prepared, value, draw)
             yield
         finally:
             self.restore(prepared)
@@ -190,21 +244,29 @@ def registered(name: str) -> type[Compressor]:
     return _REGISTRY[name]
 
 
+@functools.lru_cache(maxsize=None)
+def _validator(cls):
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(cls)
+
+
 def get(name: str, **options) -> Compressor:
-    """Build a registered compressor; unknown names and options get one clear line."""
+    """Build a registered compressor, its options checked by type and range; an unknown name or
+    option, or a bad value, is one clear line."""
+    from pydantic import ValidationError
+
     cls = registered(name)
     valid = {f.name for f in fields(cls)}
     for key in options:
         if key not in valid:
             close = difflib.get_close_matches(key, sorted(valid), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (options: {', '.join(sorted(valid))})"
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (options: {', '.join(sorted(valid)) or 'none'})"
             raise UserError(f"compressor {name!r} has no option {key!r}{hint}")
-    if "targets" in options:
-        options["targets"] = tuple(options["targets"])
-    return cls(**options)
-
-
-def entropy_bits(counts) -> float:
-    """Σ_i n_i · (−log2 n_i/N): the size of codes entropy-coded with their own histogram."""
-    total = float(sum(counts))
-    return -sum(c * math.log2(c / total) for c in counts if c > 0)
+    try:
+        return _validator(cls).validate_python(options)
+    except ValidationError as error:
+        first = error.errors()[0]
+        option = str(first["loc"][0]) if first["loc"] else "options"
+        raise UserError(f"compressor {name!r}: option {option}={options.get(option, first.get('input'))!r} is not "
+                        f"allowed: {first['msg'][0].lower()}{first['msg'][1:]}") from None

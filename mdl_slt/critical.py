@@ -1,18 +1,98 @@
 """The critical compression: the most compression whose loss increase stays within ε.
 
 For a knob with a least- and a most-compressing end, c*(ε) = the most compressing knob value v
-with L(v) − L(base) ≤ ε. One search serves every ε: the loss at each knob value is evaluated
-at most once and shared, each ε is bracketed by the evaluated points (a passing point and the
-next failing point beyond it), then bisected until the bracket is narrower than `precision`
-or no realisable knob value lies inside it. When the evaluations (those made for every ε)
-contradict monotonicity at some ε, that ε's result is flagged rather than trusted; bisection
-cannot see a bump it never evaluates, so a clean flag is evidence, not proof.
+with ΔL(v) = L(v) − L(base) ≤ ε. One search serves every ε: the loss at each knob value is
+evaluated at most once and shared, each ε is bracketed by the evaluated points (a passing point
+and the next failing point beyond it), then bisected until the bracket is narrower than the
+precision or no realisable knob value lies inside it. A knob with finitely many realisable
+values (level counts, ranks, heads, formats) is bisected over that list, so no compressed model
+is ever evaluated twice.
+
+A non-finite loss fails every tolerance (ΔL = +∞) and is listed in the result. When the
+evaluations (those made for every ε) contradict monotonicity at some ε, that ε's result is
+flagged rather than trusted; bisection cannot see a bump it never evaluates, so a clean flag is
+evidence, not proof.
+
+Beside the bracket, each ε gets a continuous critical value: where log ΔL, interpolated linearly
+between the bracketing evaluations, crosses log ε (linear in ΔL when the passing point's ΔL ≤ 0).
+A realisable grid is coarse (even level counts are 0.2–0.3 bits apart at 3–5 bits); the
+interpolated value is what fits use by default, flagged `wide` when the bracket is wider than
+the precision.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class CompressorEntry(BaseModel):
+    """One compressor of an experiment: a registered method with its options, under its own id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str | None = Field(None, description="unique within the experiment; default: the compressor's name")
+    name: str = Field(description="a registered compressor (`mdl-slt compressors`)")
+    options: dict[str, Any] = Field(default_factory=dict)
+    precision: float | None = Field(None, gt=0, description="search precision in the knob's units "
+                                                            "(default: the knob's own, e.g. 0.05 bits for rtn)")
+
+    @model_validator(mode="after")
+    def _known(self):
+        import compressors
+
+        compressors.get(self.name, **self.options)  # an unknown name or a bad option is one UserError line
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name
+
+    def build(self):
+        import compressors
+
+        return compressors.get(self.name, **self.options)
+
+    def search_precision(self, compressor) -> float:
+        return self.precision if self.precision is not None else compressor.knob.precision
+
+
+class CriticalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    compressors: list[CompressorEntry] = Field(default_factory=lambda: [CompressorEntry(name="rtn")])
+    epsilons: list[float] = Field(default_factory=lambda: [0.02, 0.05, 0.1])
+    numerics: Literal["fp32", "bf16"] = Field("fp32", description="loss evaluation of the base loss and the search: "
+                                                                  "fp32, or bf16 autocast (CUDA; see the README)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, values):
+        if isinstance(values, dict) and "precision" in values:
+            raise ValueError("`critical.precision` is set per compressor entry now, in its knob's units: "
+                             "write `precision:` beside the entry's `name`")
+        return values
+
+    @field_validator("epsilons")
+    @classmethod
+    def _positive(cls, values):
+        if not values or any(not (v > 0) for v in values):
+            raise ValueError("epsilons must be a non-empty list of positive loss increases (nats/token)")
+        return sorted(values)
+
+    @field_validator("compressors")
+    @classmethod
+    def _unique(cls, entries):
+        seen = [e.key for e in entries]
+        twice = sorted({k for k in seen if seen.count(k) > 1})
+        if twice:
+            raise ValueError(f"compressor ids must be unique, but {', '.join(repr(k) for k in twice)} appears more "
+                             "than once: give each entry its own `id`")
+        return entries
 
 
 @dataclass(frozen=True)
@@ -22,6 +102,9 @@ class CriticalPoint:
     beyond: float | None  # the evaluated failing value just beyond it; None if the most compressing end passes
     loss: float | None
     monotone: bool
+    interpolated: float | None  # where log ΔL crosses log ε inside the bracket
+    interpolation: Literal["log-linear", "linear", "end", "none"]
+    wide: bool  # the bracket is wider than the search precision
 
 
 @dataclass
@@ -39,61 +122,107 @@ class CriticalSearch:
     def monotone(self) -> bool:
         return all(p.monotone for p in self.points)
 
+    @property
+    def nonfinite(self) -> list[float]:
+        """Knob values whose loss was NaN or infinite (each failed every tolerance)."""
+        return [v for v, l in self.evaluations.items() if not math.isfinite(l)]
 
-def find_critical(loss_at: Callable[[float], float], base_loss: float, epsilons, knob,
-                  precision: float, snap: Callable[[float], float] = lambda v: v) -> CriticalSearch:
-    """Bracket-and-bisect search for c*(ε) at every ε in `epsilons`, sharing evaluations."""
+
+def find_critical(loss_at: Callable[[float], float], base_loss: float, epsilons, knob, precision: float,
+                  snap: Callable[[float], float] = lambda v: v, levels: list[float] | None = None) -> CriticalSearch:
+    """Bracket-and-bisect search for c*(ε) at every ε in `epsilons`, sharing evaluations.
+
+    `levels`: the realisable knob values from least to most compressing, for a discrete knob;
+    otherwise values are bisected continuously and mapped to realisable ones by `snap`.
+    """
     evaluations: dict[float, float] = {}
+    order = knob.compression
 
-    def loss(value: float) -> float:
+    def excess(value: float) -> float:
         if value not in evaluations:
             evaluations[value] = float(loss_at(value))
-        return evaluations[value]
+        increase = evaluations[value] - base_loss
+        return increase if math.isfinite(increase) else math.inf
 
     def passes(value: float, eps: float) -> bool:
-        return loss(value) - base_loss <= eps
+        return excess(value) <= eps
 
-    order = knob.compression
-    least, most = snap(knob.least), snap(knob.most)
-    points = []
+    if levels is not None:
+        levels = list(levels)
+        least, most = levels[0], levels[-1]
+        index = {v: i for i, v in enumerate(levels)}
+        coordinate = [order(v) for v in levels]  # increasing: levels run from least to most compressing
+    else:
+        least, most = snap(knob.least), snap(knob.most)
+    results = []
     for eps in sorted(set(float(e) for e in epsilons)):
-        if eps < 0:
+        if not eps >= 0:
             raise ValueError(f"tolerance ε must be non-negative, got {eps}")
         if not passes(least, eps):
-            points.append((eps, None, least, None))
+            results.append((eps, None, least))
             continue
         if passes(most, eps):
-            points.append((eps, most, None, loss(most)))
+            results.append((eps, most, None))
             continue
         good, bad = _bracket(evaluations, base_loss, eps, order)
         while abs(good - bad) > precision:
-            mid = snap((good + bad) / 2)
-            if mid in (good, bad):
-                break
+            if levels is not None:  # the realisable value nearest the middle, strictly inside the bracket
+                low, high = index[good], index[bad]
+                if high - low <= 1:
+                    break
+                at = bisect.bisect_left(coordinate, (order(good) + order(bad)) / 2, low + 1, high)
+                mid = levels[min(max(at, low + 1), high - 1)]
+            else:
+                mid = snap((good + bad) / 2)
+                if mid in (good, bad):
+                    break
             if passes(mid, eps):
                 good = mid
             else:
                 bad = mid
-        points.append((eps, good, bad, loss(good)))
-    # judged on all evaluations, those made for other ε included
-    final = [CriticalPoint(*p, _monotone(evaluations, base_loss, p[0], order)) for p in points]
-    return CriticalSearch(base_loss, precision, final, evaluations)
+        results.append((eps, good, bad))
+    points = []
+    for eps, good, bad in results:  # judged on all evaluations, those made for other ε included
+        at, kind = _interpolate(good, bad, excess, eps)
+        points.append(CriticalPoint(eps, good, bad, None if good is None else evaluations[good],
+                                    _monotone(evaluations, base_loss, eps, order), at, kind,
+                                    good is not None and bad is not None and abs(good - bad) > precision))
+    return CriticalSearch(base_loss, precision, points, evaluations)
+
+
+def _interpolate(good, bad, excess, eps):
+    """Where log ΔL crosses log ε, linear between the passing and the failing evaluation."""
+    if good is None:
+        return None, "none"
+    if bad is None:
+        return good, "end"
+    low, high = excess(good), excess(bad)
+    if not math.isfinite(high):
+        return good, "none"
+    if low > 0:
+        t, kind = (math.log(eps) - math.log(low)) / (math.log(high) - math.log(low)), "log-linear"
+    else:
+        t, kind = (eps - low) / (high - low), "linear"
+    return good + min(max(t, 0.0), 1.0) * (bad - good), kind
+
+
+def _fails(loss: float, base_loss: float, eps: float) -> bool:
+    return not (loss - base_loss <= eps)  # NaN fails
 
 
 def _bracket(evaluations, base_loss, eps, order):
     """The least compressing failing value, and the most compressing passing value short of it."""
-    failing = [v for v, l in evaluations.items() if l - base_loss > eps]
-    bad = min(failing, key=order)
-    good = max((v for v, l in evaluations.items() if l - base_loss <= eps and order(v) < order(bad)), key=order)
+    bad = min((v for v, l in evaluations.items() if _fails(l, base_loss, eps)), key=order)
+    good = max((v for v, l in evaluations.items() if not _fails(l, base_loss, eps) and order(v) < order(bad)),
+               key=order)
     return good, bad
 
 
 def _monotone(evaluations, base_loss, eps, order) -> bool:
     """False if some evaluated value passes ε while a less compressing one fails it."""
-    ranked = sorted(evaluations.items(), key=lambda item: order(item[0]))
     seen_fail = False
-    for _, l in ranked:
-        if l - base_loss > eps:
+    for value, loss in sorted(evaluations.items(), key=lambda item: order(item[0])):
+        if _fails(loss, base_loss, eps):
             seen_fail = True
         elif seen_fail:
             return False

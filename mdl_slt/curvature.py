@@ -18,8 +18,8 @@ def top_hessian_eigenvalue(model, data, loss_fn, batch_size: int = 1024, iterati
 
     params = [p for p in model.parameters() if p.requires_grad]
     batch = _pick(data, slice(0, min(batch_size, data_size(data))))
-    gen = torch.Generator().manual_seed(seed)
-    vector = [torch.randn(p.shape, generator=gen) for p in params]
+    gen = torch.Generator(device="cpu").manual_seed(seed)  # the same start vector on any device
+    vector = [torch.randn(p.shape, generator=gen, device="cpu").to(p.device) for p in params]
     eigenvalue = 0.0
     for _ in range(iterations):
         norm = torch.sqrt(sum((v**2).sum() for v in vector))

@@ -1,8 +1,10 @@
-"""Where the math runs: device choice, mixed precision and batch sizes.
+"""Where the math runs: device choice, numerics (fp32 or bf16 autocast) and batch sizes.
 
-Parameters stay fp32 everywhere. On CUDA, forward and backward passes run under bf16 autocast
-(fp32 range, so no loss scaling) and losses are reduced in fp32; fp16 is never used, because its
-rounding would hide the small loss increases a critical search looks for. On CPU all is fp32.
+Parameters stay fp32 everywhere. A measurement runs in one of two numerics, recorded with it:
+`fp32`, or `bf16` autocast (matrix products in bf16 with fp32 accumulation, fp32 range so no loss
+scaling; losses always reduced in fp32). fp16 is never used: its rounding would hide the small
+loss increases a critical search looks for. Which measurement uses which is a setting
+(`critical.numerics`, `llc.numerics`); the README gives the measured differences.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from contextlib import nullcontext
 from mdl_slt.errors import UserError
 
 CPU_EVAL_BATCH = 32
+NUMERICS_LABEL = {"fp32": "fp32", "bf16": "bf16-autocast"}
 
 
 def resolve_device(name: str = "auto") -> str:
@@ -28,12 +31,15 @@ def resolve_device(name: str = "auto") -> str:
     return name
 
 
-def autocast(device):
-    """bf16 autocast on CUDA, nothing elsewhere."""
+def autocast(device, numerics: str = "fp32"):
+    """bf16 autocast on `device`'s kind for `numerics` 'bf16'; nothing for 'fp32'."""
     import torch
 
-    kind = torch.device(device).type
-    return torch.autocast("cuda", dtype=torch.bfloat16) if kind == "cuda" else nullcontext()
+    if numerics == "fp32":
+        return nullcontext()
+    if numerics != "bf16":
+        raise UserError(f"unknown numerics {numerics!r}: use fp32 or bf16")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def eval_batch_size(model, context_length: int) -> int:

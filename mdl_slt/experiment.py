@@ -1,29 +1,22 @@
-"""Experiment files (YAML), validated by one pydantic schema, and the plan they expand to.
+"""Experiment files (YAML), validated by one pydantic schema.
 
-Relative paths (store, report) are taken from the working directory. Settings that change a
-measurement are hashed into its records' keys, so changing them measures anew and an
-unchanged rerun skips what is stored.
+Relative paths (store, report) are taken from the working directory. `mdl_slt.plan` expands an
+experiment into checkpoints and tasks; each task's key hashes only the settings it depends on.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mdl_slt import pythia
+from mdl_slt.critical import CriticalConfig
 from mdl_slt.data import DataConfig
 from mdl_slt.errors import UserError
 from mdl_slt.sgld import LLCConfig
-
-
-# Bumped whenever a change to the code changes what a measurement returns (e.g. rtn's even level
-# counts in 0.2), so stores never mix results from different methods under one key.
-MEASUREMENT_VERSION = 3
 
 
 class _Strict(BaseModel):
@@ -31,17 +24,21 @@ class _Strict(BaseModel):
 
 
 class StepRange(_Strict):
-    """Checkpoints `step<N>` for N from `start` to `stop` (inclusive) every `every`, or Pythia's
-    published schedule (0, 1, 2, 4, …, 512, then every 1,000 to 143,000) within [start, stop]."""
+    """Checkpoints by training step: `step<N>` for N from `start` to `stop` (inclusive) every
+    `every`; Pythia's published schedule (0, 1, 2, 4, …, 512, then every 1,000 to 143,000) within
+    [start, stop]; or, with `schedule: hub`, every revision of the repository (the hub's branches
+    when online, the local caches offline) whose name gives a step in [start, stop] (see
+    `mdl_slt.revisions`), thinned to every `every` steps from `start` when given."""
 
     start: int = Field(0, ge=0)
     stop: int | None = Field(None, ge=0)
     every: int | None = Field(None, ge=1, description="spacing; omit for `schedule: pythia`")
-    schedule: Literal["pythia"] | None = None
+    schedule: Literal["pythia", "hub"] | None = None
 
     def revisions(self) -> list[str]:
-        if (self.every is None) == (self.schedule is None):
-            raise UserError("a step range needs exactly one of `every` or `schedule: pythia`")
+        """The revisions of a range or of Pythia's schedule (a hub schedule is listed by the plan)."""
+        if self.schedule is None and self.every is None:
+            raise UserError("a step range needs `every`, or `schedule: pythia` or `schedule: hub`")
         if self.schedule == "pythia":
             stop = pythia.STEPS[-1] if self.stop is None else self.stop
             return [f"step{n}" for n in pythia.STEPS if self.start <= n <= stop]
@@ -49,46 +46,40 @@ class StepRange(_Strict):
             raise UserError("a step range with `every` needs `stop`")
         return [f"step{n}" for n in range(self.start, self.stop + 1, self.every)]
 
+    def keeps(self, step: int) -> bool:
+        """Whether a hub revision at `step` belongs to this range."""
+        inside = self.start <= step <= (self.stop if self.stop is not None else step)
+        return inside and (self.every is None or (step - self.start) % self.every == 0)
+
 
 class ModelEntry(_Strict):
     id: str = Field(description="hub id (ORG/NAME) or a local directory")
     revisions: Literal["all"] | list[str] = Field("all", description="`all` = every revision in the cache")
-    steps: StepRange | None = Field(None, description="instead of `revisions`: a range of `step<N>` revisions")
+    steps: StepRange | None = Field(None, description="instead of `revisions`: a range of training steps")
+    revision_pattern: str | None = Field(None, description="a regular expression with (?P<step>…) and optionally "
+                                         "(?P<tokens>…)(?P<unit>[KMBT]?) reading revision names; default: the "
+                                         "known schemes (step<N>, OLMo's stage<k>-step<N>-tokens<M>B)")
+    tokens_per_step: int | None = Field(None, ge=1, description="training tokens per step, where revision names "
+                                        "do not say (Pythia's is known)")
 
     def listed_revisions(self) -> list[str] | None:
-        """The revisions named by `steps` or `revisions`, or None for `all`."""
+        """The revisions named by `steps` or `revisions`; None for `all` and for a hub schedule."""
         if self.steps is not None:
             if self.revisions != "all":
                 raise UserError(f"model {self.id}: give `revisions` or `steps`, not both")
-            return self.steps.revisions()
+            return None if self.steps.schedule == "hub" else self.steps.revisions()
         return None if self.revisions == "all" else list(self.revisions)
 
 
-class CompressorEntry(_Strict):
-    name: str
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
-class CriticalConfig(_Strict):
-    compressors: list[CompressorEntry] = Field(default_factory=lambda: [CompressorEntry(name="rtn")])
-    epsilons: list[float] = Field(default_factory=lambda: [0.02, 0.05, 0.1])
-    precision: float | None = Field(None, gt=0, description="knob precision of the critical search "
-                                                               "(default: each knob's own, e.g. 0.05 bits)")
-
-    def precision_for(self, knob) -> float:
-        """The search precision on `knob`: this config's, else the knob's own default."""
-        return self.precision if self.precision is not None else knob.precision
-
-    @field_validator("epsilons")
-    @classmethod
-    def _positive(cls, values):
-        if not values or any(v <= 0 for v in values):
-            raise ValueError("epsilons must be a non-empty list of positive loss increases (nats/token)")
-        return sorted(values)
-
-
 class AnalysisConfig(_Strict):
-    min_step: int = Field(0, ge=0, description="fit only checkpoints at or after this training step")
+    """How stored measurements become fits; stated before any fit is seen."""
+
+    window: float = Field(0.9, gt=0, le=1, description="the analysis window: checkpoints whose held-out loss has "
+                          "covered at least this fraction of its fall from a uniform prediction (ln V) to its "
+                          "lowest measured value")
+    min_step: int | None = Field(None, ge=0, description="instead of the window rule: checkpoints at or after this step")
+    critical: Literal["interpolated", "bracket"] = Field("interpolated", description="the critical value fitted: "
+                                                         "interpolated inside the bracket, or its passing end")
 
 
 class Experiment(_Strict):
@@ -100,7 +91,8 @@ class Experiment(_Strict):
     executor: Literal["local", "ray"] = Field("local", description="`local` (this machine) or `ray` (a cluster)")
     address: str | None = Field(None, description="ray: the cluster's address (HOST:PORT); none = a Ray "
                                                   "instance on this machine for this run")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto`: cuda when available, else cpu")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto`: cuda when available, else cpu; "
+                                                                      "resolved once per run, before any work")
     gpus_per_unit: float = Field(0, ge=0, description="ray: GPUs each checkpoint asks for (CPUs: `threads`)")
     models: list[ModelEntry] = Field(min_length=1)
     data: DataConfig = DataConfig()
@@ -108,10 +100,10 @@ class Experiment(_Strict):
     critical: CriticalConfig = CriticalConfig()
     analysis: AnalysisConfig = AnalysisConfig()
 
-    def hash_of(self, *parts: str, extra: Any = None) -> str:
-        payload = {p: getattr(self, p).model_dump(mode="json") for p in parts}
-        payload.update(extra=extra, measurement_version=MEASUREMENT_VERSION)
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    def on(self, device: str) -> "Experiment":
+        """This experiment with its device resolved (`cpu` or `cuda`): the device is part of every
+        task's identity, so it is fixed before any work and stored with the run."""
+        return self.model_copy(update={"device": device})
 
 
 def _model_in(annotation) -> type[BaseModel] | None:
@@ -175,11 +167,15 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         raise UserError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path} must hold a mapping of settings (name, store, models, ...), not {type(raw).__name__}")
-    raw = apply_overrides(raw, list(overrides))
+    return validated(apply_overrides(raw, list(overrides)), str(path))
+
+
+def validated(raw: dict, source: str) -> Experiment:
+    """An Experiment from raw settings; any problem is one UserError line naming `source`."""
     try:
         return Experiment.model_validate(raw)
     except ValidationError as error:
         # a misspelt key is usually the cause of a "missing" one: name it first
         first = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
         more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-        raise UserError(f"{path}: {_describe(first)}{more}") from None
+        raise UserError(f"{source}: {_describe(first)}{more}") from None

@@ -1,9 +1,11 @@
 """Saved fits: the lines `predict` uses, with the provenance to reproduce them. Needs no torch.
 
-A JSON file: the per-(model, compressor, ε) lines of critical compression on λ̂, the pooled
-lines on λ̂/d per (compressor, ε) for model sizes the fit never saw, the data, sampler and
-critical-search settings the measurements used (a prediction must estimate λ̂ the same way),
-the checkpoints behind each line, and the versions of the packages involved.
+A JSON file: the per-(model, compressor entry, ε) lines of critical compression on λ̂, the pooled
+lines on λ̂/d per (compressor, ε) for model sizes the fit never saw, the checkpoints behind each
+line, the analysis settings (window, critical value), and the settings of the measurements
+themselves, looked up by the config hashes of the rows each line fits (data and sampler of its
+LLC task, data, compressor and search of its critical task): a prediction must estimate λ̂
+exactly as the fitted checkpoints were. Also the versions of the packages involved.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pandas as pd
 from mdl_slt.analysis import GROUP, LineFit, fit_line, fit_lines, usable
 from mdl_slt.errors import UserError
 
-FORMAT = "mdl-slt-fit/1"
+FORMAT = "mdl-slt-fit/2"
 PACKAGES = ("mdl-slt", "torch", "transformers", "numpy", "pandas", "scipy", "statsmodels")
 
 
@@ -34,20 +36,29 @@ def versions() -> dict:
     return found
 
 
-def build_fit_file(table: pd.DataFrame, config: dict, min_step: int, store: Path) -> dict:
-    """The payload of a fit file from the measurements table and the run's resolved config."""
-    lines = [{**dict(zip(GROUP, key)), "steps": sorted(int(s) for s in group.step), "fit": fit.to_dict()}
-             for key, (fit, group) in fit_lines(table, min_step).items() if fit is not None]
+def build_fit_file(table: pd.DataFrame, inside: pd.Series, configs: dict, analysis: dict, experiment: str,
+                   store: Path) -> dict:
+    """The payload of a fit file from the measurements table, the window, and the store's configs
+    (config hash → {kind, settings})."""
+    lines, used = [], set()
+    for key, (fit, group) in fit_lines(table, inside).items():
+        if fit is None:
+            continue
+        llc, critical = group.llc_config.iloc[0], group.critical_config.iloc[0]
+        used |= {llc, critical}
+        lines.append({**dict(zip(GROUP, key)), "method": group.method.iloc[0], "llc_config": llc,
+                      "critical_config": critical, "steps": sorted(int(s) for s in group.step.dropna()),
+                      "fit": fit.to_dict()})
     pooled = []
-    for key, group in usable(table, min_step).groupby(["compressor", "epsilon"]):
+    for key, group in usable(table, inside).groupby(["compressor", "epsilon"]):
         fit = fit_line(group.llc_mean / group.llc_params, group.critical_value,
                        (group.llc_std_error / group.llc_params).to_numpy())
         if fit is not None and group.model.nunique() >= 2:
             pooled.append({"compressor": key[0], "epsilon": key[1], "models": sorted(group.model.unique()),
-                           "fit": fit.to_dict()})
+                           "llc_config": group.llc_config.iloc[0], "fit": fit.to_dict()})
     return {"format": FORMAT, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "experiment": config.get("name"), "store": str(store), "min_step": min_step,
-            "data": config["data"], "llc": config["llc"], "critical": config["critical"],
+            "experiment": experiment, "store": str(store), "analysis": analysis,
+            "configs": {h: configs[h] for h in sorted(used) if h in configs},
             "versions": versions(), "lines": lines, "pooled_per_param": pooled}
 
 
@@ -73,20 +84,29 @@ class FitFile:
         except FileNotFoundError:
             raise UserError(f"no fit file at {path}: `mdl-slt report` writes one beside each PDF "
                             "(<report>-fit.json)") from None
-        except json.JSONDecodeError as error:
-            raise UserError(f"{path} is not a fit file (invalid JSON at line {error.lineno})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise UserError(f"{path} is not a fit file ({type(error).__name__}): write one with `mdl-slt report`") from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise UserError(f"{path} is not a {FORMAT} fit file: write one with `mdl-slt report`")
         return cls(payload, path)
 
-    def settings(self):
-        """(DataConfig, LLCConfig, CriticalConfig) the fit's measurements used."""
-        from mdl_slt.experiment import CriticalConfig, DataConfig
-        from mdl_slt.sgld import LLCConfig
-
-        p = self.payload
-        return (DataConfig.model_validate(p["data"]), LLCConfig.model_validate(p["llc"]),
-                CriticalConfig.model_validate(p["critical"]))
+    def measured_with(self) -> dict:
+        """The settings the fitted measurements used: data, sampler, device, numerics and, per
+        compressor entry, its compressor and search (from the config hashes of the fitted rows)."""
+        configs = self.payload["configs"]
+        llc = {json.dumps(configs[line["llc_config"]]["settings"]["llc"], sort_keys=True) for line in self.payload["lines"]}
+        if len(llc) > 1:
+            raise UserError(f"{self.path} fits lines measured with {len(llc)} different sampler settings: "
+                            "predict from one experiment's fit")
+        first = configs[self.payload["lines"][0]["llc_config"]]["settings"] if self.payload["lines"] else None
+        if first is None:
+            raise UserError(f"{self.path} holds no fitted line (too few checkpoints in the window)")
+        entries = {}
+        for line in self.payload["lines"]:
+            settings = configs[line["critical_config"]]["settings"]
+            entries[line["compressor"]] = {"id": line["compressor"], **settings["compressor"],
+                                           "epsilons": settings["epsilons"], "numerics": settings["numerics"]}
+        return {"data": first["data"], "llc": first["llc"], "device": first["device"], "compressors": entries}
 
     def predict(self, model: str, llc: float, llc_se: float, num_params: int) -> list[Prediction]:
         """Critical compression for every (compressor, ε): this size's line when the fit has one,

@@ -1,25 +1,43 @@
 """Per-token cross-entropy of a causal language model, the loss every measurement uses.
 
 L(w) = mean over sequences and positions t of −log p_w(x_{t+1} | x_{≤t}), in nats per token,
-reduced in fp32 (the forward pass under bf16 autocast on CUDA: see `mdl_slt.device`).
+reduced in fp32; the forward pass in fp32 or under bf16 autocast (`numerics`, see `mdl_slt.device`).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from mdl_slt.device import autocast, eval_batch_size
 
 
-def token_nll(model, tokens):
+@contextmanager
+def eager_attention(model):
+    """The model's attention as plain matrix products for the block: differentiable twice (for
+    Hessian-vector products) and batched under vmap, which fused CPU attention kernels are not.
+    Models without a choice of attention are left as they are."""
+    before = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if before is None or before == "eager" or not hasattr(model, "set_attn_implementation"):
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+def token_nll(model, tokens, numerics: str = "fp32"):
     """Mean next-token negative log-likelihood of a (batch, length) LongTensor; differentiable."""
     import torch.nn.functional as F
 
-    with autocast(tokens.device):
+    with autocast(tokens.device, numerics):
         logits = model(input_ids=tokens).logits[:, :-1]
     logits = logits.float()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
 
 
-def evaluate_loss(model, tokens, batch_size: int | None = None) -> float:
+def evaluate_loss(model, tokens, batch_size: int | None = None, numerics: str = "fp32") -> float:
     """Mean per-token NLL over a fixed token set, under inference mode, accumulated in float64;
     batches go to the model's device, sized to it unless `batch_size` is given."""
     import torch
@@ -31,6 +49,6 @@ def evaluate_loss(model, tokens, batch_size: int | None = None) -> float:
         for start in range(0, len(tokens), batch_size):
             batch = tokens[start:start + batch_size].to(device)
             n = batch.shape[0] * (batch.shape[1] - 1)
-            total += float(token_nll(model, batch).double()) * n
+            total += float(token_nll(model, batch, numerics).double()) * n
             count += n
     return total / count

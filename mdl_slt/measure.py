@@ -1,19 +1,45 @@
-"""The measurements one checkpoint gets: base loss, LLC, critical compression per compressor.
+"""The measurements one checkpoint gets: base loss, LLC, critical compression per compressor entry.
 
-Shared by the batch runner and the one-shot CLI commands, so both measure identically.
+`measure_unit` loads a checkpoint once and yields one `Outcome` per task as soon as that task is
+done, so the store keeps every finished task even if a later one fails or the process dies. A
+task that raises is an outcome too (failed, with its one-line reason); the unit's other tasks
+still run. The one-shot CLI commands use the same functions, so both measure identically.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
 
 from mdl_slt.checkpoints import Checkpoint
 from mdl_slt.critical import CriticalSearch, find_critical
 from mdl_slt.data import TokenSets
-from mdl_slt.experiment import CriticalConfig
+from mdl_slt.device import NUMERICS_LABEL
+from mdl_slt.errors import UserError
 from mdl_slt.lm_loss import evaluate_loss
+from mdl_slt.plan import Task, Unit
 from mdl_slt.sgld import LLCConfig, LLCResult, estimate_llc
+from mdl_slt.store import Record
+
+
+@dataclass
+class Outcome:
+    """What one task of one unit produced: its rows (and trace), or why it failed."""
+
+    unit: str
+    task: Task
+    records: list[Record] = field(default_factory=list)
+    trace: bytes | None = None
+    error: str | None = None
+
+
+def reason(error: BaseException) -> str:
+    """A failure as one line: a UserError's own words, else the exception's type and message."""
+    text = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+    return " ".join(text.split())[:400]
 
 
 def measure_llc(checkpoint: Checkpoint, tokens: TokenSets, config: LLCConfig) -> LLCResult:
@@ -37,13 +63,22 @@ class CriticalMeasurement:
     uncompressed_bits: float
     elapsed_s: float
 
-    def bits_at(self, value: float) -> CurvePoint:
+    def at(self, value: float) -> CurvePoint:
         return next(p for p in self.curve if p.knob == value)
+
+    def bits_between(self, good: float, bad: float | None, value: float | None) -> float | None:
+        """The description length at `value` inside a bracket, linear between its ends."""
+        if value is None:
+            return None
+        low = self.at(good).bits
+        if bad is None or bad == good:
+            return low
+        return low + (value - good) / (bad - good) * (self.at(bad).bits - low)
 
 
 def measure_critical(checkpoint: Checkpoint, tokens: TokenSets, compressor, base_loss: float,
-                     config: CriticalConfig) -> CriticalMeasurement:
-    """Critical compression of `checkpoint` under `compressor` at every ε of `config`."""
+                     epsilons, precision: float, numerics: str = "fp32") -> CriticalMeasurement:
+    """Critical compression of `checkpoint` under `compressor` at every ε."""
     start = time.perf_counter()
     model = checkpoint.model
     prepared = compressor.prepare(model, tokens.train.to(next(model.parameters()).device))
@@ -53,14 +88,92 @@ def measure_critical(checkpoint: Checkpoint, tokens: TokenSets, compressor, base
         losses = []
         for draw in range(compressor.num_draws):
             with compressor.applied(model, prepared, value, draw):
-                losses.append(evaluate_loss(model, tokens.eval))
+                losses.append(evaluate_loss(model, tokens.eval, numerics=numerics))
         return sum(losses) / len(losses)
 
-    search = find_critical(loss_at, base_loss, config.epsilons, compressor.knob, config.precision_for(compressor.knob),
-                           lambda v: compressor.snap(v, prepared))
+    search = find_critical(loss_at, base_loss, epsilons, compressor.knob, precision,
+                           lambda v: compressor.snap(v, prepared), compressor.levels(prepared))
     curve = []
     for value, loss in sorted(search.evaluations.items(), key=lambda kv: compressor.knob.compression(kv[0])):
         length = compressor.description_length(prepared, value)
         curve.append(CurvePoint(value, loss, length.total_bits, length.entropy_total_bits))
     return CriticalMeasurement(compressor.name, compressor.knob.name, search, curve,
                                compressor.uncompressed_bits(prepared).total_bits, time.perf_counter() - start)
+
+
+def measure_unit(unit: Unit, experiment, home: Path, tasks: list[Task]) -> Iterator[Outcome]:
+    """Measure `tasks` of one checkpoint, yielding each task's outcome as it finishes."""
+    from mdl_slt.checkpoints import load_checkpoint
+    from mdl_slt.data import token_sets
+    from mdl_slt.threads import set_threads
+
+    name = str(unit)
+    try:
+        set_threads(experiment.threads)
+        ckpt = load_checkpoint(unit.ref, home, experiment.device)
+        tokens = token_sets(home, ckpt.tokenizer, experiment.data)
+    except Exception as error:  # noqa: BLE001  an unloadable checkpoint fails each of its tasks, with the reason
+        for task in tasks:
+            yield Outcome(name, task, error=reason(error))
+        return
+    common = dict(model=unit.ref.model_id, revision=unit.ref.revision, num_params=ckpt.num_params,
+                  step=unit.step if unit.step is not None else ckpt.step,
+                  tokens_seen=unit.tokens_seen if unit.tokens_seen is not None else ckpt.tokens_seen,
+                  experiment=experiment.name, device=experiment.device)
+    entries = {e.key: e for e in experiment.critical.compressors}
+    numerics = experiment.critical.numerics
+    base_loss = None
+    for task in tasks:
+        try:
+            start = time.perf_counter()
+            if base_loss is None and task.kind in ("base_loss", "critical"):
+                base_loss = evaluate_loss(ckpt.model, tokens.eval, numerics=numerics)
+            if task.kind == "base_loss":
+                uniform = math.log(ckpt.model.config.vocab_size)  # the loss of a uniform prediction, ln V
+                rows = [Record("base_loss", task_key=task.key, config_hash=task.config_hash, loss=base_loss,
+                               base_loss=base_loss, elapsed_s=time.perf_counter() - start, detail={"uniform_loss": uniform},
+                               numerics=NUMERICS_LABEL[numerics], **common)]
+                yield Outcome(name, task, rows)
+            elif task.kind == "llc":
+                result = measure_llc(ckpt, tokens, experiment.llc)
+                yield Outcome(name, task, [llc_record(result, task, experiment.llc.seed, common)], result.trace)
+            else:
+                entry = entries[task.entry]
+                compressor = entry.build()
+                found = measure_critical(ckpt, tokens, compressor, base_loss, experiment.critical.epsilons,
+                                         entry.search_precision(compressor), numerics)
+                yield Outcome(name, task, critical_records(found, task, entry, base_loss,
+                                                           {**common, "numerics": NUMERICS_LABEL[numerics]}))
+        except Exception as error:  # noqa: BLE001  a failed task is recorded; the unit's other tasks go on
+            yield Outcome(name, task, error=reason(error))
+
+
+def llc_record(result: LLCResult, task: Task, seed: int, common: dict) -> Record:
+    detail = {key: value for key, value in result.to_dict().items()
+              if key not in ("llc_mean", "llc_std_error", "init_loss", "elapsed_s", "loss_trace")}
+    return Record("llc", task_key=task.key, config_hash=task.config_hash, loss=result.init_loss,
+                  llc_mean=result.llc_mean, llc_std_error=result.llc_std_error, detail=detail,
+                  elapsed_s=result.elapsed_s, seed=seed, numerics=NUMERICS_LABEL[result.config["numerics"]], **common)
+
+
+def critical_records(found: CriticalMeasurement, task: Task, entry, base_loss: float, common: dict) -> list[Record]:
+    """The loss curve (one row per evaluated knob value) and one row per ε with its critical value,
+    the bracket's passing end in `knob`, the interpolated crossing in `knob_interpolated`."""
+    ids = dict(task_key=task.key, config_hash=task.config_hash, compressor=entry.key, method=entry.name)
+    rows = [Record("loss_curve", knob=p.knob, loss=p.loss, base_loss=base_loss, bits=p.bits,
+                   bits_entropy=p.bits_entropy, **ids, **common) for p in found.curve]
+    search = found.search
+    for point in search.points:
+        at = found.at(point.value) if point.value is not None else None
+        rows.append(Record(
+            "critical", epsilon=point.epsilon, knob=point.value, knob_interpolated=point.interpolated,
+            loss=point.loss, base_loss=base_loss, bits=at.bits if at else None,
+            bits_entropy=at.bits_entropy if at else None,
+            bits_interpolated=found.bits_between(point.value, point.beyond, point.interpolated) if at else None,
+            elapsed_s=found.elapsed_s,
+            detail={"knob_name": found.knob_name, "beyond": point.beyond, "monotone": point.monotone,
+                    "interpolation": point.interpolation, "wide": point.wide,
+                    "evaluations": search.num_evaluations, "precision": search.precision,
+                    "nonfinite": search.nonfinite, "uncompressed_bits": found.uncompressed_bits},
+            **ids, **common))
+    return rows

@@ -88,38 +88,45 @@ def _table_page(pdf, title: str, frame: pd.DataFrame, columns: dict, note: str =
                       _g(record[c], 4) if isinstance(record[c], float) else str(record[c]) for c in columns])
 
 
-def write_report(store_path: Path, output: Path, min_step: int = 0) -> dict:
+def write_report(store_path: Path, output: Path | None = None, overrides: dict | None = None) -> dict:
     """Write the PDF to `output`; beside it `<stem>-<table>.csv` for every table and `<stem>-fit.json`."""
     from fpdf import FPDF
 
     from mdl_slt import figures
-    from mdl_slt.analysis import eps_sweep, fit_relation, latest_records, loo_predictions, measurements, pooled_fits
+    from mdl_slt.analysis import eps_sweep, fit_relation, loo_predictions, measurements, pooled_fits, select, window
+    from mdl_slt.experiment import Experiment
     from mdl_slt.fitfile import build_fit_file, versions
     from mdl_slt.store import open_existing
 
     with open_existing(store_path) as store:
-        records, runs, config = store.table(), store.runs(), store.last_config()
-    if records.empty or not (records.task == "critical").any() or not (records.task == "llc").any():
-        raise UserError(f"{store_path} holds no complete measurements yet: run the experiment first")
-    records = latest_records(records)
-    table = measurements(records)
-    fits, pooled = fit_relation(table, min_step), pooled_fits(table, min_step)
-    sweep, loo = eps_sweep(table), loo_predictions(table, min_step)
-    output = Path(output)
+        records, config, configs = store.table(), store.last_config(), store.configs()
+    if config is None or records.empty:
+        raise UserError(f"{store_path} holds no measurements yet: run the experiment first")
+    experiment = Experiment.model_validate(config)
+    analysis = experiment.analysis.model_copy(update={k: v for k, v in (overrides or {}).items() if v is not None})
+    records, left_out = select(records, config)
+    if not (records.task == "critical").any() or not (records.task == "llc").any():
+        raise UserError(f"{store_path} holds no complete measurements of its experiment yet: run it first")
+    table = measurements(records, analysis.critical)
+    inside = window(table, analysis.window, analysis.min_step)
+    min_step = analysis.min_step or 0
+    fits, pooled = fit_relation(table, inside), pooled_fits(table, inside)
+    sweep, loo = eps_sweep(table), loo_predictions(table, inside)
+    output = Path(output or experiment.report or Path(store_path).with_suffix(".pdf"))
     output.parent.mkdir(parents=True, exist_ok=True)
     stem = output.with_suffix("")
-    tables = {"records": records.drop(columns="detail"), "measurements": table, "fits": fits, "pooled": pooled,
-              "eps-sweep": sweep, "predictions": loo}
+    tables = {"records": records.drop(columns="detail"), "measurements": table.assign(in_window=inside),
+              "fits": fits, "pooled": pooled, "eps-sweep": sweep, "predictions": loo, "left-out": left_out}
     for name, frame in tables.items():
         frame.to_csv(f"{stem}-{name}.csv", index=False)
     fit_path = Path(f"{stem}-fit.json")
-    fit_path.write_text(json.dumps(build_fit_file(table, config, min_step, store_path), indent=1))
+    fit_path.write_text(json.dumps(build_fit_file(table, inside, configs, analysis.model_dump(mode="json"),
+                                                  experiment.name, store_path), indent=1))
 
     pdf = FPDF(orientation="L", unit="mm", format="A4")
     _unicode_fonts(pdf)
     pdf.set_auto_page_break(auto=True, margin=10)
-    experiment = runs.experiment.iloc[-1] if len(runs) else "experiment"
-    _title_page(pdf, experiment, table, config, store_path, versions())
+    _title_page(pdf, experiment.name, table, config, store_path, versions())
 
     pdf.add_page()
     pdf.set_font("Sans", "B", 13)

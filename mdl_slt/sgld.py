@@ -62,6 +62,8 @@ class LLCConfig(BaseModel):
     runaway: float = Field(4.0, gt=0, description="runaway threshold on window means of nβ·(L − L*), in units of d")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass "
                                                             "(transformers models): less memory for long contexts")
+    numerics: Literal["auto", "fp32", "bf16"] = Field("auto", description="token losses in fp32 or under bf16 "
+                                                                        "autocast; auto: bf16 on CUDA, fp32 elsewhere")
 
     @model_validator(mode="before")
     @classmethod
@@ -80,16 +82,29 @@ class LLCConfig(BaseModel):
         return value
 
     def resolved(self, model) -> "LLCConfig":
-        """This config with `step_size: auto` replaced by the paper's step for `model`'s size."""
-        if self.step_size != "auto":
-            return self
-        from mdl_slt.pythia import default_step_size
+        """This config with `auto` settings made concrete for `model`: the paper's step for its
+        size, and bf16 numerics when it lives on CUDA."""
+        update = {}
+        if self.step_size == "auto":
+            from mdl_slt.pythia import default_step_size
 
-        return self.model_copy(update={"step_size": default_step_size(sum(p.numel() for p in model.parameters()))})
+            update["step_size"] = default_step_size(sum(p.numel() for p in model.parameters()))
+        if self.numerics == "auto":
+            update["numerics"] = "bf16" if next(model.parameters()).device.type == "cuda" else "fp32"
+        return self.model_copy(update=update)
 
     @property
     def steps_per_chain(self) -> int:
         return self.num_burnin + self.num_draws * self.thinning
+
+    @property
+    def max_steps(self) -> int:
+        """The most SGLD steps one chain can take."""
+        return self.steps_per_chain
+
+    @property
+    def budget_text(self) -> str:
+        return f"{self.steps_per_chain} steps"
 
 
 @dataclass
@@ -110,13 +125,14 @@ class LLCResult:
     vectorized: bool
     suggested_step_size: float | None = None  # when chains diverged
     extra: dict = field(default_factory=dict)
+    trace: bytes | None = None  # the stored sampling artifact
 
     @property
     def negative(self) -> bool:
         return self.llc_mean < 0
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "negative": self.negative}
+        return {**{k: v for k, v in asdict(self).items() if k != "trace"}, "negative": self.negative}
 
 
 def data_size(data) -> int:
@@ -145,13 +161,15 @@ def mse_loss(model, batch):
     return 0.5 * ((model(x) - y) ** 2).sum(-1).mean()
 
 
-def default_loss(data) -> Callable:
+def default_loss(data, numerics: str = "fp32") -> Callable:
+    import functools
+
     import torch
 
     from mdl_slt.lm_loss import token_nll
 
     if isinstance(data, torch.Tensor) and not data.is_floating_point():
-        return token_nll
+        return functools.partial(token_nll, numerics=numerics)
     if isinstance(data, tuple) and len(data) == 2:
         return mse_loss
     raise UserError("estimate_llc needs a loss_fn(model, batch) for data other than tokens or (x, y)")
@@ -358,7 +376,7 @@ def estimate_llc(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable
     import torch
 
     config = config.resolved(model)
-    loss_fn = loss_fn or default_loss(data)
+    loss_fn = loss_fn or default_loss(data, config.numerics)
     if data_size(data) < 1:
         raise UserError("estimate_llc needs non-empty data")
     chosen = select_parameters(model, config.parameters)

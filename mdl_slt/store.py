@@ -1,9 +1,16 @@
 """The results store: one SQLite file, one tidy row per measurement, safe to resume.
 
-Every row has an idempotent `key` (a hash of what was measured and the settings it was
-measured with); a task writes all its rows in one transaction, so a run killed at any moment
-leaves whole tasks or nothing. WAL mode lets readers (report, status) open the file while a
-run writes.
+Tables:
+- `records`: one row per measurement, keyed by `mdl_slt.keys` (its task's key plus what tells
+  the task's rows apart);
+- `tasks`: one row per task, done (with its row count) or failed (with its one-line reason);
+- `configs`: the settings behind every config hash, so a fit can name what it was measured with;
+- `traces`: the LLC task's per-step SGLD losses (burn-in included), compressed, so λ̂ can be
+  re-estimated with another burn-in without sampling again;
+- `runs`: every run's resolved experiment.
+A task's rows, its `tasks` row and its trace are written in one transaction, so a run killed at
+any moment leaves whole tasks or nothing. WAL mode lets readers (report, status) open the file
+while a run writes. The one writer is the process that runs the experiment.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mdl_slt.errors import UserError
+from mdl_slt.keys import row_key
 
 COLUMNS = {
     "key": "TEXT PRIMARY KEY",
+    "task_key": "TEXT",
     "experiment": "TEXT",
     "task": "TEXT NOT NULL",  # base_loss | llc | loss_curve | critical
     "model": "TEXT NOT NULL",
@@ -25,21 +34,32 @@ COLUMNS = {
     "step": "INTEGER",
     "num_params": "INTEGER",
     "tokens_seen": "INTEGER",
-    "compressor": "TEXT",
+    "compressor": "TEXT",  # the entry's id
+    "method": "TEXT",  # the registered compressor it runs
     "knob": "REAL",
+    "knob_interpolated": "REAL",
     "epsilon": "REAL",
     "loss": "REAL",
     "base_loss": "REAL",
     "bits": "REAL",
     "bits_entropy": "REAL",
+    "bits_interpolated": "REAL",
     "llc_mean": "REAL",
     "llc_std_error": "REAL",
-    "detail": "TEXT",  # JSON: chains, traces, search evaluations, flags
+    "detail": "TEXT",  # JSON: diagnostics, search evaluations, flags
     "elapsed_s": "REAL",
     "config_hash": "TEXT",
+    "device": "TEXT",  # cpu | cuda
+    "numerics": "TEXT",  # fp32 | bf16-autocast
     "seed": "INTEGER",
     "package_version": "TEXT",
     "created_at": "TEXT",
+}
+TABLES = {
+    "tasks": "key TEXT PRIMARY KEY, unit TEXT, task TEXT, config_hash TEXT, status TEXT, reason TEXT, rows INTEGER, at TEXT",
+    "configs": "hash TEXT PRIMARY KEY, kind TEXT, settings TEXT",
+    "traces": "key TEXT PRIMARY KEY, data BLOB",
+    "runs": "started_at TEXT, experiment TEXT, config TEXT",
 }
 
 
@@ -48,33 +68,39 @@ class Record:
     task: str
     model: str
     revision: str | None
+    task_key: str
     config_hash: str
     step: int | None = None
     num_params: int | None = None
     tokens_seen: int | None = None
     compressor: str | None = None
+    method: str | None = None
     knob: float | None = None
+    knob_interpolated: float | None = None
     epsilon: float | None = None
     loss: float | None = None
     base_loss: float | None = None
     bits: float | None = None
     bits_entropy: float | None = None
+    bits_interpolated: float | None = None
     llc_mean: float | None = None
     llc_std_error: float | None = None
     detail: dict = field(default_factory=dict)
     elapsed_s: float | None = None
+    device: str | None = None
+    numerics: str | None = None
     seed: int | None = None
     experiment: str | None = None
 
     @property
     def key(self) -> str:
-        knob = self.knob if self.task == "loss_curve" else None  # elsewhere the knob is a result
-        return record_key(self.task, self.model, self.revision, self.config_hash,
-                          self.compressor, knob, self.epsilon)
+        # a loss-curve row is told apart by its knob value, a critical row by its ε; elsewhere the
+        # knob is a result, not part of the identity
+        return row_key(self.task_key, self.task, self.knob if self.task == "loss_curve" else None, self.epsilon)
 
 
-def record_key(task, model, revision, config_hash, compressor=None, knob=None, epsilon=None) -> str:
-    return "|".join(str(x) for x in (task, model, revision, config_hash, compressor, knob, epsilon))
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class Store:
@@ -86,8 +112,12 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(f"CREATE TABLE IF NOT EXISTS records ({', '.join(f'{c} {t}' for c, t in COLUMNS.items())})")
-            self.db.execute("CREATE TABLE IF NOT EXISTS runs (started_at TEXT, experiment TEXT, config TEXT)")
-            self.db.execute("CREATE TABLE IF NOT EXISTS failures (unit TEXT PRIMARY KEY, reason TEXT, at TEXT)")
+            present = {row[1] for row in self.db.execute("PRAGMA table_info(records)")}
+            for column, kind in COLUMNS.items():  # a store of an earlier version gains the new columns
+                if column not in present:
+                    self.db.execute(f"ALTER TABLE records ADD COLUMN {column} {kind.replace(' PRIMARY KEY', '')}")
+            for name, columns in TABLES.items():
+                self.db.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
             self.db.commit()
         except sqlite3.DatabaseError as error:
             raise UserError(f"cannot open results store {self.path}: {error}; "
@@ -102,14 +132,12 @@ class Store:
     def __exit__(self, *exc):
         self.close()
 
-    def has(self, key: str) -> bool:
-        return self.db.execute("SELECT 1 FROM records WHERE key = ?", (key,)).fetchone() is not None
-
-    def write(self, records: list[Record]) -> None:
-        """Insert all `records` in one transaction; rows already present are left as they are."""
+    def write_task(self, key: str, unit: str, task: str, config_hash: str, records: list[Record],
+                   trace: bytes | None = None) -> None:
+        """Store a finished task in one transaction: its rows, its `tasks` row (done), its trace."""
         from mdl_slt import __version__
 
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = _now()
         rows = []
         for r in records:
             values = {c: getattr(r, c, None) for c in COLUMNS}
@@ -118,19 +146,37 @@ class Store:
         with self.db:
             self.db.executemany(
                 f"INSERT OR IGNORE INTO records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", rows)
+            if trace is not None:
+                self.db.execute("INSERT OR REPLACE INTO traces VALUES (?, ?)", (key, trace))
+            self.db.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, 'done', NULL, ?, ?)",
+                            (key, unit, task, config_hash, len(rows), now))
 
-    def record_failure(self, unit: str, reason: str) -> None:
-        """Remember why `unit` failed (the latest reason); cleared when it later succeeds."""
+    def fail_task(self, key: str, unit: str, task: str, config_hash: str, reason: str) -> None:
+        """Remember why a task failed (the latest reason); a done task stays done."""
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?)",
-                            (unit, reason, datetime.now(timezone.utc).isoformat(timespec="seconds")))
+            self.db.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, 'failed', ?, 0, ?) ON CONFLICT(key) DO UPDATE "
+                            "SET reason = excluded.reason, at = excluded.at WHERE status = 'failed'",
+                            (key, unit, task, config_hash, reason, _now()))
 
-    def clear_failure(self, unit: str) -> None:
+    def task_states(self) -> dict[str, tuple[str, str | None]]:
+        """task key → (done | failed, reason)."""
+        return {k: (s, r) for k, s, r in self.db.execute("SELECT key, status, reason FROM tasks")}
+
+    def done(self) -> set[str]:
+        return {k for (k,) in self.db.execute("SELECT key FROM tasks WHERE status = 'done'")}
+
+    def record_config(self, config_hash: str, kind: str, settings: dict) -> None:
         with self.db:
-            self.db.execute("DELETE FROM failures WHERE unit = ?", (unit,))
+            self.db.execute("INSERT OR IGNORE INTO configs VALUES (?, ?, ?)",
+                            (config_hash, kind, json.dumps(settings, sort_keys=True)))
 
-    def failures(self) -> dict[str, str]:
-        return dict(self.db.execute("SELECT unit, reason FROM failures").fetchall())
+    def configs(self) -> dict[str, dict]:
+        """config hash → {kind, settings}."""
+        return {h: {"kind": k, "settings": json.loads(s)} for h, k, s in self.db.execute("SELECT * FROM configs")}
+
+    def trace(self, key: str) -> bytes | None:
+        row = self.db.execute("SELECT data FROM traces WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
 
     def last_config(self) -> dict | None:
         row = self.db.execute("SELECT config FROM runs ORDER BY rowid DESC LIMIT 1").fetchone()
@@ -138,22 +184,20 @@ class Store:
 
     def log_run(self, experiment: str, config: dict) -> None:
         with self.db:
-            self.db.execute("INSERT INTO runs VALUES (?, ?, ?)",
-                            (datetime.now(timezone.utc).isoformat(timespec="seconds"), experiment,
-                             json.dumps(config, sort_keys=True)))
+            self.db.execute("INSERT INTO runs VALUES (?, ?, ?)", (_now(), experiment, json.dumps(config, sort_keys=True)))
 
     def table(self):
         """All records as a pandas DataFrame, `detail` decoded."""
         import pandas as pd
 
         frame = pd.read_sql_query("SELECT * FROM records ORDER BY model, step, task, compressor, epsilon, knob", self.db)
-        frame["detail"] = frame["detail"].map(json.loads)
+        frame["detail"] = frame["detail"].map(lambda text: json.loads(text) if text else {})
         return frame
 
     def runs(self):
         import pandas as pd
 
-        return pd.read_sql_query("SELECT * FROM runs ORDER BY started_at", self.db)
+        return pd.read_sql_query("SELECT * FROM runs ORDER BY rowid", self.db)
 
 
 def open_existing(path: str | Path) -> Store:

@@ -7,13 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mdl_slt.analysis import (eps_sweep, fit_line, fit_relation, llc_description_length, loo_predictions,
-                              pooled_fits)
+from mdl_slt.analysis import (eps_sweep, fit_line, fit_relation, llc_description_length, llc_errors,
+                              loo_predictions, measurements, pooled_fits, select, window)
 from mdl_slt.errors import UserError
 from mdl_slt.fitfile import FitFile, build_fit_file
 
-CONFIG = {"name": "synthetic", "data": {"source": "embedded"}, "llc": {"step_size": 3e-4},
-          "critical": {"compressors": [{"name": "rtn", "options": {}}], "epsilons": [0.05]}}
+CONFIGS = {"L": {"kind": "llc", "settings": {"data": {"source": "embedded"}, "llc": {"step_size": 3e-4},
+                                              "device": "cpu"}},
+           "C": {"kind": "critical", "settings": {"data": {"source": "embedded"}, "epsilons": [0.05], "numerics": "fp32",
+                                                   "compressor": {"name": "rtn", "options": {}, "precision": 0.05}}}}
 
 
 def synthetic(rng, lines: dict, steps: int = 12, noise: float = 0.05, epsilon: float = 0.05) -> pd.DataFrame:
@@ -22,8 +24,9 @@ def synthetic(rng, lines: dict, steps: int = 12, noise: float = 0.05, epsilon: f
     for model, (alpha, beta, d) in lines.items():
         llc = np.sort(rng.uniform(10, 60, steps))
         for step, x in enumerate(llc):
-            rows.append(dict(model=model, compressor="rtn", epsilon=epsilon, step=step * 100, llc_mean=x,
-                             llc_std_error=0.0, num_params=d, llc_params=d,
+            rows.append(dict(model=model, compressor="rtn", method="rtn", epsilon=epsilon, step=step * 100, llc_mean=x,
+                             llc_std_error=0.0, num_params=d, llc_params=d, converged=True, r_hat=1.0,
+                             llc_config="L", critical_config="C",
                              critical_value=alpha + beta * x + rng.normal(0, noise)))
     return pd.DataFrame(rows)
 
@@ -99,11 +102,13 @@ def test_eps_sweep_recovers_lambda_from_description_lengths():
 def test_fit_file_round_trip_and_predictions_for_known_and_new_sizes(tmp_path):
     table = synthetic(np.random.default_rng(5), {"small": (1.0, 0.05, 1000), "large": (1.0, 0.05 / 4, 4000)},
                       noise=0.01)
-    payload = build_fit_file(table, CONFIG, 0, tmp_path / "x.sqlite")
+    payload = build_fit_file(table, None, CONFIGS, {"window": 0.9}, "synthetic", tmp_path / "x.sqlite")
     path = tmp_path / "fit.json"
     path.write_text(json.dumps(payload))
     saved = FitFile.load(path)
-    assert saved.payload["versions"]["statsmodels"] and saved.payload["llc"] == {"step_size": 3e-4}
+    assert saved.payload["versions"]["statsmodels"] and saved.payload["analysis"] == {"window": 0.9}
+    measured = saved.measured_with()  # looked up by the config hashes of the fitted rows
+    assert measured["llc"] == {"step_size": 3e-4} and measured["compressors"]["rtn"]["precision"] == 0.05
     (small,) = saved.predict("small", 40.0, 0.0, 1000)
     direct = fit_line(table[table.model == "small"].llc_mean, table[table.model == "small"].critical_value)
     assert (small.predicted, small.lower, small.upper) == pytest.approx(direct.predict(40.0))
@@ -111,5 +116,62 @@ def test_fit_file_round_trip_and_predictions_for_known_and_new_sizes(tmp_path):
     (new,) = saved.predict("medium", 80.0, 0.0, 2000)  # an unseen size: the λ/d line
     assert new.basis == "λ/d" and new.lower < 1.0 + 0.05 * 1000 * 80 / 2000 < new.upper
     path.write_text("{}")
-    with pytest.raises(UserError, match="is not a mdl-slt-fit/1 fit file"):
+    with pytest.raises(UserError, match="is not a mdl-slt-fit/2 fit file"):
         FitFile.load(path)
+
+
+def test_the_window_is_a_stated_fraction_of_the_loss_fall():
+    # uniform prediction ln V = 7; losses fall to 3: 90% of the way is 3.4
+    table = pd.DataFrame({"model": "a", "step": [0, 10, 100, 200, 300], "base_loss": [7.0, 5.0, 3.5, 3.4, 3.0],
+                          "uniform_loss": 7.0})
+    assert window(table).tolist() == [False, False, False, True, True]
+    assert window(table, 0.5).tolist() == [False, True, True, True, True]
+    assert window(table, min_step=100).tolist() == [False, False, True, True, True]
+    # without a uniform-prediction loss the highest measured loss is the start
+    assert window(table.assign(uniform_loss=None), 0.9).tolist() == [False, False, False, True, True]
+
+
+def test_one_rule_for_unknown_standard_errors():
+    assert llc_errors([0.1, np.nan, 0.3, np.inf]).tolist() == [0.1, 0.3, 0.3, 0.3]
+    assert llc_errors([np.nan, np.nan]).tolist() == [0.0, 0.0]
+    table = synthetic(np.random.default_rng(6), {"a": (1.0, 0.05, 1000)}, noise=0.05)
+    unknown = table.assign(llc_std_error=[np.nan] + [0.5] * (len(table) - 1))
+    same = table.assign(llc_std_error=0.5)
+    # the bootstrap and the leave-one-out intervals treat the unknown one as the largest known
+    assert fit_relation(unknown).iloc[0].to_dict() == fit_relation(same).iloc[0].to_dict()
+    assert loo_predictions(unknown).equals(loo_predictions(same))
+
+
+def records_of(numerics_by_step):
+    """Stored rows of one model with critical rows measured under the given numerics per step."""
+    rows = []
+    for step, numerics in numerics_by_step.items():
+        common = dict(model="m", revision=f"step{step}", step=step, num_params=10, tokens_seen=step * 100,
+                      device="cpu", numerics=numerics, config_hash="h", key=f"{step}", created_at="", experiment="x")
+        rows += [dict(task="llc", llc_mean=float(step), llc_std_error=0.1, detail={"r_hat": 1.0}, **common),
+                 dict(task="base_loss", loss=3.0, detail={"uniform_loss": 5.0}, **common),
+                 dict(task="critical", compressor="rtn", method="rtn", epsilon=0.05, knob=4.0, knob_interpolated=3.9,
+                      bits=40.0, bits_interpolated=39.0, bits_entropy=38.0, detail={"knob_name": "bits"}, **common)]
+    return pd.DataFrame(rows)
+
+
+def test_lines_are_never_fitted_across_numerics():
+    table = measurements(records_of({1: "fp32", 2: "fp32"}))
+    assert table.critical_value.tolist() == [3.9, 3.9] and table.critical_bracket.tolist() == [4.0, 4.0]
+    assert measurements(records_of({1: "fp32"}), "bracket").critical_value.tolist() == [4.0]
+    with pytest.raises(UserError, match=r"cannot fit one line across numerics: m rtn ε=0.05 has rows measured as "
+                                        r"cpu fp32 \(LLC fp32\); cpu bf16-autocast"):
+        measurements(records_of({1: "fp32", 2: "bf16-autocast"}))
+
+
+def test_rows_of_other_settings_are_left_out_and_named():
+    from mdl_slt.experiment import Experiment
+    from mdl_slt.plan import Tasks
+
+    config = Experiment.model_validate({"name": "x", "store": "s", "models": [{"id": "m"}], "device": "cpu"})
+    hashes = Tasks(config).hashes
+    ours = records_of({1: "fp32"}).assign(config_hash=[hashes["llc"], hashes["base_loss"], hashes["critical:rtn"]])
+    older = records_of({1: "fp32"}).assign(key=["o1", "o2", "o3"], config_hash="old", experiment="earlier")
+    kept, left = select(pd.concat([ours, older]), config.model_dump(mode="json"))
+    assert len(kept) == 3 and set(kept.config_hash) == set(hashes.values())
+    assert left.rows.sum() == 3 and set(left.experiment) == {"earlier"} and set(left.config_hash) == {"old"}

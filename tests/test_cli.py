@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 
@@ -114,3 +116,55 @@ def test_llc_calibrate_recommends_and_plots(tiny_suite, tmp_path):
     stable = [(s["step_size"], s["n_beta"]) for s in out["settings"] if s["stable"]]
     assert (out["recommended"] is None) == (not stable)
     assert out["recommended"] is None or (out["recommended"]["step_size"], out["recommended"]["n_beta"]) in stable
+
+
+BAD = [("noise", "draws=0", "option draws=0 is not allowed"),
+       ("rtn", "group_size=x", "option group_size='x' is not allowed: input should be a valid integer"),
+       ("gptq", "damp=-1", "option damp=-1 is not allowed: input should be greater than 0"),
+       ("bnb", "formats=[int4]", "option formats=['int4'] is not allowed"),
+       ("svd", "targets=[heads]", "option targets=['heads'] is not allowed"),
+       ("svd-energy", "targets=mlp", "option targets='mlp' is not allowed"),
+       ("tucker", "targets=[mlp]", "tucker decomposes attention weights stacked by head"),
+       ("cp", "iterations=0", "option iterations=0 is not allowed"),
+       ("magnitude", "scope=row", "option scope='row' is not allowed"),
+       ("heads", "retrain_steps=-3", "option retrain_steps=-3 is not allowed")]
+
+
+@pytest.mark.parametrize("name,option,message", BAD)
+def test_bad_option_values_are_one_line_with_exit_2(name, option, message, home):
+    """Refused when the command line is read, before any model is loaded."""
+    done = run_cli("critical", "nosuch/model@step1", "--compressor", name, "--option", option, home=home)
+    assert_one_line_error(done, name, message)
+
+
+def test_one_shot_commands_take_an_experiments_settings(tiny_suite, tmp_path):
+    """`llc` and `critical` measure on the data an experiment file names, with its sampler and entries."""
+    home, _ = tiny_suite
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"word{i % 97} and more words" for i in range(4000)))
+    experiment = tmp_path / "mine.yaml"
+    experiment.write_text(f"""
+name: mine
+store: {tmp_path}/mine.sqlite
+models: [{{id: mdl-slt/tiny-a}}]
+data: {{source: files, files: ["{text}"], context_length: 32, eval_sequences: 8, llc_sequences: 32}}
+llc: {{step_size: 1.0e-4, num_chains: 2, num_draws: 12, num_burnin: 4, batch_size: 4}}
+critical: {{compressors: [{{id: coarse, name: rtn, precision: 0.5}}], epsilons: [0.1, 0.3]}}
+""")
+    llc = run_cli("llc", "mdl-slt/tiny-a@step24", "--experiment", experiment, "--set", "llc.seed=3", "--json", home=home)
+    assert llc.returncode == 0, llc.stderr
+    out = json.loads(llc.stdout)
+    assert out["config"]["num_draws"] == 12 and out["config"]["seed"] == 3 and out["config"]["batch_size"] == 4
+    embedded = json.loads(run_cli("llc", "mdl-slt/tiny-a@step24", "--json", "--num-draws", "12", "--num-burnin", "4",
+                                  "--step-size", "1e-4", "--batch-size", "4", "--seed", "3", home=home).stdout)
+    assert out["init_loss"] != embedded["init_loss"]  # the file's text, not the embedded plays
+    flag = json.loads(run_cli("llc", "mdl-slt/tiny-a@step24", "--experiment", experiment, "--num-draws", "6",
+                              "--json", home=home).stdout)
+    assert flag["config"]["num_draws"] == 6 and flag["init_loss"] == out["init_loss"]  # a flag beats the file
+    critical = run_cli("critical", "mdl-slt/tiny-a@step24", "--experiment", experiment, "--json", home=home)
+    assert critical.returncode == 0, critical.stderr
+    found = json.loads(critical.stdout)
+    assert found["compressor"] == "coarse" and [p["epsilon"] for p in found["critical"]] == [0.1, 0.3]
+    assert "embedded Shakespeare set" in run_cli("llc", "--help").stdout
+    assert_one_line_error(run_cli("llc", "mdl-slt/tiny-a@step24", "--set", "llc.seed=3", home=home),
+                          "--set changes an experiment file's settings")

@@ -1,4 +1,5 @@
-"""Description-length accounting of every family against hand-computed examples."""
+"""Description-length accounting of every family against hand-computed examples: one row per
+format of the accounting table in docs/description-lengths.md."""
 
 import math
 
@@ -7,6 +8,19 @@ import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 import compressors
+from compressors.coding import coded_bits, enumerative_bits
+
+
+def test_the_entropy_code_pays_for_its_histogram():
+    # 4 symbols over an alphabet of 4 with counts (2, 1, 1, 0): C(7, 3) = 35 histograms, 4!/2! = 12 orders
+    assert enumerative_bits([2, 1, 1, 0]) == pytest.approx(math.log2(35 * 12))
+    assert coded_bits([2, 1, 1, 0]) == pytest.approx(1 + min(math.log2(420), 4 * 2))  # fixed rate: 8 bits, shorter
+    # a 48 × 48 matrix at 16 bits: every code distinct, so coding with its own histogram cannot beat
+    # fixed rate (the old figure, the histogram's entropy alone, claimed log2(2304) ≈ 11.2 bits per weight)
+    distinct = [1] * 2304 + [0] * (65536 - 2304)
+    assert coded_bits(distinct) == pytest.approx(1 + 2304 * 16)
+    skewed = [2000, 300, 4] + [0] * 13
+    assert coded_bits(skewed) < 2304 * 4 * 0.4  # a skewed histogram codes far below fixed rate, histogram included
 
 
 def linear(out_features, in_features, bias=False, seed=0):
@@ -24,10 +38,13 @@ def neox(hidden=8, heads=2, layers=1, vocab=16):
 def test_rtn_asymmetric_groups():
     model = linear(2, 8)
     rtn = compressors.get("rtn", symmetric=False, granularity="group", group_size=4, targets=["mlp"])
-    length = rtn.description_length(rtn.prepare(model), 3.0)  # 8 levels
+    prepared = rtn.prepare(model)
+    length = rtn.description_length(prepared, 3.0)  # 8 levels
     assert length.payload_bits == 16 * 3
     assert length.side_bits == 4 * (32 + 3)  # 4 groups: fp32 scale + a 3-bit zero point each
     assert length.untouched_bits == 0
+    (counts,) = prepared.cache[("counts", 8)]  # the codes of the one tensor, coded with their histogram
+    assert sum(counts) == 16 and length.entropy_payload_bits == pytest.approx(coded_bits(counts, 8))
 
 
 def test_rtn_per_channel():
@@ -55,7 +72,7 @@ def test_bitsandbytes_formats():
     bnb = compressors.get("bnb", targets=["mlp"])
     prepared = bnb.prepare(model)
     int8 = bnb.description_length(prepared, 1)
-    assert int8.payload_bits == 512 * 8 and int8.side_bits == 2 * 32 + 256 * 32  # absmax per 256 + code table
+    assert int8.payload_bits == 512 * 8 and int8.side_bits == 2 * 32  # absmax per 256; the standard code table is free
     nf4 = bnb.description_length(prepared, 2)
     assert nf4.payload_bits == 512 * 4 and nf4.side_bits == 8 * 32  # absmax per 64
     assert nf4.entropy_payload_bits <= 512 * 4
@@ -67,22 +84,26 @@ def test_svd_factors_or_dense():
     prepared = svd.prepare(model)
     half = svd.description_length(prepared, 0.5)  # k = 2: 2·(4 + 6) = 20 < 24 numbers
     assert (half.payload_bits, half.side_bits) == (20 * 32, 32)
-    most = svd.description_length(prepared, 0.75)  # k = 3: 30 ≥ 24, stored dense
-    assert (most.payload_bits, most.side_bits) == (24 * 32, 0)
+    # k = 3: 30 ≥ 24 numbers, kept dense, and a code no shorter than the uncompressed one is no compression
+    assert svd.snap(0.75, prepared) == 1.0 and svd.description_length(prepared, 0.75) == svd.uncompressed_bits(prepared)
+    assert svd.levels(prepared) == [1.0, 0.5, 0.25] and svd.snap(0.3, prepared) == 0.5
 
 
 def test_svd_energy_ranks_globally():
-    model = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.Linear(2, 2, bias=False))
+    a, b = torch.tensor([3.0, 1, 0.2, 0.1, 0.05, 0.01]), torch.tensor([2.0, 0.5, 0.2, 0.1, 0.05, 0.01])
+    model = torch.nn.Sequential(torch.nn.Linear(6, 6, bias=False), torch.nn.Linear(6, 6, bias=False))
     with torch.no_grad():
-        model[0].weight.copy_(torch.diag(torch.tensor([3.0, 1.0])))  # energies 9, 1
-        model[1].weight.copy_(torch.diag(torch.tensor([2.0, 0.5])))  # energies 4, 0.25
+        model[0].weight.copy_(torch.diag(a))  # energies 9, 1, …
+        model[1].weight.copy_(torch.diag(b))  # energies 4, 0.25, …
     svd = compressors.get("svd-energy", targets=["mlp"])
     prepared = svd.prepare(model)
-    total = 9 + 1 + 4 + 0.25
+    total = float((a**2).sum() + (b**2).sum())
     assert svd.ranks(prepared, 9 / total) == {"0.weight": 1, "1.weight": 1}  # at least one each
+    assert svd.snap(9 / total, prepared) == pytest.approx(13 / total)  # B's first σ is kept anyway
     assert svd.ranks(prepared, 13.5 / total) == {"0.weight": 2, "1.weight": 1}
     with svd.applied(model, prepared, 13.5 / total):
-        assert torch.allclose(model[1].weight, torch.diag(torch.tensor([2.0, 0.0])), atol=1e-6)
+        assert torch.allclose(model[0].weight, torch.diag(torch.tensor([3.0, 1, 0, 0, 0, 0])), atol=1e-6)
+        assert torch.allclose(model[1].weight, torch.diag(torch.tensor([2.0, 0, 0, 0, 0, 0])), atol=1e-6)
 
 
 def test_tucker_core_and_factors():
@@ -91,7 +112,7 @@ def test_tucker_core_and_factors():
     prepared = tucker.prepare(model)
     length = tucker.description_length(prepared, 0.5)
     qkv = (3 * 2 * 4) + (6 * 3 + 4 * 2 + 8 * 4)  # ranks (3, 2, 4)
-    dense = (1 * 2 * 4) + (2 * 1 + 4 * 2 + 8 * 4)  # ranks (1, 2, 4)
+    dense = (1 * 2 * 4) + (2 * 1 + 4 * 2 + 8 * 4)  # the output projection by its 2 input heads: (2, 4, 8), ranks (1, 2, 4)
     assert length.payload_bits == 32 * (qkv + dense) and length.side_bits == 2 * 3 * 32
 
 
@@ -99,9 +120,10 @@ def test_cp_factors():
     model = neox()
     cp = compressors.get("cp")
     prepared = cp.prepare(model)
-    # R_max = ⌈192/18⌉ = 11 and ⌈64/14⌉ = 5; at 0.5: R = round(5.5) = 6 and round(2.5) = 2
+    # R_max = ⌈192/18⌉ = 11 and ⌈64/14⌉ = 5; at 0.5: R = ⌈5.5⌉ = 6 and ⌈2.5⌉ = 3; one 32-bit rank each
     length = cp.description_length(prepared, 0.5)
-    assert length.payload_bits == 32 * (6 * (18 + 1) + 2 * (14 + 1)) and length.side_bits == 2 * 3 * 32
+    assert length.payload_bits == 32 * (6 * 18 + 3 * 14) and length.side_bits == 2 * 32
+    assert cp.snap(0.5, prepared) == pytest.approx(6 / 11)  # the top of the fractions giving ranks (6, 3)
 
 
 def test_magnitude_values_and_positions():
@@ -110,7 +132,8 @@ def test_magnitude_values_and_positions():
     prepared = mag.prepare(model)
     length = mag.description_length(prepared, 0.5)  # 8 of 16 kept; bitmap 16 bits < 8 indices × 4 bits
     assert (length.payload_bits, length.side_bits) == (8 * 32 + 16, 32)
-    assert length.entropy_payload_bits == pytest.approx(8 * 32 + 16)  # H(1/2) = 1 bit per position
+    # coded, the mask costs log2 17 + log2 C(16, 8) = 17.7 bits > the 16-bit bitmap, so the bitmap, plus the flag bit
+    assert length.entropy_payload_bits == pytest.approx(8 * 32 + 16 + 1)
     sparse = mag.description_length(prepared, 0.875)  # 2 kept: 2 indices × 4 bits < 16-bit bitmap
     assert sparse.payload_bits == 2 * 32 + 8
     with mag.applied(model, prepared, 0.5):
@@ -136,7 +159,9 @@ def test_heads_removed_parameters():
     with heads.applied(model, prepared, 0.5):
         attention = model.gpt_neox.layers[0].attention
         removed = heads.removed(prepared, 0.5)[0][1]
-        assert torch.count_nonzero(attention.query_key_value.weight[removed * 12:(removed + 1) * 12]) == 0
+        # a removed head's slice of the output projection's input is zero, so its output is exactly zero
+        assert torch.count_nonzero(attention.dense.weight[:, removed * 4:(removed + 1) * 4]) == 0
+        assert torch.count_nonzero(attention.dense.weight) == 8 * 4
 
 
 def test_noise_rate():
@@ -144,3 +169,27 @@ def test_noise_rate():
     noise = compressors.get("noise", targets=["mlp"])
     length = noise.description_length(noise.prepare(model), 1.0)
     assert length.payload_bits == pytest.approx(16 * 0.5 * math.log2(2)) and length.side_bits == 32
+
+
+@pytest.mark.parametrize("family", ["llama", "olmo2"])
+def test_heads_under_grouped_query_attention(family):
+    """4 query heads of 2 dims sharing 2 key/value heads: a query head owns 2 query rows and 2 output
+    columns; a key/value head goes (its 2 key and 2 value rows) when both its query heads are gone.
+    OLMo-2 normalises queries and keys across all heads, so there only value rows can go."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Olmo2Config, Olmo2ForCausalLM
+
+    torch.manual_seed(0)
+    config = dict(vocab_size=16, hidden_size=8, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=1,
+                  intermediate_size=16)
+    model = (LlamaForCausalLM(LlamaConfig(**config)) if family == "llama" else Olmo2ForCausalLM(Olmo2Config(**config)))
+    heads = compressors.get("heads", seed=3)
+    prepared = heads.prepare(model)
+    stored = 64 + 32 + 32 + 64  # q, k, v, o
+    for fraction in (0.25, 0.5, 0.75):
+        removed = {h for _, h in heads.removed(prepared, fraction)}
+        groups_gone = sum({2 * g, 2 * g + 1} <= removed for g in range(2))
+        per_query = 16 + (16 if family == "llama" else 0)  # output columns (+ query rows)
+        per_kv = 16 + (16 if family == "llama" else 0)  # value rows (+ key rows)
+        length = heads.description_length(prepared, fraction)
+        assert length.payload_bits == 32 * (stored - len(removed) * per_query - groups_gone * per_kv)
+        assert length.side_bits == 4

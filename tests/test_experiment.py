@@ -59,3 +59,56 @@ def test_set_overrides_and_step_ranges(tmp_path):
     assert window.models[0].listed_revisions() == [f"step{n}" for n in range(2000, 90001, 1000)]
     with pytest.raises(UserError, match="not both"):
         load_experiment(path, ["models.0.revisions=[step1]", "models.0.steps={schedule: pythia}"]).models[0].listed_revisions()
+
+
+BASE = "name: x\nstore: s.sqlite\nmodels: [{id: a/b}]\n"
+
+
+def test_compressor_entries_have_unique_ids(tmp_path):
+    twice = BASE + "critical: {compressors: [{name: rtn}, {name: rtn, options: {granularity: channel}}]}\n"
+    with pytest.raises(UserError, match=r"compressor ids must be unique, but 'rtn' appears more than once: give each "
+                                        r"entry its own `id`"):
+        load_experiment(write(tmp_path, twice))
+    apart = twice.replace("{name: rtn, options", "{id: rtn-channel, name: rtn, options")
+    exp = load_experiment(write(tmp_path, apart))
+    assert [e.key for e in exp.critical.compressors] == ["rtn", "rtn-channel"]
+
+
+def test_bad_compressor_options_are_one_line_at_load(tmp_path):
+    bad = {"noise": "{draws: 0}", "rtn": "{group_size: x}", "gptq": "{damp: -1}"}
+    expected = {"noise": "option draws=0 is not allowed: input should be greater than or equal to 1",
+                "rtn": "option group_size='x' is not allowed: input should be a valid integer",
+                "gptq": "option damp=-1 is not allowed: input should be greater than 0"}
+    for name, options in bad.items():
+        with pytest.raises(UserError, match=f"compressor '{name}': {expected[name]}"):
+            load_experiment(write(tmp_path, BASE + f"critical: {{compressors: [{{name: {name}, options: {options}}}]}}\n"))
+
+
+def test_precision_lives_on_each_entry_in_its_knobs_units(tmp_path):
+    with pytest.raises(UserError, match="`critical.precision` is set per compressor entry now"):
+        load_experiment(write(tmp_path, BASE + "critical: {precision: 0.05}\n"))
+    exp = load_experiment(write(tmp_path, BASE + "critical: {compressors: [{name: rtn, precision: 0.1}, {name: magnitude}]}\n"))
+    rtn, magnitude = exp.critical.compressors
+    assert rtn.search_precision(rtn.build()) == 0.1 and magnitude.search_precision(magnitude.build()) == 0.005
+
+
+def test_a_task_hash_covers_only_what_the_task_depends_on(tmp_path):
+    from mdl_slt.plan import Tasks
+
+    def hashes(text, device="cpu"):
+        return Tasks(load_experiment(write(tmp_path, BASE + text)).on(device)).hashes
+
+    one = hashes("critical: {compressors: [{name: rtn}]}\n")
+    two = hashes("critical: {compressors: [{name: rtn}, {name: svd}]}\n")
+    assert two["critical:rtn"] == one["critical:rtn"] and two["llc"] == one["llc"]  # adding svd changes nothing else
+    assert set(two) == {"base_loss", "llc", "critical:rtn", "critical:svd"}
+    options = hashes("critical: {compressors: [{name: rtn, options: {granularity: channel}}]}\n")
+    assert options["critical:rtn"] != one["critical:rtn"] and options["llc"] == one["llc"]
+    default = hashes("critical: {compressors: [{name: rtn, options: {granularity: tensor}}]}\n")
+    assert default["critical:rtn"] == one["critical:rtn"]  # an option at its default is the same measurement
+    sampler = hashes("critical: {compressors: [{name: rtn}]}\nllc: {num_draws: 99}\n")
+    assert sampler["llc"] != one["llc"] and sampler["critical:rtn"] == one["critical:rtn"]
+    gpu = hashes("critical: {compressors: [{name: rtn}]}\n", device="cuda")
+    assert all(gpu[k] != one[k] for k in one)  # the device is part of every task's identity
+    bf16 = hashes("critical: {compressors: [{name: rtn}], numerics: bf16}\n")
+    assert bf16["llc"] == one["llc"] and bf16["critical:rtn"] != one["critical:rtn"] != bf16["base_loss"]

@@ -112,9 +112,8 @@ data:
   llc_sequences: 32
 llc: {{preset: pythia, num_chains: 2, num_draws: 16, num_burnin: 4, batch_size: 4}}
 critical:
-  compressors: [{{name: rtn, options: {{targets: [attention, mlp]}}}}]
+  compressors: [{{name: rtn, options: {{targets: [attention, mlp]}}, precision: 0.5}}]
   epsilons: [0.05, 0.2]
-  precision: 0.5
 """)
     os.environ["HF_HUB_CACHE"] = str(cache)
     try:

@@ -11,9 +11,10 @@ from mdl_slt.errors import UserError
 from mdl_slt.lm_loss import evaluate_loss
 
 
-def quantize(w, levels, ratios, symmetric=True):
+def quantize(w, levels, candidates, symmetric=True):
+    """w on the grid whose clip ratio, from {1/c, …, 1}, errs least."""
     groups = w.reshape(1, -1)
-    grid = fit_grid(groups, levels, symmetric, ratios)
+    grid = fit_grid(groups, levels, symmetric, candidates)
     codes = grid.encode(groups)
     return grid.decode(codes).reshape(w.shape), codes, grid
 
@@ -21,7 +22,7 @@ def quantize(w, levels, ratios, symmetric=True):
 def test_symmetric_grid_is_symmetric_with_at_most_n_levels():
     w = torch.randn(1000, generator=torch.Generator().manual_seed(0))
     for levels in (2, 3, 5, 16):
-        deq, codes, grid = quantize(w, levels, [0.25, 0.5, 1.0])
+        deq, codes, grid = quantize(w, levels, 4)
         assert len(torch.unique(deq)) <= levels
         points = grid.decode(torch.arange(levels, dtype=torch.float32)[None, :])[0]
         assert torch.allclose(points, -points.flip(0), atol=1e-6)  # symmetric about zero
@@ -29,7 +30,7 @@ def test_symmetric_grid_is_symmetric_with_at_most_n_levels():
 
 def test_asymmetric_grid_represents_zero_and_spans_the_range():
     w = torch.rand(1000, generator=torch.Generator().manual_seed(0)) * 3 - 0.5  # in [-0.5, 2.5]
-    deq, codes, grid = quantize(w, 8, [1.0], symmetric=False)
+    deq, codes, grid = quantize(w, 8, 1, symmetric=False)
     assert float(grid.decode(grid.zero)) == 0.0  # zero is exactly a level
     half_step = float(grid.scale) / 2  # rounding the zero point shifts the range by at most this
     assert deq.min() >= -0.5 - half_step and deq.max() <= 2.5 + half_step and len(torch.unique(codes)) == 8
@@ -37,21 +38,19 @@ def test_asymmetric_grid_represents_zero_and_spans_the_range():
 
 def test_error_falls_with_levels_and_clip_search_helps():
     w = torch.randn(5000, generator=torch.Generator().manual_seed(1))
-    ratios = [(i + 1) / 50 for i in range(50)]
-    errors = [torch.sum((quantize(w, n, ratios)[0] - w) ** 2) for n in (2, 4, 8, 16, 64)]
+    errors = [torch.sum((quantize(w, n, 50)[0] - w) ** 2) for n in (2, 4, 8, 16, 64)]
     assert all(a > b for a, b in zip(errors, errors[1:]))
-    no_clip = torch.sum((quantize(w, 4, [1.0])[0] - w) ** 2)
+    no_clip = torch.sum((quantize(w, 4, 1)[0] - w) ** 2)
     assert errors[1] < no_clip
 
 
 def test_finer_scales_fit_better():
     torch.manual_seed(0)
     w = torch.randn(16, 64) * torch.logspace(-2, 0, 16)[:, None]  # rows of very different scale
-    ratios = [(i + 1) / 50 for i in range(50)]
     error = {}
     for granularity in ("tensor", "channel", "group"):
         groups = as_groups(w, granularity, 16)
-        grid = fit_grid(groups, 8, True, ratios)
+        grid = fit_grid(groups, 8, True, 50)
         error[granularity] = float(((grid.decode(grid.encode(groups)) - groups) ** 2).sum())
     assert error["tensor"] > error["channel"] > error["group"]
 
@@ -92,9 +91,10 @@ def test_description_length_by_hand():
     assert length.side_bits == 2 * 32
     assert length.untouched_bits == 3 * 32
     assert length.total_bits == 36 + 64 + 96
-    # each tensor takes two of its four codes: ±1 in halves (6/6), ±0.5 split 2/4 → 12 + 6·H(1/3)
-    h = -(1 / 3) * math.log2(1 / 3) - (2 / 3) * math.log2(2 / 3)
-    assert length.entropy_payload_bits == pytest.approx(12 + 6 * h)
+    # each tensor takes two of its four codes: ±1 in halves (6/6), ±0.5 split 2/4; coded with its histogram,
+    # C(12 + 3, 3) = 455 histograms × 12!/(6!6!) = 924 orders, and C(6 + 3, 3) = 84 × 6!/(2!4!) = 15,
+    # each shorter than fixed rate (24 and 12 bits), plus a bit per tensor saying so
+    assert length.entropy_payload_bits == pytest.approx(math.log2(455 * 924) + math.log2(84 * 15) + 2)
     assert rtn.description_length(prepared, 32.0).total_bits == (18 + 3) * 32
 
 

@@ -1,4 +1,5 @@
-"""A store that never loses a result: failures recorded, status, and resume after SIGKILL."""
+"""A store that never loses or mixes a result: per-task durability, failures recorded, status,
+compressor entries with ids, keys that cover only what a task depends on, resume after SIGKILL."""
 
 import os
 import signal
@@ -18,7 +19,7 @@ models:
     revisions: {revisions}
 data: {{context_length: 32, eval_sequences: 16, llc_sequences: 64}}
 llc: {{step_size: 1.0e-4, num_chains: 2, num_draws: 40, num_burnin: 10, batch_size: 8}}
-critical: {{epsilons: [0.05, 0.2], precision: 0.1}}
+critical: {{compressors: [{{name: rtn, precision: 0.1}}], epsilons: [0.05, 0.2]}}
 """
 
 
@@ -52,7 +53,11 @@ def test_failed_unit_is_recorded_and_the_others_go_on(tiny_suite, tmp_path):
     keys = records(tmp_path / "partial.sqlite")
     assert keys and not any("step999" in k for k in keys)  # nothing half-written for the failed unit
     log = (tmp_path / "partial.log").read_text()
-    assert "failed mdl-slt/tiny-a@step999: cannot load checkpoint" in log and "done mdl-slt/tiny-a@step24" in log
+    assert "failed mdl-slt/tiny-a@step999 base_loss: cannot load checkpoint" in log
+    assert "done mdl-slt/tiny-a@step24 critical:rtn" in log
+    # the run's output is a log, not a terminal: one plain line per finished checkpoint, with counts and an ETA
+    progress = [line for line in done.stderr.splitlines() if line.startswith("[")]
+    assert len(progress) == 3 and progress[0].startswith("[1/3 checkpoints] done mdl-slt/tiny-a@step") and "eta" in progress[0]
 
 
 def test_validate_prints_the_plan_without_running(tiny_suite, tmp_path):
@@ -62,10 +67,10 @@ def test_validate_prints_the_plan_without_running(tiny_suite, tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"{len(TINY.schedule())} checkpoints" in done.stdout
     assert "SGLD steps" in done.stdout and "critical:rtn" in done.stdout
-    assert "(2 chains × 50 per checkpoint)" in done.stdout
+    assert "(2 chains × 50 steps per checkpoint)" in done.stdout
     assert not (tmp_path / "plan.sqlite").exists()
     overridden = run_cli("validate", path, "--set", "llc.num_chains=3", "--set", "models.0.revisions=[step8]", home=home)
-    assert "1 checkpoints" in overridden.stdout and "(3 chains × 50 per checkpoint)" in overridden.stdout
+    assert "1 checkpoints" in overridden.stdout and "(3 chains × 50 steps per checkpoint)" in overridden.stdout
 
 
 def test_sigkill_then_rerun_gives_exactly_the_uninterrupted_records(tiny_suite, tmp_path):
@@ -143,3 +148,107 @@ def test_unloadable_checkpoints_are_failures_with_their_reason(tiny_suite, tmp_p
     assert "hub is unreachable (offline)" in failed["EleutherAI/pythia-14m@step1000"]
     keys = records(tmp_path / "broken.sqlite")
     assert keys and all("mdl-slt/tiny-a|step24" in k for k in keys)  # nothing of the failed units
+
+
+def rows_of(store):
+    """key → (created_at, values) of every row."""
+    with sqlite3.connect(store) as db:
+        return {r[0]: r[1:] for r in db.execute("SELECT key, created_at, loss, knob, bits, llc_mean FROM records")}
+
+
+def test_adding_a_compressor_measures_only_it(tiny_suite, tmp_path):
+    home, _ = tiny_suite
+    path = write(tmp_path, "grow", "[step8, step24]")
+    assert run_cli("run", path, home=home).returncode == 0
+    before = rows_of(tmp_path / "grow.sqlite")
+    path.write_text(path.read_text().replace("compressors: [{name: rtn, precision: 0.1}]",
+                                             "compressors: [{name: rtn, precision: 0.1}, {name: svd}]"))
+    time.sleep(1.1)  # timestamps have one-second resolution
+    done = run_cli("run", path, home=home)
+    assert done.returncode == 0, done.stderr
+    after = rows_of(tmp_path / "grow.sqlite")
+    assert {k: v for k, v in after.items() if k in before} == before  # rtn, LLC, base loss: same rows, same times
+    added = {k for k in after if k not in before}
+    assert added and all(k.startswith("critical:svd|") for k in added)
+    log = (tmp_path / "grow.log").read_text().split("run resume")[-1]  # the second run's lines
+    assert "critical:svd" in log and "critical:rtn" not in log and " llc" not in log
+
+
+def test_two_entries_of_one_compressor_keep_their_own_rows_and_lines(tiny_suite, tmp_path):
+    home, _ = tiny_suite
+    path = write(tmp_path, "twins", "[step4, step8, step16, step24]")
+    text = path.read_text()
+    path.write_text(text.replace("compressors: [{name: rtn, precision: 0.1}]",
+                                 "compressors: [{name: rtn}, {name: rtn, options: {granularity: channel}}]"))
+    for command in ("validate", "run"):
+        refused = run_cli(command, path, home=home)
+        assert refused.returncode == 2 and "compressor ids must be unique, but 'rtn' appears more than once" in refused.stderr
+    path.write_text(text.replace("compressors: [{name: rtn, precision: 0.1}]",
+                                 "compressors: [{name: rtn}, {id: rtn-channel, name: rtn, options: {granularity: channel}}]")
+                    .replace("name: resume", "name: twins\nreport: " + str(tmp_path / "twins.pdf")))
+    assert "critical:rtn, critical:rtn-channel" in run_cli("validate", path, home=home).stdout
+    done = run_cli("run", path, home=home)
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(tmp_path / "twins.sqlite") as db:
+        counts = dict(db.execute("SELECT compressor, COUNT(*) FROM records WHERE task = 'critical' GROUP BY compressor"))
+        hashes = dict(db.execute("SELECT DISTINCT compressor, config_hash FROM records WHERE task = 'critical'"))
+    assert counts == {"rtn": 4 * 2, "rtn-channel": 4 * 2} and hashes["rtn"] != hashes["rtn-channel"]
+    import pandas as pd
+
+    fits = pd.read_csv(tmp_path / "twins-fits.csv")
+    assert sorted(set(fits.compressor)) == ["rtn", "rtn-channel"] and set(fits.method) == {"rtn"}
+
+
+def test_a_task_that_raises_fails_alone_and_a_rerun_measures_only_it(tiny_suite, tmp_path, monkeypatch):
+    """Per-task durability, in process: a compressor raising inside `apply` leaves each checkpoint's
+    base loss, LLC and other compressors stored; the rerun measures only the failed task."""
+    from rich.console import Console
+
+    import compressors.prune
+    from mdl_slt.experiment import load_experiment
+    from mdl_slt.runner import run_experiment
+
+    home, _ = tiny_suite
+    path = write(tmp_path, "raises", "[step8, step24]")
+    path.write_text(path.read_text().replace("compressors: [{name: rtn, precision: 0.1}]",
+                                             "compressors: [{name: rtn, precision: 0.1}, {name: magnitude}]"))
+    experiment = load_experiment(path)
+    original = compressors.prune.Magnitude.apply
+
+    def boom(self, *args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(compressors.prune.Magnitude, "apply", boom)
+    first = run_experiment(experiment, home, Console(file=open(os.devnull, "w")))
+    assert sorted(first.failures) == [(f"mdl-slt/tiny-a@{r}", "critical:magnitude",
+                                       "RuntimeError: out of memory (simulated)") for r in ("step24", "step8")]
+    kept = rows_of(tmp_path / "raises.sqlite")
+    assert {k.split("|")[0] for k in kept} == {"base_loss", "llc", "critical:rtn"}
+    status = run_cli("status", tmp_path / "raises.sqlite", home=home).stdout
+    assert "critical:magnitude: RuntimeError: out of memory (simulated)" in status
+    monkeypatch.setattr(compressors.prune.Magnitude, "apply", original)
+    second = run_experiment(experiment, home, Console(file=open(os.devnull, "w")))
+    assert second.failures == [] and second.tasks_done == 2 and second.measured == 2
+    after = rows_of(tmp_path / "raises.sqlite")
+    assert {k: v for k, v in after.items() if k in kept} == kept
+    assert {k.split("|")[0] for k in after if k not in kept} == {"critical:magnitude"}
+
+
+def test_a_run_over_local_model_directories_writes_its_report(tiny_suite, tmp_path):
+    import shutil
+
+    home, _ = tiny_suite
+    repo = home / "hub" / "models--mdl-slt--tiny-b"
+    dirs = []
+    for step in (4, 8, 16, 24):
+        snapshot = repo / "snapshots" / (repo / "refs" / f"step{step}").read_text().strip()
+        dirs.append(tmp_path / f"ckpt-{step}")
+        shutil.copytree(snapshot, dirs[-1])
+    path = tmp_path / "local.yaml"
+    models = "\n".join(f"  - id: {d}" for d in dirs)
+    path.write_text(EXPERIMENT.format(store=tmp_path / "local.sqlite", revisions="[x]")
+                    .replace("  - id: mdl-slt/tiny-a\n    revisions: [x]", models)
+                    .replace("name: resume", f"name: local\nreport: {tmp_path}/local.pdf"))
+    done = run_cli("run", path, home=home)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "local.pdf").read_bytes().startswith(b"%PDF") and "report" in done.stderr

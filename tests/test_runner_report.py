@@ -17,7 +17,7 @@ models:
     revisions: [step8, step16, step24]
 data: {{context_length: 32, eval_sequences: 16, llc_sequences: 64}}
 llc: {{step_size: 1.0e-4, num_chains: 2, num_draws: 20, num_burnin: 5, batch_size: 8}}
-critical: {{epsilons: [0.05, 0.2], precision: 0.1}}
+critical: {{compressors: [{{name: rtn, precision: 0.1}}], epsilons: [0.05, 0.2]}}
 """
 
 

@@ -1,31 +1,64 @@
+"""The store: rows keyed by their task, a task's rows written whole, failures remembered, old stores upgraded."""
+
 import sqlite3
 
 import pytest
 
 from mdl_slt.errors import UserError
+from mdl_slt.keys import task_key
 from mdl_slt.store import Record, Store, open_existing
 
 
-def test_records_are_idempotent_and_readable(tmp_path):
+def rows(key):
+    llc = Record("llc", model="m", revision="step1", task_key=key, config_hash="h", step=1, llc_mean=2.5,
+                 detail={"a": [1, 2]})
+    curve = [Record("loss_curve", model="m", revision="step1", task_key=key, config_hash="h", compressor="rtn",
+                    knob=k, loss=k) for k in (4.0, 2.0)]
+    return [llc, *curve]
+
+
+def test_a_task_is_written_whole_and_idempotently(tmp_path):
     path = tmp_path / "r.sqlite"
-    rec = Record("llc", model="m", revision="step1", config_hash="h", step=1, llc_mean=2.5, detail={"a": [1, 2]})
-    curve = [Record("loss_curve", model="m", revision="step1", config_hash="h", compressor="rtn", knob=k, loss=k)
-             for k in (4.0, 2.0)]
+    key = task_key("llc", "m", "step1", "h")
     with Store(path) as store:
-        store.write([rec, *curve])
-        store.write([rec])  # again: ignored, not duplicated
-        assert store.has(rec.key) and store.has(curve[0].key)
+        store.write_task(key, "m@step1", "llc", "h", rows(key), trace=b"\x00\x01")
+        store.write_task(key, "m@step1", "llc", "h", rows(key))  # again: ignored, not duplicated
+        assert store.done() == {key} and store.trace(key) == b"\x00\x01"
         table = store.table()
-    assert len(table) == 3
+    assert len(table) == 3 and set(table.task_key) == {key}
     assert table[table.task == "llc"].detail.iloc[0] == {"a": [1, 2]}
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("SELECT status, rows FROM tasks").fetchall() == [("done", 3)]
 
 
-def test_critical_key_ignores_its_result():
-    a = Record("critical", model="m", revision="r", config_hash="h", compressor="rtn", epsilon=0.1, knob=3.0)
-    b = Record("critical", model="m", revision="r", config_hash="h", compressor="rtn", epsilon=0.1, knob=4.0)
-    assert a.key == b.key
+def test_failures_are_remembered_until_the_task_is_done(tmp_path):
+    key = task_key("critical:gptq", "m", "step1", "h")
+    with Store(tmp_path / "r.sqlite") as store:
+        store.fail_task(key, "m@step1", "critical:gptq", "h", "out of memory")
+        store.fail_task(key, "m@step1", "critical:gptq", "h", "out of memory again")
+        assert store.task_states() == {key: ("failed", "out of memory again")} and store.done() == set()
+        store.write_task(key, "m@step1", "critical:gptq", "h", [])
+        store.fail_task(key, "m@step1", "critical:gptq", "h", "a late report of an old failure")
+        assert store.task_states() == {key: ("done", None)}
+
+
+def test_keys_tell_tasks_and_rows_apart():
+    a = Record("critical", model="m", revision="r", task_key="t1", config_hash="h", compressor="rtn", epsilon=0.1, knob=3.0)
+    b = Record("critical", model="m", revision="r", task_key="t1", config_hash="h", compressor="rtn", epsilon=0.1, knob=4.0)
+    c = Record("critical", model="m", revision="r", task_key="t2", config_hash="h", compressor="rtn", epsilon=0.1, knob=3.0)
+    assert a.key == b.key  # the knob of a critical row is its result, not its identity
+    assert a.key != c.key  # another task (another compressor entry) never shares a key
+
+
+def test_a_store_of_an_earlier_version_gains_the_new_columns(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE records (key TEXT PRIMARY KEY, task TEXT NOT NULL, model TEXT NOT NULL, loss REAL)")
+        db.execute("INSERT INTO records VALUES ('k', 'base_loss', 'm', 1.5)")
+    with Store(path) as store:
+        table = store.table()
+    assert table.loss.tolist() == [1.5] and {"task_key", "device", "numerics", "knob_interpolated"} <= set(table)
 
 
 def test_missing_or_damaged_store_is_a_clear_error(tmp_path):

@@ -1,0 +1,168 @@
+"""Executors: where units run. Whichever, task outcomes come back to this process, the one writer.
+
+- in this process, one unit after another (`workers: 1`);
+- a pool of worker processes (`workers: N`, or one per GPU on a machine with several);
+- Ray tasks on a cluster (`executor: ray`), each unit asking for `threads` CPUs and
+  `gpus_per_unit` GPUs.
+Workers send each task's outcome the moment it is done (through a queue), so a unit that dies
+half-way still leaves its finished tasks in the store. A worker that dies outright fails the
+tasks it had not reported, with the reason.
+"""
+
+from __future__ import annotations
+
+import queue as queues
+from pathlib import Path
+from typing import Iterator
+
+from mdl_slt.errors import UserError
+from mdl_slt.experiment import Experiment
+from mdl_slt.measure import Outcome, measure_unit, reason
+from mdl_slt.plan import Task, Unit
+
+POLL_S = 0.2
+_OUTCOMES = None  # the worker's queue back to the writer, set by `_worker_init`
+
+
+def execute(pending: list[tuple[Unit, list[Task]]], experiment: Experiment, home: Path) -> Iterator[Outcome]:
+    """Run every pending unit's tasks; yield each task's outcome as it arrives."""
+    if not pending:
+        return
+    if experiment.executor == "ray":
+        yield from _on_ray(pending, experiment, home)
+        return
+    gpus = _local_gpus(experiment)
+    workers = gpus if gpus > 1 else experiment.workers
+    if workers == 1 or len(pending) == 1:
+        for unit, tasks in pending:
+            yield from measure_unit(unit, experiment, home, tasks)
+        return
+    yield from _in_pool(pending, experiment, home, min(workers, len(pending)), gpus)
+
+
+def _local_gpus(experiment: Experiment) -> int:
+    """CUDA devices the local executor spreads units over: one worker per GPU, one unit each."""
+    if experiment.device != "cuda":
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _worker_init(outcomes, gpu_slots) -> None:
+    """Pool worker start: remember the queue back to the writer; with several GPUs, take one free
+    GPU index and see only that device (before CUDA starts)."""
+    global _OUTCOMES
+    _OUTCOMES = outcomes
+    if gpu_slots is not None:
+        import os
+
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_slots.get())
+
+
+def _send_outcomes(unit: Unit, experiment: Experiment, home: Path, tasks: list[Task], outcomes=None) -> int:
+    """Worker side: measure one unit, sending each outcome back as soon as it is done."""
+    sink = outcomes if outcomes is not None else _OUTCOMES
+    count = 0
+    for outcome in measure_unit(unit, experiment, home, tasks):
+        sink.put(outcome)
+        count += 1
+    return count
+
+
+def _collect(get, running: dict, finished) -> Iterator[Outcome]:
+    """Writer side: yield outcomes from `get` until every running unit has reported every task.
+
+    `get(timeout)` returns the next outcome or None; `running`: handle → (unit, tasks);
+    `finished(handles)` → [(handle, error or None)] for units whose worker has returned. A unit
+    whose worker failed has its unreported tasks failed with that error.
+    """
+    waiting = {str(unit): {t.key: t for t in tasks} for unit, tasks in running.values()}
+    while any(waiting.values()):
+        outcome = get(POLL_S)
+        if outcome is not None:
+            waiting[outcome.unit].pop(outcome.task.key, None)
+            yield outcome
+            continue
+        for handle, error in finished(list(running)):
+            unit = str(running.pop(handle)[0])
+            if error is not None:  # nothing more will come from a dead worker
+                for task in waiting[unit].values():
+                    yield Outcome(unit, task, error=error)
+                waiting[unit] = {}
+
+
+def _in_pool(pending, experiment: Experiment, home: Path, workers: int, gpus: int) -> Iterator[Outcome]:
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    context = get_context("spawn")
+    outcomes = context.Queue()
+    slots = None
+    if gpus > 1:  # one worker per GPU, each pinned to its own
+        slots = context.Queue()
+        for gpu in range(gpus):
+            slots.put(gpu)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
+                             initargs=(outcomes, slots)) as pool:
+        running = {pool.submit(_send_outcomes, unit, experiment, home, tasks): (unit, tasks)
+                   for unit, tasks in pending}
+
+        def finished(futures):
+            done = []
+            for future in futures:
+                if future.done():
+                    error = future.exception()
+                    done.append((future, None if error is None else f"the worker process died ({reason(error)})"))
+            return done
+
+        def get(timeout):
+            try:
+                return outcomes.get(timeout=timeout)
+            except queues.Empty:
+                return None
+
+        yield from _collect(get, running, finished)
+
+
+def _on_ray(pending, experiment: Experiment, home: Path) -> Iterator[Outcome]:
+    """Each unit a Ray task; outcomes come back through a Ray queue to this process. The home
+    (suite, token caches) must be on a filesystem every node sees."""
+    try:
+        import ray
+        from ray.util.queue import Empty, Queue
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'mdl-slt[ray]'") from None
+    try:
+        ray.init(address=experiment.address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, **({} if experiment.address else {"num_cpus": experiment.workers * experiment.threads}))
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise UserError(f"cannot reach the Ray cluster at {experiment.address}: {' '.join(str(error).split())[:160]} "
+                        "— start one with `ray start --head`, or leave out --address") from None
+    try:
+        outcomes = Queue()
+        task = ray.remote(_send_outcomes).options(num_cpus=experiment.threads, num_gpus=experiment.gpus_per_unit,
+                                                  max_retries=0)
+        running = {task.remote(unit, experiment, home, tasks, outcomes): (unit, tasks) for unit, tasks in pending}
+
+        def finished(refs):
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            done = []
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                    done.append((ref, None))
+                except ray.exceptions.RayError as error:  # the worker died or the task raised outside a task
+                    cause = getattr(error, "cause", None) or error
+                    done.append((ref, f"the Ray worker failed ({reason(cause)})"))
+            return done
+
+        def get(timeout):
+            try:
+                return outcomes.get(timeout=timeout)
+            except Empty:
+                return None
+
+        yield from _collect(get, running, finished)
+    finally:
+        ray.shutdown()

@@ -1,0 +1,31 @@
+"""Record keys, built here and nowhere else.
+
+A *task* (one checkpoint's base loss, its LLC, or one compressor entry's critical search) is
+identified by what it measured and the settings it measured with:
+
+    task key = task | model | revision | config hash
+
+where the config hash covers exactly the settings that task depends on (see `mdl_slt.plan`).
+Every row a task writes is keyed by its task key plus what tells its rows apart (the knob value
+of a loss-curve point, the ε of a critical value), so rerunning a task can never duplicate or
+mix rows, and two tasks never share a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+
+def config_hash(payload) -> str:
+    """A short, stable hash of a JSON-serialisable payload (keys sorted)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def task_key(task: str, model: str, revision: str | None, config: str) -> str:
+    return "|".join(str(part) for part in (task, model, revision, config))
+
+
+def row_key(task: str, *parts) -> str:
+    """The key of one row of task `task` (a task key), told apart by `parts`."""
+    return "|".join(str(part) for part in (task, *parts))

@@ -1,0 +1,142 @@
+"""From an experiment to work: one unit per checkpoint, and the tasks each unit owes the store.
+
+Tasks per checkpoint: `base_loss`, `llc`, and `critical:<id>` per compressor entry. A task's
+config hash covers only what its result depends on:
+
+    base_loss      data, loss numerics, device
+    llc            data, sampler settings (numerics included), device
+    critical:<id>  data, the entry's compressor and options (defaults filled in), its search
+                   precision, the ε list, loss numerics, device
+
+each with the measurement version, so adding or editing one compressor entry never re-measures
+another, and rows measured on a CPU never merge with rows measured under bf16 on a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mdl_slt import pythia
+from mdl_slt.checkpoints import CheckpointRef
+from mdl_slt.errors import UserError
+from mdl_slt.experiment import Experiment
+from mdl_slt.home import hub_cache
+from mdl_slt.hubcache import list_revisions
+from mdl_slt.keys import config_hash, task_key
+from mdl_slt.revisions import compile_pattern, hub_revisions, parse
+
+# Bumped whenever a change to the code changes what a measurement returns (rtn's even level
+# counts in 0.2; per-task keys, numerics and the LLC trace in 0.3), so stores never mix results
+# of different methods under one key.
+MEASUREMENT_VERSION = 4
+
+
+@dataclass(frozen=True)
+class Unit:
+    ref: CheckpointRef
+    step: int | None = None  # what the revision's name says; else the checkpoint's own metadata
+    tokens_seen: int | None = None
+
+    def __str__(self) -> str:
+        return str(self.ref)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str  # base_loss | llc | critical:<entry id>
+    kind: str  # base_loss | llc | critical
+    config_hash: str
+    key: str
+    entry: str | None = None  # the compressor entry's id, for critical tasks
+
+
+def resolve_device(experiment: Experiment) -> Experiment:
+    """Fix `device: auto` before any work: Ray units get CUDA when they ask for GPUs; local ones
+    when this machine has it. Asking for CUDA without one is a clear error."""
+    if experiment.device != "auto":
+        if experiment.device == "cuda" and experiment.executor == "local":
+            from mdl_slt.device import resolve_device as check
+
+            check("cuda")
+        return experiment
+    if experiment.executor == "ray":
+        return experiment.on("cuda" if experiment.gpus_per_unit > 0 else "cpu")
+    from mdl_slt.device import resolve_device as local
+
+    return experiment.on(local("auto"))
+
+
+class Tasks:
+    """The tasks of every unit of a device-resolved experiment, with their settings and hashes."""
+
+    def __init__(self, experiment: Experiment):
+        if experiment.device == "auto":
+            raise ValueError("Tasks needs an experiment whose device is resolved (plan.resolve_device)")
+        self.experiment = experiment
+        common = {"data": experiment.data.model_dump(mode="json"), "device": experiment.device,
+                  "measurement_version": MEASUREMENT_VERSION}
+        self.settings = {
+            "base_loss": ("base_loss", {**common, "numerics": experiment.critical.numerics}),
+            "llc": ("llc", {**common, "llc": experiment.llc.model_dump(mode="json")}),
+        }
+        for entry in experiment.critical.compressors:
+            method = entry.build()
+            options = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(method).items()}
+            self.settings[f"critical:{entry.key}"] = ("critical", {
+                **common, "compressor": {"name": entry.name, "options": options,
+                                         "precision": entry.search_precision(method)},
+                "epsilons": experiment.critical.epsilons, "numerics": experiment.critical.numerics})
+        self.hashes = {name: config_hash(settings) for name, (_, settings) in self.settings.items()}
+
+    def for_unit(self, unit: Unit) -> list[Task]:
+        ref = unit.ref
+        return [Task(name, kind, self.hashes[name], task_key(name, ref.model_id, ref.revision, self.hashes[name]),
+                     name.partition(":")[2] or None)
+                for name, (kind, _) in self.settings.items()]
+
+
+def plan(experiment: Experiment, home: Path) -> list[Unit]:
+    """One unit per (model, revision); `all` means every revision in the cache, or, for a suite
+    model not built yet, every revision the suite will have; a hub schedule lists the
+    repository's revisions and keeps those whose names give a step in range."""
+    from mdl_slt.suite import SuiteSpec
+
+    spec = SuiteSpec()
+    future = {spec.model_id(m): [f"step{s}" for s in spec.schedule()] for m in spec.models}
+    units = []
+    for entry in experiment.models:
+        if entry.revision_pattern is not None:
+            compile_pattern(entry.revision_pattern)  # a bad pattern is refused before any work
+        revisions = entry.listed_revisions()
+        if revisions is None and entry.steps is not None:  # schedule: hub
+            found = [r for r in (parse(n, entry.revision_pattern)
+                                 for n in hub_revisions(entry.id, home)) if r is not None]
+            revisions = [r.name for r in sorted(found, key=lambda r: r.step) if entry.steps.keeps(r.step)]
+            if not revisions:
+                raise UserError(f"no revision of {entry.id} names a step in [{entry.steps.start}, "
+                                f"{entry.steps.stop if entry.steps.stop is not None else '…'}] (found {len(found)} "
+                                "named by step): check the range, or set `revision_pattern`")
+        if revisions is None:
+            if Path(entry.id).is_dir():
+                units.append(Unit(CheckpointRef(entry.id)))
+                continue
+            revisions = list_revisions(hub_cache(home), entry.id) or future.get(entry.id, [])
+            if not revisions:
+                raise UserError(f"no revisions of {entry.id} in the local cache: list them under "
+                                f"`revisions:` or `steps:` in the experiment file, or build the suite "
+                                f"(`mdl-slt suite build`)")
+        for revision in revisions:
+            pythia.check_revision(entry.id, revision)
+        units.extend(unit_of(entry, r) for r in revisions)
+    return units
+
+
+def unit_of(entry, revision: str) -> Unit:
+    """The unit of one revision, with the step and tokens seen its name gives."""
+    named = parse(revision, entry.revision_pattern)
+    if named is None:
+        return Unit(CheckpointRef(entry.id, revision))
+    per_step = entry.tokens_per_step or (pythia.TOKENS_PER_STEP if pythia.size_of(entry.id) else None)
+    tokens = named.tokens if named.tokens is not None else (named.step * per_step if per_step else None)
+    return Unit(CheckpointRef(entry.id, revision), named.step, tokens)

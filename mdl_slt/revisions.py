@@ -1,0 +1,75 @@
+"""Checkpoint suites published as hub revisions: what a revision's name says of its training.
+
+A naming scheme is a regular expression with a named group `step` and optionally `tokens` (with
+an optional unit K, M, B or T after it). Known schemes:
+
+    pythia   step<N>                                    (Pythia, the embedded suite)
+    olmo     [stage<k>-][ingredient<i>-]step<N>[-tokens<M><unit>]   (OLMo, OLMo-2, LLM360-style)
+
+`revision_pattern` in an experiment's model entry adds the user's own. Tokens seen, the n of
+λ̂·log n, come from the name where it says, else from steps × `tokens_per_step` (Pythia's is
+known: 1,024 × 2,048).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from mdl_slt.errors import UserError
+
+SCHEMES = {
+    "pythia": r"^step(?P<step>\d+)$",
+    "olmo": r"^(?:stage\d+-)?(?:ingredient\d+-)?step(?P<step>\d+)(?:-tokens(?P<tokens>\d+(?:\.\d+)?)(?P<unit>[KMBT]?))?$",
+}
+UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+
+
+@dataclass(frozen=True)
+class Revision:
+    name: str
+    step: int
+    tokens: int | None  # as the name says
+
+
+def compile_pattern(pattern: str):
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        raise UserError(f"revision_pattern {pattern!r} is not a regular expression: {error}") from None
+    if "step" not in compiled.groupindex:
+        raise UserError(f"revision_pattern {pattern!r} needs a named group (?P<step>...) for the training step")
+    return compiled
+
+
+def parse(name: str, pattern: str | None = None) -> Revision | None:
+    """What `name` says of its training, by the given pattern or the first known scheme it fits."""
+    for candidate in ([pattern] if pattern else SCHEMES.values()):
+        match = compile_pattern(candidate).fullmatch(name)
+        if match:
+            groups = match.groupdict()
+            tokens = groups.get("tokens")
+            count = round(float(tokens) * UNITS[groups.get("unit") or ""]) if tokens else None
+            return Revision(name, int(groups["step"]), count)
+    return None
+
+
+def hub_revisions(model_id: str, home) -> list[str]:
+    """A repository's revisions: from the hub's branches when it answers, else from the local caches
+    (the suite's and the user's Hugging Face cache)."""
+    from huggingface_hub import constants
+
+    from mdl_slt.checkpoints import hub_reachable
+    from mdl_slt.home import hub_cache
+    from mdl_slt.hubcache import list_revisions
+
+    if hub_reachable():
+        from huggingface_hub import list_repo_refs
+
+        try:
+            return [branch.name for branch in list_repo_refs(model_id).branches]
+        except Exception as error:  # noqa: BLE001  the hub's client raises many kinds
+            raise UserError(f"cannot list the revisions of {model_id} on the hub: {' '.join(str(error).split())[:160]}") \
+                from None
+    return list_revisions(hub_cache(home), model_id) or list_revisions(Path(constants.HF_HUB_CACHE), model_id)

@@ -1,0 +1,67 @@
+"""Device placement, checked without a GPU: with torch's default device set to `meta` while the
+model lives on the CPU, any tensor our code makes without naming its device lands on `meta`
+and the first operation mixing it with the model's tensors fails. Every compressor, the LLC
+estimator (vectorised and sequential, RMSProp, gradient checkpointing), the curvature helper
+and the calibration sweep must pass; on CUDA the same mistakes would put tensors on the host."""
+
+import math
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+import compressors
+from mdl_slt.lm_loss import evaluate_loss
+from mdl_slt.sgld import LLCConfig, estimate_llc
+
+
+@contextmanager
+def meta_default():
+    torch.set_default_device("meta")
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)
+
+
+def test_the_guard_catches_a_tensor_made_on_the_default_device(tiny_checkpoint):
+    weight = next(tiny_checkpoint.model.parameters())
+    with meta_default(), pytest.raises((RuntimeError, NotImplementedError)):
+        float((weight.reshape(-1)[:4] + torch.ones(4)).sum())
+
+
+@pytest.mark.parametrize("name", compressors.names())
+def test_every_compressor_places_its_tensors(name, tiny_checkpoint, tiny_tokens):
+    model = tiny_checkpoint.model
+    method = compressors.get(name, **({"retrain_steps": 2, "selection": "importance"} if name == "heads" else {}))
+    k = method.knob
+    with meta_default():
+        prepared = method.prepare(model, tiny_tokens.train)
+        value = method.snap(k.least + 0.6 * (k.most - k.least), prepared)
+        with method.applied(model, prepared, value):
+            loss = evaluate_loss(model, tiny_tokens.eval)
+        length = method.description_length(prepared, value)
+    assert math.isfinite(loss) and math.isfinite(length.entropy_total_bits)
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+@pytest.mark.parametrize("options", [{"vectorize": "always"}, {"vectorize": "never"}, {"sampler": "rmsprop"},
+                                     {"gradient_checkpointing": True}])
+def test_the_llc_estimator_places_its_tensors(options, tiny_checkpoint, tiny_tokens):
+    config = LLCConfig(step_size=1e-4, num_chains=2, num_draws=8, num_burnin=2, batch_size=4, **options)
+    with meta_default():
+        result = estimate_llc(tiny_checkpoint.model, tiny_tokens.train, config)
+    assert math.isfinite(result.llc_mean)
+
+
+def test_curvature_and_calibration_place_their_tensors(tiny_checkpoint, tiny_tokens):
+    from mdl_slt.calibrate import run_sweep
+    from mdl_slt.curvature import top_hessian_eigenvalue
+    from mdl_slt.lm_loss import token_nll
+
+    with meta_default():
+        top = top_hessian_eigenvalue(tiny_checkpoint.model, tiny_tokens.train, token_nll, batch_size=4, iterations=3)
+        settings = run_sweep(tiny_checkpoint.model, tiny_tokens.train,
+                             LLCConfig(num_chains=2, num_draws=6, num_burnin=2, batch_size=4),
+                             step_sizes=(1e-4,), n_betas=(30.0,))
+    assert math.isfinite(top) and len(settings) == 1
