@@ -42,7 +42,7 @@ def select(records: pd.DataFrame, experiment: dict) -> tuple[pd.DataFrame, pd.Da
     from mdl_slt.experiment import Experiment
     from mdl_slt.plan import Tasks
 
-    hashes = set(Tasks(Experiment.model_validate(experiment)).hashes.values())
+    hashes = Tasks(Experiment.model_validate(experiment)).all_hashes
     keep = records.config_hash.isin(hashes)
     rest = records[~keep]
     left = (rest.groupby(["task", "config_hash"], dropna=False)

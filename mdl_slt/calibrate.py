@@ -44,8 +44,7 @@ def run_sweep(model, data, base: LLCConfig, step_sizes=STEP_SIZES, n_betas=N_BET
                 settings.append(Setting(step, n_beta, math.nan, math.nan, math.nan, math.nan,
                                         config.num_chains, False, []))
             else:
-                good = [c for c in range(config.num_chains) if c not in r.diverged_chains]
-                scaled = [[n_beta * (v - r.init_loss) for v in r.loss_trace[c]] for c in good]
+                scaled = [[n_beta * (v - r.init_loss) for v in chain] for chain in r.loss_trace]  # healthy chains
                 mean_trace = [sum(col) / len(col) for col in zip(*scaled)]
                 half = len(mean_trace) // 2
                 first, second = sum(mean_trace[:half]) / half, sum(mean_trace[half:]) / (len(mean_trace) - half)

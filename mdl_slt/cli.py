@@ -335,7 +335,8 @@ def _llc_settings(experiment, **flags):
 
 
 @app.command("llc", context_settings={"allow_extra_args": True}, help=f"Estimate the LLC of one checkpoint with SGLD; "
-             f"`mdl-slt llc calibrate REF` sweeps step size × nβ. {EMBEDDED}")
+             f"`mdl-slt llc calibrate REF` sweeps step size × nβ; `mdl-slt llc reestimate STORE [--num-burnin N] "
+             f"[--thinning K]` re-estimates every stored trace without sampling. {EMBEDDED}")
 def llc(ctx: typer.Context,
         ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local directory; or `calibrate MODEL_REF`."),
         experiment_file: Optional[Path] = typer.Option(None, "--experiment", help=EXPERIMENT_HELP),
@@ -351,14 +352,20 @@ def llc(ctx: typer.Context,
         parameters: list[str] = typer.Option([], help="Sample only parameters matching these globs "
                                                       "(component LLC), e.g. 'gpt_neox.layers.0.attention.*'."),
         plot: Path = typer.Option(Path("llc-calibration.png"), help="With calibrate: where to draw the sweep."),
+        thinning: Optional[int] = typer.Option(None, min=1, help="Keep every k-th draw [with reestimate: the trace's own]."),
+        model: Optional[str] = typer.Option(None, "--model", help="With reestimate: only this model's checkpoints."),
         trace: bool = typer.Option(False, help="Include the loss trace (chains × draws).")):
     from mdl_slt.measure import measure_llc
 
+    if ref == "reestimate":
+        if len(ctx.args) != 1:
+            raise UserError("usage: mdl-slt llc reestimate STORE [--num-burnin N] [--thinning K] [--model ID]")
+        return _reestimate(Path(ctx.args[0]), num_burnin, thinning, model, as_json)
     experiment = _experiment(experiment_file, set_)
     config = _llc_settings(experiment, sampler=sampler, step_size=_number_or_auto(step_size, "--step-size"),
                            n_beta=_number_or_auto(n_beta, "--n-beta"), localization=localization,
                            num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin, batch_size=batch_size,
-                           seed=seed, parameters=parameters or None)
+                           seed=seed, parameters=parameters or None, thinning=thinning)
     if ref == "calibrate":
         if len(ctx.args) != 1:
             raise UserError("usage: mdl-slt llc calibrate MODEL_REF [options]")
@@ -378,6 +385,30 @@ def llc(ctx: typer.Context,
     print(f"{ckpt.ref}: λ̂ = {result.llc_mean:.2f} ± {result.llc_std_error:.2f} (s.e.), {config.num_chains} chains; "
           f"R̂ {result.r_hat:.3f}, ESS {result.ess:.0f}; L(w*) = {result.init_loss:.4f}; {flags}"
           f"{'; NEGATIVE: w* is not a local minimum or the step is too large' if result.negative else ''}")
+
+
+def _reestimate(store: Path, burnin: int | None, thinning: int | None, model: str | None, as_json: bool) -> None:
+    """λ̂ of every stored trace with another burn-in or thinning (or its own), without sampling."""
+    from mdl_slt.trace import estimate, stored
+
+    rows = []
+    for row, trace in stored(store, model):
+        result = estimate(trace, burnin, thinning)
+        rows.append({"model": row["model"], "revision": row["revision"], "step": row["step"],
+                     "stored_llc_mean": row["llc_mean"], "stored_burnin": row["burnin"], "llc_mean": result.llc_mean,
+                     "llc_std_error": result.llc_std_error, "r_hat": result.r_hat, "ess": result.ess,
+                     "burnin": result.burnin, "thinning": result.thinning, "draws": result.num_draws,
+                     "converged": result.converged})
+    if not rows:
+        raise UserError(f"{store} holds no stored SGLD trace{f' of {model}' if model else ''}: run an experiment "
+                        "with mdl-slt 0.3 or later")
+    if as_json:
+        _print_json({"store": str(store), "checkpoints": rows})
+        return
+    print(f"{'checkpoint':42s} {'stored λ̂':>9s} {'λ̂':>8s} {'s.e.':>6s} {'R̂':>6s} {'ESS':>6s} {'burn-in':>8s}")
+    for r in rows:
+        print(f"{r['model'] + '@' + str(r['revision']):42s} {r['stored_llc_mean']:9.2f} {r['llc_mean']:8.2f} "
+              f"{r['llc_std_error']:6.2f} {r['r_hat']:6.3f} {r['ess']:6.0f} {r['burnin']:8d}")
 
 
 def _calibrate(ref: str, experiment, base, plot: Path, as_json: bool) -> None:

@@ -99,6 +99,14 @@ class Experiment(_Strict):
     llc: LLCConfig = LLCConfig()
     critical: CriticalConfig = CriticalConfig()
     analysis: AnalysisConfig = AnalysisConfig()
+    llc_steps: dict[str, float] = Field(default_factory=dict, description="written by a run, not by hand: the step "
+                                        "size `llc.step_size: auto` chose for each model, held for all its checkpoints")
+
+    def llc_for(self, model_id: str) -> LLCConfig:
+        """The sampler settings of one model: `step_size: auto` replaced by the step chosen for it."""
+        if self.llc.step_size == "auto" and model_id in self.llc_steps:
+            return self.llc.model_copy(update={"step_size": self.llc_steps[model_id]})
+        return self.llc
 
     def on(self, device: str) -> "Experiment":
         """This experiment with its device resolved (`cpu` or `cuda`): the device is part of every

@@ -1,6 +1,14 @@
-"""The report's figures, one function each, from tidy tables. Matplotlib's Agg backend; no torch."""
+"""The report's figures, one function each, from tidy tables. Matplotlib's Agg backend; no torch.
+
+Every figure fills a landscape page (FIGURE_SIZE), colours each model size the same way and
+marks each compressor entry the same way on every page (`Style`), and takes its axes from its
+data: training-step axes start at 0, logarithmic axes span the data and no more, and points
+beyond robust limits are drawn at the edge (as triangles) and counted.
+"""
 
 from __future__ import annotations
+
+import math
 
 import matplotlib
 
@@ -9,181 +17,350 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper")
+plt.rcParams.update({"svg.fonttype": "path", "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7,
+                     "ytick.labelsize": 7, "legend.fontsize": 7})
+
+FIGURE_SIZE = (10.9, 6.2)  # inches: the width of a landscape A4 page inside its margins
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
-def _short(model: str) -> str:
+def short(model: str) -> str:
     return model.split("/")[-1]
 
 
-def _model_order(frame: pd.DataFrame) -> list[str]:
-    sizes = frame.groupby("model").num_params.first().sort_values()
-    return list(sizes.index)
+class Style:
+    """Colours per model size (smallest first) and markers per compressor entry, for every page."""
+
+    def __init__(self, table: pd.DataFrame, entries: list[str] | None = None):
+        sizes = table.groupby("model").num_params.first().sort_values()
+        self.models = list(sizes.index)
+        self.colour = dict(zip(self.models, sns.color_palette("deep", max(3, len(self.models)))))
+        present = set(table.compressor)
+        self.methods = [e for e in (entries or []) if e in present] + sorted(present - set(entries or []))
+        self.marker = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(self.methods)}
+
+    def size_handles(self):
+        return [Line2D([], [], color=self.colour[m], marker="o", linestyle="", label=short(m)) for m in self.models]
+
+    def method_handles(self):
+        return [Line2D([], [], color="0.3", marker=self.marker[m], linestyle="", label=m) for m in self.methods]
 
 
-def loss_curves(records: pd.DataFrame, epsilons, compressor: str, knob_name: str) -> plt.Figure:
-    """Loss increase against the knob, one panel per model, one line per checkpoint."""
-    curve = records[(records.task == "loss_curve") & (records.compressor == compressor)].copy()
-    curve["increase"] = (curve.loss - curve.base_loss).clip(lower=1e-5)
-    models = _model_order(curve)
-    fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), sharey=True, squeeze=False)
-    for ax, model in zip(axes[0], models):
-        part = curve[curve.model == model].sort_values("knob")
-        sns.lineplot(part, x="knob", y="increase", hue="step", palette="viridis", marker="o",
-                     markersize=3, linewidth=0.8, ax=ax, legend=ax is axes[0][-1])
-        for eps in epsilons:
-            ax.axhline(eps, color="grey", linestyle="--", linewidth=0.6)
-        ax.set(yscale="log", title=_short(model), xlabel=knob_name, ylabel="loss increase (nats/token)")
-    if axes[0][-1].get_legend():
-        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1, 1), title="step", fontsize=7)
-    fig.suptitle(f"{compressor}: loss increase against {knob_name}, every evaluated point (dashed: tolerances ε)")
-    fig.tight_layout()
+def _figure(rows: int, cols: int, **options):
+    fig, axes = plt.subplots(rows, cols, figsize=FIGURE_SIZE, squeeze=False, **options)
+    return fig, axes
+
+
+def _finish(fig, legend_handles=None):
+    if legend_handles:
+        fig.legend(handles=legend_handles, loc="lower center", ncol=min(8, len(legend_handles)), frameon=False,
+                   fontsize=8)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 
-def llc_over_training(table: pd.DataFrame) -> plt.Figure:
-    """λ̂ against training step with ±2 standard errors, and the chains' split R̂ beside it."""
+def steps_axis(ax, steps) -> None:
+    """Training steps from 0: linear, or symmetric-log when they span decades (never below 0)."""
+    steps = np.asarray(pd.to_numeric(pd.Series(steps), errors="coerce").dropna(), float)
+    if not len(steps):
+        return
+    high = max(1.0, steps.max())
+    positive = steps[steps > 0]
+    if len(positive) and high / positive.min() > 100:
+        ax.set_xscale("symlog", linthresh=1, linscale=0.5)
+        ticks = [0] + [10**k for k in range(0, int(math.log10(high)) + 1)]
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.set_xlim(0, high * 1.3)
+    else:
+        ax.set_xlim(0, high * 1.04)
+    ax.set_xlabel("training step")
+
+
+def robust_limits(values, log: bool = False, spread: float = 3.0) -> tuple[float, float]:
+    """Limits covering the data between robust bounds: quartiles ± `spread` IQR (of log10 values
+    on a log axis), never wider than the data, with a 6% margin."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v) & ((v > 0) if log else True)]
+    if not len(v):
+        return (1.0, 10.0) if log else (0.0, 1.0)
+    w = np.log10(v) if log else v
+    q1, q3 = np.percentile(w, [25, 75])
+    low, high = max(w.min(), q1 - spread * (q3 - q1)), min(w.max(), q3 + spread * (q3 - q1))
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+    pad = 0.06 * (high - low)
+    low, high = low - pad, high + pad
+    return (10**low, 10**high) if log else (low, high)
+
+
+def clipped_scatter(ax, x, y, xlim, ylim, **style) -> int:
+    """Scatter with points outside the limits drawn at the edge as triangles; returns how many."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    cx, cy = np.clip(x, *xlim), np.clip(y, *ylim)
+    outside = (cx != x) | (cy != y)
+    ax.scatter(cx[~outside], cy[~outside], **style)
+    if outside.any():
+        ax.scatter(cx[outside], cy[outside], **{**style, "marker": "^"}, edgecolor="black", linewidth=0.5)
+    return int(outside.sum())
+
+
+def methods_compared(fits: pd.DataFrame, style: Style) -> plt.Figure:
+    """Per ε (columns) and model size (x), each method's R², slope with its 95% interval, and
+    leave-one-out error: which family tracks λ̂, and how the answer changes with size."""
+    epsilons = sorted(fits.epsilon.unique())
+    metrics = [("r_squared", "R² of c* on λ̂"), ("slope", "slope β (knob units per unit λ̂)"),
+               ("loo_rmse", "leave-one-out error (knob units)")]
+    fig, axes = _figure(len(metrics), len(epsilons), sharex=True)
+    positions = {m: i for i, m in enumerate(style.models)}
+    offsets = {m: (i - (len(style.methods) - 1) / 2) * 0.12 for i, m in enumerate(style.methods)}
+    for col, eps in enumerate(epsilons):
+        part = fits[(fits.epsilon == eps)]
+        for row, (metric, label) in enumerate(metrics):
+            ax = axes[row][col]
+            for _, f in part.iterrows():
+                if metric not in f or pd.isna(f[metric]):
+                    continue
+                x = positions[f.model] + offsets[f.compressor]
+                if metric == "slope":
+                    ax.errorbar(x, f.slope, yerr=[[f.slope - f.slope_ci_low], [f.slope_ci_high - f.slope]],
+                                fmt="none", ecolor=style.colour[f.model], elinewidth=1, capsize=2)
+                ax.scatter(x, f[metric], marker=style.marker[f.compressor], color=style.colour[f.model], s=36, zorder=3)
+            if metric == "r_squared":
+                ax.set_ylim(min(0.0, part.r_squared.min() - 0.05) if "r_squared" in part else 0.0, 1.02)
+            if metric == "slope":
+                ax.axhline(0, color="0.5", linewidth=0.8)
+            ax.set_ylabel(label if col == 0 else "")
+            if row == 0:
+                ax.set_title(f"ε = {eps:g}")
+            ax.set_xticks(range(len(style.models)), [short(m) for m in style.models])
+            ax.set_xlim(-0.5, len(style.models) - 0.5)
+    return _finish(fig, style.method_handles() + style.size_handles())
+
+
+def description_lengths_vs_llc(table: pd.DataFrame, inside: pd.Series, style: Style) -> plt.Figure:
+    """The critical description length of every method on one axis against λ̂, per ε: where the
+    families stand in bits, and whether each rises with the LLC."""
+    epsilons = sorted(table.epsilon.unique())
+    fig, axes = _figure(1, len(epsilons), sharey=True)
+    shown = table[inside & table.critical_dl_bits.notna()]
+    ylim = robust_limits(shown.critical_dl_bits, log=True, spread=6)
+    for ax, eps in zip(axes[0], epsilons):
+        part = shown[shown.epsilon == eps]
+        for (model, comp), group in part.groupby(["model", "compressor"]):
+            ax.plot(group.llc_mean, group.critical_dl_bits / 8e3, marker=style.marker[comp], color=style.colour[model],
+                    linestyle="-", linewidth=0.6, markersize=4)
+        ax.set(yscale="log", title=f"ε = {eps:g}", xlabel="LLC estimate λ̂",
+               ylabel="critical description length (kB)" if ax is axes[0][0] else "")
+        ax.set_ylim(ylim[0] / 8e3, ylim[1] / 8e3)
+        ax.set_xlim(*robust_limits(shown.llc_mean, spread=10))
+    return _finish(fig, style.method_handles() + style.size_handles())
+
+
+def critical_vs_llc(table: pd.DataFrame, fits: pd.DataFrame, inside: pd.Series, style: Style) -> plt.Figure:
+    """Critical compression against λ̂, one row per method and one column per ε; filled points are
+    in the analysis window, hollow ones outside it; lines are the per-size fits (R² in the key)."""
+    epsilons, methods = sorted(table.epsilon.unique()), style.methods
+    fig, axes = _figure(len(methods), len(epsilons))
+    for r, comp in enumerate(methods):
+        for c, eps in enumerate(epsilons):
+            ax = axes[r][c]
+            part = table[(table.compressor == comp) & (table.epsilon == eps) & table.critical_value.notna()]
+            labels = []
+            for model in style.models:
+                group = part[part.model == model]
+                if not len(group):
+                    continue
+                win = inside.reindex(group.index).fillna(False).astype(bool)
+                colour = style.colour[model]
+                ax.scatter(group.llc_mean[win], group.critical_value[win], color=colour, s=16,
+                           marker=style.marker[comp])
+                ax.scatter(group.llc_mean[~win], group.critical_value[~win], facecolor="none", edgecolor=colour,
+                           s=16, marker=style.marker[comp], linewidth=0.7)
+                fit = fits[(fits.model == model) & (fits.compressor == comp) & (fits.epsilon == eps)]
+                if len(fit) and "slope" in fit and pd.notna(fit.slope.iloc[0]):
+                    f = fit.iloc[0]
+                    xs = np.linspace(group.llc_mean[win].min(), group.llc_mean[win].max(), 20)
+                    ax.plot(xs, f.intercept + f.slope * xs, color=colour, linewidth=1)
+                    labels.append(Line2D([], [], color=colour, label=f"R² {f.r_squared:.2f}"))
+            if labels:
+                ax.legend(handles=labels, fontsize=6, loc="best", frameon=False)
+            knob = part.knob_name.iloc[0] if len(part) else "knob"
+            ax.set_title(f"{comp}, ε = {eps:g}", fontsize=8)
+            ax.set_xlabel("λ̂" if r == len(methods) - 1 else "")
+            ax.set_ylabel(f"critical {knob}" if c == 0 else "")
+    return _finish(fig, style.size_handles())
+
+
+def residuals(table: pd.DataFrame, fits: pd.DataFrame, inside: pd.Series, style: Style) -> plt.Figure:
+    """Residuals of the per-size fits against λ̂, one row per method and column per ε: curvature or
+    a trend here means a line is the wrong shape."""
+    epsilons, methods = sorted(table.epsilon.unique()), style.methods
+    fig, axes = _figure(len(methods), len(epsilons), sharex=True)
+    used = table[inside]
+    for r, comp in enumerate(methods):
+        for c, eps in enumerate(epsilons):
+            ax = axes[r][c]
+            for _, f in fits[(fits.compressor == comp) & (fits.epsilon == eps)].iterrows():
+                if pd.isna(f.get("slope")):
+                    continue
+                part = used[(used.model == f.model) & (used.epsilon == eps) & (used.compressor == comp)]
+                ax.scatter(part.llc_mean, part.critical_value - (f.intercept + f.slope * part.llc_mean), s=14,
+                           color=style.colour[f.model], marker=style.marker[comp])
+            ax.axhline(0, color="0.5", linewidth=0.8)
+            ax.set_title(f"{comp}, ε = {eps:g}", fontsize=8)
+            ax.set_xlabel("λ̂" if r == len(methods) - 1 else "")
+            ax.set_ylabel("residual" if c == 0 else "")
+    return _finish(fig, style.size_handles())
+
+
+def llc_over_training(table: pd.DataFrame, style: Style) -> plt.Figure:
+    """λ̂ over training with ±2 standard errors, split R̂ (converged at ≤ 1.05) and pooled ESS."""
     llc = table.drop_duplicates(["model", "step"]).sort_values("step")
-    fig, (ax, diag) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
-    for model in _model_order(llc):
+    fig, (ax, rhat, ess) = plt.subplots(1, 3, figsize=FIGURE_SIZE, gridspec_kw={"width_ratios": [2.2, 1, 1]})
+    for model in style.models:
         part = llc[llc.model == model]
-        line = ax.errorbar(part.step, part.llc_mean, yerr=2 * part.llc_std_error.fillna(0), marker="o",
-                           markersize=3, capsize=2, label=_short(model))
-        diag.plot(part.step, part.r_hat, marker="o", markersize=3, color=line[0].get_color(), label=_short(model))
-    ax.set(xscale="symlog", xlabel="training step", ylabel="LLC estimate λ̂",
-           title="Local learning coefficient over training (±2 s.e. across chains)")
-    diag.axhline(1.1, color="firebrick", linestyle="--", linewidth=0.8, label="R̂ = 1.1")
-    diag.set(xscale="symlog", xlabel="training step", ylabel="split R̂", title="Chain agreement (≈ 1 is healthy)")
-    ax.legend(fontsize=8)
-    diag.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+        colour = style.colour[model]
+        ax.errorbar(part.step, part.llc_mean, yerr=2 * part.llc_std_error.fillna(0), marker="o", markersize=3,
+                    capsize=2, color=colour, label=short(model))
+        rhat.plot(part.step, part.r_hat, marker="o", markersize=3, color=colour)
+        ess.plot(part.step, part.ess, marker="o", markersize=3, color=colour)
+    rhat.axhline(1.05, color="firebrick", linestyle="--", linewidth=0.8)
+    for panel in (ax, rhat, ess):
+        steps_axis(panel, llc.step)
+    ax.set(ylabel="LLC estimate λ̂ (±2 s.e.)", title="λ̂ over training")
+    rhat.set(ylabel="split R̂", title="chain agreement (dashed: 1.05)")
+    rhat.set_ylim(min(0.99, llc.r_hat.min() - 0.005), max(1.07, llc.r_hat.max() + 0.01))
+    ess.set(ylabel="bulk ESS (pooled)", title="effective draws")
+    ess.set_ylim(0, llc.ess.max() * 1.1 if llc.ess.notna().any() else 1)
+    return _finish(fig, style.size_handles())
 
 
-def chain_traces(records: pd.DataFrame, per_model: int = 3) -> plt.Figure:
-    """SGLD loss traces, nβ·(L − L(w*)) per draw and chain, at the first, middle and last fitted
-    checkpoints of each model: a healthy chain rises and levels off, without drift or spikes."""
-    llc = records[records.task == "llc"].sort_values("step")
-    models = _model_order(llc)
-    fig, axes = plt.subplots(len(models), per_model, figsize=(3.6 * per_model, 2.3 * len(models)), squeeze=False)
-    for row, model in zip(axes, models):
-        part = llc[llc.model == model]
-        picks = part.iloc[np.unique(np.linspace(0, len(part) - 1, per_model).round().astype(int))]
-        for ax, (_, rec) in zip(row, picks.iterrows()):
-            n_beta = rec.detail.get("n_beta", 1.0)
-            for chain, trace in enumerate(rec.detail.get("loss_trace", [])):
-                ax.plot(n_beta * (np.asarray(trace, float) - rec.loss), linewidth=0.6, label=f"chain {chain}")
-            ax.axhline(rec.llc_mean, color="black", linestyle="--", linewidth=0.7)
-            ax.set_title(f"{_short(model)} step {rec.step}: λ̂ {rec.llc_mean:.1f}, R̂ {rec.detail.get('r_hat', np.nan):.2f}",
-                         fontsize=8)
-            ax.tick_params(labelsize=6)
-        for ax in row[len(picks):]:
+def chain_traces(traces: list[tuple[dict, object]], style: Style, per_model: int = 3) -> plt.Figure:
+    """Every step of the SGLD chains, burn-in shaded, at the first, middle and last checkpoints of
+    each model: a healthy chain rises, levels off, and agrees with the others."""
+    by_model: dict[str, list] = {}
+    for row, trace in traces:
+        by_model.setdefault(row["model"], []).append((row, trace))
+    models = [m for m in style.models if m in by_model] or list(by_model)
+    fig, axes = _figure(max(1, len(models)), per_model)
+    from mdl_slt.trace import burnin_of
+
+    for r, model in enumerate(models):
+        items = by_model[model]
+        picks = [items[i] for i in sorted(set(np.linspace(0, len(items) - 1, per_model).round().astype(int)))]
+        for ax, (row, trace) in zip(axes[r], picks):
+            levels = trace.n_beta * (trace.losses.astype(float) - trace.init_loss)
+            for chain in range(len(levels)):
+                ax.plot(levels[chain], linewidth=0.5, alpha=0.8)
+            burnin, _ = burnin_of(trace)
+            ax.axvspan(0, burnin, color="0.85", zorder=0)
+            ax.axhline(row["llc_mean"], color="black", linestyle="--", linewidth=0.7)
+            ax.set_title(f"{short(model)} step {row['step']}: λ̂ {row['llc_mean']:.1f}, burn-in {burnin}", fontsize=7)
+            finite = levels[np.isfinite(levels)]
+            if len(finite):
+                ax.set_ylim(*robust_limits(finite, spread=6))
+            ax.set_xlim(0, levels.shape[1])
+        for ax in axes[r][len(picks):]:
             ax.axis("off")
-    axes[-1][0].set_xlabel("draw (after burn-in)")
-    axes[0][0].set_ylabel("nβ·(L_B − L(w*))")
-    fig.suptitle("SGLD chains (dashed: λ̂)")
-    fig.tight_layout()
-    return fig
+        axes[r][0].set_ylabel("nβ·(L_B − L(w*))")
+    for ax in axes[-1]:
+        ax.set_xlabel("SGLD step")
+    return _finish(fig)
 
 
-def critical_over_training(table: pd.DataFrame) -> plt.Figure:
-    models = _model_order(table)
-    fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), sharey=True, squeeze=False)
-    for ax, model in zip(axes[0], models):
-        part = table[table.model == model]
-        sns.lineplot(part, x="step", y="critical_value", hue="epsilon", style="compressor", marker="o",
-                     markersize=3, palette="flare", ax=ax, legend=ax is axes[0][-1])
-        ax.set(xscale="symlog", title=_short(model), xlabel="training step", ylabel="critical compression c*(ε)")
-    if axes[0][-1].get_legend():
-        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1, 1), fontsize=7)
-    fig.suptitle("Critical compression over training (rtn: bits per weight)")
-    fig.tight_layout()
-    return fig
+def critical_over_training(table: pd.DataFrame, style: Style) -> plt.Figure:
+    """Critical compression over training: one row per method, one column per model, a line per ε."""
+    fig, axes = _figure(len(style.methods), len(style.models))
+    palette = dict(zip(sorted(table.epsilon.unique()), sns.color_palette("flare", table.epsilon.nunique())))
+    for r, comp in enumerate(style.methods):
+        for c, model in enumerate(style.models):
+            ax = axes[r][c]
+            part = table[(table.compressor == comp) & (table.model == model)].sort_values("step")
+            for eps, group in part.groupby("epsilon"):
+                ax.plot(group.step, group.critical_value, marker=style.marker[comp], markersize=3, linewidth=0.8,
+                        color=palette[eps], label=f"ε = {eps:g}")
+            steps_axis(ax, table.step)
+            ax.set_title(f"{comp}: {short(model)}", fontsize=8)
+            ax.set_ylabel(f"critical {part.knob_name.iloc[0]}" if c == 0 and len(part) else "")
+            if r != len(style.methods) - 1:
+                ax.set_xlabel("")
+    handles = [Line2D([], [], color=colour, label=f"ε = {eps:g}") for eps, colour in palette.items()]
+    return _finish(fig, handles)
 
 
-def critical_vs_llc(table: pd.DataFrame, fits: pd.DataFrame, min_step: int) -> plt.Figure:
-    """Critical compression of one compressor against λ̂, one panel per ε, OLS line and R² per model."""
+def loss_curves(records: pd.DataFrame, table: pd.DataFrame, style: Style) -> plt.Figure:
+    """Every evaluated knob value of every search: loss increase against the knob, one row per
+    method, one column per model, darker for later checkpoints; dashed lines are the tolerances."""
+    curve = records[records.task == "loss_curve"].copy()
+    curve["increase"] = (curve.loss - curve.base_loss)
+    fig, axes = _figure(len(style.methods), len(style.models))
     epsilons = sorted(table.epsilon.unique())
-    fig, axes = plt.subplots(1, len(epsilons), figsize=(3.8 * len(epsilons), 3.8), squeeze=False)
-    palette = dict(zip(_model_order(table), sns.color_palette("deep")))
-    usable = table[table.step >= min_step]
-    for ax, eps in zip(axes[0], epsilons):
-        for model, color in palette.items():
-            part = usable[(usable.model == model) & (usable.epsilon == eps)]
-            ax.scatter(part.llc_mean, part.critical_value, s=14, color=color)
-            fit = fits[(fits.model == model) & (fits.epsilon == eps)]
-            label = _short(model)
-            if len(fit) and "slope" in fit and pd.notna(fit.slope.iloc[0]):
-                f = fit.iloc[0]
-                xs = np.linspace(part.llc_mean.min(), part.llc_mean.max(), 20)
-                ax.plot(xs, f.intercept + f.slope * xs, color=color, linewidth=1)
-                label += f"  R²={f.r_squared:.2f}"
-            ax.plot([], [], color=color, marker="o", label=label)
-        ax.set(title=f"ε = {eps:g}", xlabel="LLC estimate λ̂", ylabel="critical compression c*(ε)")
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{table.compressor.iloc[0]}: critical compression against λ̂ with OLS fits "
-                 f"(checkpoints with step ≥ {min_step})")
-    fig.tight_layout()
-    return fig
+    floor = min(epsilons) / 30
+    for r, comp in enumerate(style.methods):
+        for c, model in enumerate(style.models):
+            ax = axes[r][c]
+            part = curve[(curve.compressor == comp) & (curve.model == model)]
+            steps = sorted(part.step.dropna().unique())
+            colours = dict(zip(steps, sns.color_palette("viridis", max(1, len(steps)))))
+            for step, group in part.groupby("step"):
+                group = group.sort_values("knob")
+                ax.plot(group.knob, group.increase.clip(lower=floor), marker=".", markersize=2, linewidth=0.5,
+                        color=colours.get(step, "0.5"))
+            for eps in epsilons:
+                ax.axhline(eps, color="0.4", linestyle="--", linewidth=0.6)
+            ax.set_yscale("log")
+            ax.set_ylim(floor * 0.8, max(1.0, part.increase.max() * 1.5) if len(part) else 1.0)
+            knob = table[table.compressor == comp].knob_name
+            ax.set_title(f"{comp}: {short(model)}", fontsize=8)
+            ax.set_xlabel(knob.iloc[0] if len(knob) and r == len(style.methods) - 1 else "")
+            ax.set_ylabel("loss increase (nats)" if c == 0 else "")
+    return _finish(fig)
 
 
-def residuals(table: pd.DataFrame, fits: pd.DataFrame, min_step: int) -> plt.Figure:
-    """Residuals of each per-size fit against λ̂, one panel per ε: structure here means a line is wrong."""
-    epsilons = sorted(table.epsilon.unique())
-    fig, axes = plt.subplots(1, len(epsilons), figsize=(3.8 * len(epsilons), 3.4), squeeze=False, sharey=True)
-    palette = dict(zip(_model_order(table), sns.color_palette("deep")))
-    used = table[table.step >= min_step]
-    for ax, eps in zip(axes[0], epsilons):
-        for (_, f) in fits[(fits.epsilon == eps)].iterrows():
-            if pd.isna(f.get("slope")):
-                continue
-            part = used[(used.model == f.model) & (used.epsilon == eps) & (used.compressor == f.compressor)]
-            ax.scatter(part.llc_mean, part.critical_value - (f.intercept + f.slope * part.llc_mean), s=14,
-                       color=palette[f.model], label=f"{_short(f.model)} {f.compressor}")
-        ax.axhline(0, color="grey", linewidth=0.8)
-        ax.set(title=f"ε = {eps:g}", xlabel="LLC estimate λ̂", ylabel="residual (critical value − fit)")
-        ax.legend(fontsize=7)
-    fig.suptitle("Residuals of the per-size fits")
-    fig.tight_layout()
-    return fig
-
-
-def eps_sweep(sweep: pd.DataFrame) -> plt.Figure:
-    """Slope of the critical description length against log₂(1/ε), per checkpoint, beside λ̂ on
-    log axes (the heuristic of SCIENCE.md §1 puts the points on the diagonal)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    palette = dict(zip(_model_order(sweep), sns.color_palette("deep")))
+def eps_sweep(sweep: pd.DataFrame, style: Style) -> tuple[plt.Figure, int]:
+    """Slope of the critical description length per halving of ε, per checkpoint, against λ̂ on
+    log axes (the volume-law heuristic puts points on the diagonal). Returns the figure and how
+    many points sit at the edge."""
+    fig, axes = _figure(1, max(1, sweep.compressor.nunique()))
     shown = sweep[(sweep.eps_slope_bits > 0) & (sweep.llc_mean > 0)]
-    for (model, comp), part in shown.groupby(["model", "compressor"]):
-        ax.scatter(part.llc_mean, part.eps_slope_bits, s=16, color=palette[model], label=f"{_short(model)} {comp}")
-    if len(shown):
-        low = min(shown.llc_mean.min(), shown.eps_slope_bits.min())
-        high = max(shown.llc_mean.max(), shown.eps_slope_bits.max())
-        ax.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=0.8, label="slope = λ̂")
-    ax.set(xscale="log", yscale="log", xlabel="LLC estimate λ̂", ylabel="d DL* / d log₂(1/ε)  (bits)",
-           title=f"ε sweep: description-length slope against λ̂ ({len(sweep) - len(shown)} of {len(sweep)} "
-                 f"checkpoints with a slope ≤ 0 not shown)")
-    ax.title.set_fontsize(8)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    xlim = robust_limits(shown.llc_mean, log=True)
+    edge = 0
+    for ax, (comp, part) in zip(axes[0], shown.groupby("compressor")):
+        ylim = robust_limits(part.eps_slope_bits, log=True)
+        for model, group in part.groupby("model"):
+            edge += clipped_scatter(ax, group.llc_mean, group.eps_slope_bits, xlim, ylim, s=18,
+                                    color=style.colour[model], marker=style.marker[comp])
+        low, high = max(xlim[0], ylim[0]), min(xlim[1], ylim[1])
+        if low < high:
+            ax.plot([low, high], [low, high], color="0.5", linestyle="--", linewidth=0.8)
+        ax.set(xscale="log", yscale="log", xlim=xlim, ylim=ylim, title=comp, xlabel="LLC estimate λ̂",
+               ylabel="d DL* / d log₂(1/ε) (bits)" if ax is axes[0][0] else "")
+    return _finish(fig, style.size_handles()), edge + int((sweep.eps_slope_bits <= 0).sum())
 
 
-def description_lengths(table: pd.DataFrame) -> plt.Figure:
-    """Both description lengths over training on one axis, in bits: the LLC-based redundancy
-    λ̂·log n − (m − 1)·log log n and the compressed model's size at the critical point."""
-    models = _model_order(table)
-    fig, axes = plt.subplots(1, len(models), figsize=(3.8 * len(models), 3.6), squeeze=False)
-    for ax, model in zip(axes[0], models):
+def description_lengths(table: pd.DataFrame, style: Style) -> plt.Figure:
+    """Both description lengths over training, in bits on one axis: the LLC's redundancy
+    λ̂·log n (n = tokens seen) and each method's compressed size at the critical point."""
+    fig, axes = _figure(1, len(style.models), sharey=False)
+    for ax, model in zip(axes[0], style.models):
         part = table[table.model == model].sort_values("step")
         llc = part.drop_duplicates("step")
         ax.plot(llc.step, llc.llc_dl_bits, color="black", marker="s", markersize=3, label="LLC: λ̂ log n")
         for (comp, eps), crit in part.groupby(["compressor", "epsilon"]):
-            ax.plot(crit.step, crit.critical_dl_bits, marker="o", markersize=3, linewidth=0.8,
-                    label=f"{comp} at ε={eps:g}")
-        ax.set(xscale="symlog", yscale="log", title=_short(model), xlabel="training step", ylabel="bits")
-        ax.legend(fontsize=6)
-    fig.suptitle("Description lengths over training (n = training tokens seen; m = 1)")
-    fig.tight_layout()
-    return fig
+            ax.plot(crit.step, crit.critical_dl_bits, marker=style.marker[comp], markersize=3, linewidth=0.6,
+                    color=style.colour[model], alpha=0.4 + 0.6 * (eps == part.epsilon.max()),
+                    label=f"{comp} ε={eps:g}")
+        values = pd.concat([llc.llc_dl_bits, part.critical_dl_bits])
+        ax.set_yscale("log")
+        ax.set_ylim(*robust_limits(values, log=True, spread=10))
+        steps_axis(ax, table.step)
+        ax.set(title=short(model), ylabel="bits" if ax is axes[0][0] else "")
+        ax.legend(fontsize=5, ncol=2, loc="best")
+    return _finish(fig)

@@ -71,20 +71,24 @@ def deep_linear_task(widths, rank: int, num_samples: int, seed: int = 0):
     return model, (x, y), mse_loss
 
 
-def random_deep_linear_cases(count: int, seed: int = 0, min_params: int = 1_000, max_params: int = 100_000):
-    """`count` random (widths, rank) with 2–4 layers and a parameter count log-uniform in range."""
+def deep_linear_cases(count: int, min_params: int = 1_000, max_params: int = 1_000_000, seed: int = 0):
+    """`count` random (widths, rank): parameter counts log-spaced from `min_params` to `max_params`
+    (each within 15% of its target), 2–5 layers in turn, widths drawn around the size, the rank
+    uniform below the narrowest layer."""
     import random
 
     rng = random.Random(seed)
     cases = []
-    while len(cases) < count:
-        target = math.exp(rng.uniform(math.log(min_params), math.log(max_params)))
-        layers = rng.randint(2, 4)
-        scale = math.sqrt(target / layers)
-        widths = [max(2, round(scale * rng.uniform(0.5, 1.5))) for _ in range(layers + 1)]
-        params = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
-        if min_params <= params <= max_params:
-            cases.append((widths, rng.randint(1, min(widths) - 1)))
+    for i in range(count):
+        target = math.exp(math.log(min_params) + i * (math.log(max_params) - math.log(min_params)) / max(1, count - 1))
+        layers = 2 + i % 4
+        while True:
+            scale = math.sqrt(target / layers)
+            widths = [max(2, round(scale * rng.uniform(0.6, 1.4))) for _ in range(layers + 1)]
+            params = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+            if abs(params / target - 1) <= 0.15:
+                break
+        cases.append((widths, rng.randint(1, min(widths) - 1)))
     return cases
 
 

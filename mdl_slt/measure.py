@@ -46,6 +46,20 @@ def measure_llc(checkpoint: Checkpoint, tokens: TokenSets, config: LLCConfig) ->
     return estimate_llc(checkpoint.model, tokens.train, config)
 
 
+def choose_step_size(unit: Unit, experiment, home: Path) -> dict:
+    """`step_size: auto` resolved on one checkpoint of the experiment's data: the step and how."""
+    from mdl_slt.checkpoints import load_checkpoint
+    from mdl_slt.data import token_sets
+    from mdl_slt.sgld import default_loss, resolve
+    from mdl_slt.threads import set_threads
+
+    set_threads(experiment.threads)
+    ckpt = load_checkpoint(unit.ref, home, experiment.device)
+    data = token_sets(home, ckpt.tokenizer, experiment.data).train.to(experiment.device)
+    config, how = resolve(experiment.llc, ckpt.model, data, default_loss(data, "fp32"))
+    return {"step_size": config.step_size, "checkpoint": str(unit.ref), **how}
+
+
 @dataclass
 class CurvePoint:
     knob: float
@@ -135,7 +149,7 @@ def measure_unit(unit: Unit, experiment, home: Path, tasks: list[Task]) -> Itera
                                numerics=NUMERICS_LABEL[numerics], **common)]
                 yield Outcome(name, task, rows)
             elif task.kind == "llc":
-                result = measure_llc(ckpt, tokens, experiment.llc)
+                result = measure_llc(ckpt, tokens, experiment.llc_for(unit.ref.model_id))
                 yield Outcome(name, task, [llc_record(result, task, experiment.llc.seed, common)], result.trace)
             else:
                 entry = entries[task.entry]

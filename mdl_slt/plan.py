@@ -4,7 +4,8 @@ Tasks per checkpoint: `base_loss`, `llc`, and `critical:<id>` per compressor ent
 config hash covers only what its result depends on:
 
     base_loss      data, loss numerics, device
-    llc            data, sampler settings (numerics included), device
+    llc            data, sampler settings (numerics included; with `step_size: auto`, the step
+                   chosen for the model), device
     critical:<id>  data, the entry's compressor and options (defaults filled in), its search
                    precision, the ε list, loss numerics, device
 
@@ -88,12 +89,31 @@ class Tasks:
                                          "precision": entry.search_precision(method)},
                 "epsilons": experiment.critical.epsilons, "numerics": experiment.critical.numerics})
         self.hashes = {name: config_hash(settings) for name, (_, settings) in self.settings.items()}
+        self.llc_by_model = {}  # model → (settings, hash) where `step_size: auto` chose the model's step
+        for model, step in experiment.llc_steps.items():
+            settings = {**common, "llc": experiment.llc_for(model).model_dump(mode="json"), "step_size_rule": "auto"}
+            self.llc_by_model[model] = (settings, config_hash(settings))
+
+    @property
+    def all_hashes(self) -> set[str]:
+        return set(self.hashes.values()) | {h for _, h in self.llc_by_model.values()}
+
+    def configs(self):
+        """(hash, kind, settings) of every task configuration, for the store."""
+        for name, (kind, settings) in self.settings.items():
+            yield self.hashes[name], kind, settings
+        for settings, found in self.llc_by_model.values():
+            yield found, "llc", settings
 
     def for_unit(self, unit: Unit) -> list[Task]:
         ref = unit.ref
-        return [Task(name, kind, self.hashes[name], task_key(name, ref.model_id, ref.revision, self.hashes[name]),
-                     name.partition(":")[2] or None)
-                for name, (kind, _) in self.settings.items()]
+        tasks = []
+        for name, (kind, _) in self.settings.items():
+            found = self.llc_by_model[ref.model_id][1] if kind == "llc" and ref.model_id in self.llc_by_model \
+                else self.hashes[name]
+            tasks.append(Task(name, kind, found, task_key(name, ref.model_id, ref.revision, found),
+                              name.partition(":")[2] or None))
+        return tasks
 
 
 def plan(experiment: Experiment, home: Path) -> list[Unit]:

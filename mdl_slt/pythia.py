@@ -88,6 +88,13 @@ def config(size: str):
                          bos_token_id=0, eos_token_id=0)
 
 
+def is_pythia_sized(model) -> bool:
+    """A GPT-NeoX model with exactly the parameter count of a Pythia size."""
+    if getattr(getattr(model, "config", None), "model_type", None) != "gpt_neox":
+        return False
+    return sum(p.numel() for p in model.parameters()) in {s.params for s in SIZES.values()}
+
+
 def default_step_size(num_params: int) -> float:
     """The paper's step size for the Pythia size nearest in parameter count (log scale)."""
     nearest = min(SIZES.values(), key=lambda s: abs(math.log(s.params / max(num_params, 1))))

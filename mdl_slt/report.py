@@ -1,8 +1,11 @@
 """The PDF report (fpdf2), its CSV tables and its fit file, built from a results store. Needs no torch.
 
-Pages: title; summary of the findings in numbers; fit tables; then one figure per page
-(loss curves per compressor, LLC with R̂, SGLD traces, critical compression over training and
-against λ̂, residuals, ε sweep, description lengths); last, the leave-one-out prediction table.
+Page 1: what was measured and the answer in one table (size × method × ε: R², slope with its
+interval, leave-one-out error, n, converged share). Page 2: settings and provenance, and any rows
+of the store the analysis left out. Then one figure per page, each with a title and a caption
+saying what to look for, as vector graphics filling the page. Last, an appendix of the fits with
+and without the analysis window and the tests across sizes; every table is also a CSV beside the
+PDF, with the leave-one-out predictions and every record.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,196 +35,296 @@ def _unicode_fonts(pdf) -> None:
 
 
 def _g(value, digits: int = 3) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}g}"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
-def summary_lines(table: pd.DataFrame, fits: pd.DataFrame, pooled: pd.DataFrame, sweep: pd.DataFrame,
-                  min_step: int) -> list[str]:
-    """The findings in numbers: per model its training span, each fit, then across sizes."""
-    lines = []
-    for model in table.groupby("model").num_params.first().sort_values().index:  # smallest first
-        part = table[table.model == model]
-        llc = part.drop_duplicates("step").sort_values("step")
-        last = llc.iloc[-1]
-        unhealthy = int((llc.r_hat > 1.1).sum())
-        lines.append(f"{model} ({int(last.num_params):,} parameters, {len(llc)} checkpoints): base loss "
-                     f"{llc.base_loss.iloc[0]:.3f} → {last.base_loss:.3f} nats/token; λ̂ "
-                     f"{llc.llc_mean.iloc[0]:.1f} → {last.llc_mean:.1f} (final ± {last.llc_std_error:.1f} s.e.); "
-                     f"R̂ > 1.1 at {unhealthy} of {len(llc)} checkpoints.")
-        for _, f in fits[fits.model == model].iterrows():
-            head = f"  {f.compressor} ε={f.epsilon:g}:"
-            if pd.isna(f.get("slope")):
-                lines.append(f"{head} {f.n} checkpoints with step ≥ {min_step}: too few for a fit")
-                continue
-            lines.append(f"{head} R² = {f.r_squared:.2f}, Pearson r = {f.pearson_r:.2f}, Spearman ρ = "
-                         f"{_g(f.spearman_rho, 2)}, slope {f.slope:.4f} [{f.slope_ci_low:.4f}, {f.slope_ci_high:.4f}] "
-                         f"per unit λ̂ (bootstrap with λ̂ errors [{_g(f.bootstrap_slope_ci_low)}, "
-                         f"{_g(f.bootstrap_slope_ci_high)}]), leave-one-out error {_g(f.loo_rmse)} "
-                         f"(coverage {_g(f.loo_coverage, 2)}), n = {f.n}")
-    for _, p in pooled.iterrows():
-        if pd.notna(p.get("p_same_line")):
-            lines.append(f"Across {p.models} sizes, {p.compressor} ε={p.epsilon:g}: one common line R² = "
-                         f"{p.r2_common:.2f} against a line per size R² = {p.r2_separate:.2f} (F test p = "
-                         f"{p.p_same_line:.2g}; equal slopes p = {p.p_same_slope:.2g}); on λ̂/d R² = {p.r2_per_param:.2f}.")
-    for comp, part in sweep.groupby("compressor"):
-        ok = part.dropna(subset=["eps_slope_bits", "llc_mean"])
-        if len(ok) >= 3:
-            r = ok[["eps_slope_bits", "llc_mean"]].corr().iloc[0, 1]
-            ratio = (ok.eps_slope_bits / ok.llc_mean).median()
-            lines.append(f"ε sweep, {comp}: description-length slope per halving of ε against λ̂ over {len(ok)} "
-                         f"checkpoints, Pearson r = {r:.2f}, median slope / λ̂ = {ratio:.3g}.")
-    return lines
+def short(model: str) -> str:
+    return model.split("/")[-1]
 
 
-def _table_page(pdf, title: str, frame: pd.DataFrame, columns: dict, note: str = "") -> None:
-    """A page holding `frame`'s `columns` ({column: header}) as a table, numbers to 4 significant digits."""
-    pdf.add_page()
-    pdf.set_font("Sans", "B", 13)
-    pdf.cell(0, 8, title, new_x="LMARGIN", new_y="NEXT")
-    if note:
-        pdf.set_font("Sans", "", 8)
-        pdf.multi_cell(0, 4, note, new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Sans", "", 6.5 if len(columns) > 10 else 7.5)
-    with pdf.table(text_align="RIGHT", line_height=3.6, first_row_as_headings=True) as grid:
-        grid.row(list(columns.values()))
-        for _, record in frame.iterrows():
-            grid.row([record[c].split("/")[-1] if isinstance(record[c], str) else
-                      _g(record[c], 4) if isinstance(record[c], float) else str(record[c]) for c in columns])
+@dataclass
+class Analysis:
+    """Everything the report shows, from one store."""
+
+    experiment: object  # the stored, device-resolved Experiment
+    settings: object  # its AnalysisConfig with any overrides
+    records: pd.DataFrame
+    table: pd.DataFrame
+    inside: pd.Series
+    fits: pd.DataFrame  # inside the window
+    fits_all: pd.DataFrame  # every checkpoint
+    pooled: pd.DataFrame
+    sweep: pd.DataFrame
+    loo: pd.DataFrame
+    left_out: pd.DataFrame
+    configs: dict
+    traces: list
+
+    @property
+    def entries(self) -> list[str]:
+        return [e.key for e in self.experiment.critical.compressors]
+
+    @property
+    def window_text(self) -> str:
+        if self.settings.min_step is not None:
+            return f"checkpoints at or after step {self.settings.min_step}"
+        return (f"checkpoints whose held-out loss has covered at least {self.settings.window:.0%} of its fall from a "
+                f"uniform prediction (ln V) to its lowest measured value")
 
 
-def write_report(store_path: Path, output: Path | None = None, overrides: dict | None = None) -> dict:
-    """Write the PDF to `output`; beside it `<stem>-<table>.csv` for every table and `<stem>-fit.json`."""
-    from fpdf import FPDF
-
-    from mdl_slt import figures
-    from mdl_slt.analysis import eps_sweep, fit_relation, loo_predictions, measurements, pooled_fits, select, window
+def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
+    """Select the store's rows of its experiment, fit them, and gather the traces."""
+    from mdl_slt.analysis import (eps_sweep, fit_relation, loo_predictions, measurements, pooled_fits, select,
+                                  window)
     from mdl_slt.experiment import Experiment
-    from mdl_slt.fitfile import build_fit_file, versions
     from mdl_slt.store import open_existing
+    from mdl_slt.trace import stored
 
     with open_existing(store_path) as store:
         records, config, configs = store.table(), store.last_config(), store.configs()
     if config is None or records.empty:
         raise UserError(f"{store_path} holds no measurements yet: run the experiment first")
     experiment = Experiment.model_validate(config)
-    analysis = experiment.analysis.model_copy(update={k: v for k, v in (overrides or {}).items() if v is not None})
+    settings = experiment.analysis.model_copy(update={k: v for k, v in (overrides or {}).items() if v is not None})
     records, left_out = select(records, config)
     if not (records.task == "critical").any() or not (records.task == "llc").any():
         raise UserError(f"{store_path} holds no complete measurements of its experiment yet: run it first")
-    table = measurements(records, analysis.critical)
-    inside = window(table, analysis.window, analysis.min_step)
-    min_step = analysis.min_step or 0
-    fits, pooled = fit_relation(table, inside), pooled_fits(table, inside)
-    sweep, loo = eps_sweep(table), loo_predictions(table, inside)
-    output = Path(output or experiment.report or Path(store_path).with_suffix(".pdf"))
+    table = measurements(records, settings.critical)
+    inside = window(table, settings.window, settings.min_step)
+    everything = pd.Series(True, index=table.index)
+    traces = stored(store_path, keys=set(records[records.task == "llc"].task_key))
+    return Analysis(experiment, settings, records, table, inside, fit_relation(table, inside),
+                    fit_relation(table, everything), pooled_fits(table, inside), eps_sweep(table),
+                    loo_predictions(table, inside), left_out, configs, traces)
+
+
+def figure_pages(a: Analysis) -> list[tuple[str, str, object]]:
+    """(title, two-line caption, matplotlib figure) for every figure page, in order."""
+    from mdl_slt import figures
+
+    style = figures.Style(a.table, a.entries)
+    window = "filled: in the analysis window; hollow: outside it" if (~a.inside).any() else "every checkpoint is in the window"
+    pages = [
+        ("The three families side by side: how well does λ̂ predict each?",
+         "Per ε and model size, each method's R², slope with its 95% interval (HC3) and leave-one-out error, over "
+         "the window. Look for: which family has high R² and a clear positive slope at every size.",
+         figures.methods_compared(a.fits, style)),
+        ("Critical description lengths of every method on one axis",
+         "The compressed model's size at the critical point (kB, log axis) against λ̂, in the window. Look for: "
+         "which family compresses furthest, and whether its size rises with λ̂ within each model.",
+         figures.description_lengths_vs_llc(a.table, a.inside, style)),
+        ("Critical compression against the LLC, per method and ε",
+         f"Lines: per-size OLS fits with their R². {window}. Look for: straight, tight lines with "
+         "the points outside the window off them if anywhere.",
+         figures.critical_vs_llc(a.table, a.fits, a.inside, style)),
+        ("Residuals of the per-size fits",
+         "Residual of each checkpoint in the window from its line. Look for: no curvature and no trend; a "
+         "bow means the relation is not linear over the window.",
+         figures.residuals(a.table, a.fits, a.inside, style)),
+        ("The LLC over training and whether its chains converged",
+         "λ̂ with ±2 standard errors (Monte-Carlo and between chains), split R̂ and pooled ESS. Look for: R̂ at "
+         "or below 1.05 everywhere; a checkpoint above it is flagged in the tables and counted on page 1.",
+         figures.llc_over_training(a.table, style)),
+    ]
+    if a.traces:
+        pages.append(("SGLD chains, every step",
+                      "nβ·(L_B − L(w*)) of each chain at the first, middle and last checkpoints; shaded: the burn-in "
+                      "read from the trace; dashed: λ̂. Look for: a rise, a level plateau, chains that agree.",
+                      figures.chain_traces(a.traces, style)))
+    pages += [
+        ("Critical compression over training",
+         "Each method's critical value at each ε over training. Look for: the same direction as λ̂ on the "
+         "previous pages (both rise with training in the compressibility paper).",
+         figures.critical_over_training(a.table, style)),
+        ("Every evaluated point of every critical search",
+         "Loss increase against the knob, darker for later checkpoints; dashed: the tolerances ε. Look for: "
+         "monotone curves (a bump makes the critical value ambiguous; such searches are flagged).",
+         figures.loss_curves(a.records, a.table, style)),
+    ]
+    if len(a.sweep):
+        fig, edge = figures.eps_sweep(a.sweep, style)
+        pages.append(("ε sweep: description-length slope against λ̂",
+                      f"Per checkpoint, the slope of the critical description length per halving of ε; dashed: slope "
+                      f"= λ̂. {edge} of {len(a.sweep)} points lie beyond the axes (triangles at the edge, or ≤ 0). "
+                      "Look for: whether the slope tracks λ̂.", fig))
+    pages.append(("Description lengths over training",
+                  "The LLC's redundancy λ̂·log n (n = tokens seen, m = 1) beside each method's critical description "
+                  "length (faint: smaller ε). Look for: how far the two MDL figures are apart, and their trends.",
+                  figures.description_lengths(a.table, style)))
+    return pages
+
+
+def _heading(pdf, text: str, size: int = 14) -> None:
+    pdf.set_font("Sans", "B", size)
+    pdf.cell(0, 8, text, new_x="LMARGIN", new_y="NEXT")
+
+
+def _paragraph(pdf, text: str, size: float = 9, height: float = 4.6) -> None:
+    pdf.set_font("Sans", "", size)
+    pdf.multi_cell(0, height, text, new_x="LMARGIN", new_y="NEXT")
+
+
+def _table(pdf, header: list[str], rows: list[list[str]], widths: list[float], size: float = 8) -> None:
+    pdf.set_font("Sans", "", size)
+    with pdf.table(col_widths=widths, text_align="RIGHT", line_height=size * 0.6, first_row_as_headings=True) as grid:
+        grid.row(header)
+        for row in rows:
+            grid.row(row)
+
+
+def _in_order(fits: pd.DataFrame, a: Analysis) -> pd.DataFrame:
+    """Fits by model size, then compressor entry in the experiment's order, then ε."""
+    entries = {c: i for i, c in enumerate(a.entries)}
+    sizes = a.table.groupby("model").num_params.first()
+    return fits.assign(_size=fits.model.map(sizes), _entry=fits.compressor.map(entries)) \
+        .sort_values(["_size", "_entry", "epsilon"]).drop(columns=["_size", "_entry"])
+
+
+def _answer_page(pdf, a: Analysis, stamp: str) -> None:
+    from mdl_slt import __version__
+
+    exp, t = a.experiment, a.table
+    pdf.add_page()
+    _heading(pdf, f"mdl-slt report: {exp.name}", 18)
+    _paragraph(pdf, f"Written {stamp} by mdl-slt {__version__} from {exp.store}; device {exp.device}.", 8)
+    pdf.ln(1)
+    models = ", ".join(f"{short(m)} ({int(g.num_params.iloc[0]):,} parameters, {g.step.nunique()} checkpoints)"
+                       for m, g in t.groupby("model", sort=False))
+    methods = ", ".join(f"{c} ({g.method.iloc[0]}, knob {g.knob_name.iloc[0]})" for c, g in t.groupby("compressor", sort=False))
+    first = {short(m): g.step[a.inside.reindex(g.index)].min() for m, g in t.groupby("model")}
+    _paragraph(pdf, (f"Measured: {models}. For each checkpoint, the LLC λ̂ by SGLD and the critical compression c*(ε), "
+                     f"the most compression whose held-out loss increase stays within ε, of {methods}, at ε = "
+                     f"{', '.join(f'{e:g}' for e in sorted(t.epsilon.unique()))} nats/token. Fitted: c* = α + β·λ̂ by "
+                     f"OLS with HC3 errors per size, method and ε, over the analysis window fixed in advance: "
+                     f"{a.window_text} (first step in it: "
+                     f"{', '.join(f'{m} {_g(s)}' for m, s in first.items())}). c* is the "
+                     f"{'critical value interpolated in log ΔL between the bracketing evaluations' if a.settings.critical == 'interpolated' else 'passing end of the bracket'}."),
+               8.5, 4.2)
+    pdf.ln(1)
+    rows = []
+    for _, f in _in_order(a.fits, a).iterrows():
+        fitted = "slope" in f and pd.notna(f.slope)
+        rows.append([short(f.model), f.compressor, f"{f.epsilon:g}", str(int(f.n)),
+                     f"{f.r_squared:.2f}" if fitted else "too few",
+                     f"{f.slope:.3g} [{f.slope_ci_low:.3g}, {f.slope_ci_high:.3g}]" if fitted else "–",
+                     _g(f.loo_rmse) if fitted else "–", f"{f.converged_share:.0%}"])
+    _table(pdf, ["model", "method", "ε", "n", "R²", "slope β [95% CI]", "LOO error", "converged"], rows,
+           [40, 34, 14, 12, 18, 60, 24, 22], size=7.5 if len(rows) > 24 else 8.5)
+    pdf.ln(1)
+    _paragraph(pdf, "R²: of critical compression on λ̂; slope in knob units per unit of λ̂; LOO error: root-mean-square "
+                    "error of each checkpoint predicted from a line through the others (knob units); converged: share "
+                    "of the fitted checkpoints whose chains reached split R̂ ≤ 1.05 and the ESS target. Every fit, with "
+                    "and without the window, is in the appendix and in the CSV files beside this PDF.", 7, 3.6)
+
+
+def _settings_page(pdf, a: Analysis) -> None:
+    from mdl_slt.fitfile import versions
+
+    exp = a.experiment
+    pdf.add_page()
+    _heading(pdf, "Settings and provenance")
+    rows = []
+    for model, part in a.table.groupby("model", sort=False):
+        steps = sorted(part.step.dropna().unique())
+        inside = sorted(part.step[a.inside.reindex(part.index)].dropna().unique())
+        span = f"steps {int(steps[0])} … {int(steps[-1])}" if steps else "local directories, no training step"
+        rows.append([short(model), f"{int(part.num_params.iloc[0]):,}", str(part.revision.nunique()), span,
+                     f"{len(inside)} (from {int(inside[0])})" if inside else "0"])
+    _table(pdf, ["model", "parameters", "checkpoints", "measured", "in the window"], rows, [55, 30, 28, 70, 40], 8.5)
+    pdf.ln(2)
+    pdf.set_font("Mono", "", 7)
+    entries = [{"id": e.key, "name": e.name, **({"options": e.options} if e.options else {}),
+                **({"precision": e.precision} if e.precision else {})} for e in exp.critical.compressors]
+    blocks = {"data": exp.data.model_dump(mode="json", exclude_defaults=True) or {"source": "embedded"},
+              "llc": {k: v for k, v in exp.llc.model_dump(mode="json").items() if v is not None},
+              "llc steps chosen (step_size: auto)": exp.llc_steps or None,
+              "critical": {"compressors": entries, "epsilons": exp.critical.epsilons,
+                           "numerics": exp.critical.numerics},
+              "analysis": a.settings.model_dump(mode="json"), "versions": versions()}
+    for name, block in blocks.items():
+        if block:
+            pdf.multi_cell(0, 3.6, f"{name}: {json.dumps(block)}", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+    if len(a.left_out):
+        total = int(a.left_out.rows.sum())
+        groups = "; ".join(f"{int(r.rows)} {r.task} rows of {r.experiment} (config {r.config_hash})"
+                           for r in a.left_out.itertuples())
+        _paragraph(pdf, f"Left out: {total} rows of the store measured with other settings or by other experiments "
+                        f"({groups}); they are in the store and in the left-out CSV, not in any fit.", 8, 4)
+    else:
+        _paragraph(pdf, "Every row of the store belongs to this experiment's settings: none left out.", 8, 4)
+
+
+def _figure_page(pdf, title: str, caption: str, fig, directory: Path, number: int) -> None:
+    from mdl_slt.figures import plt
+
+    path = directory / f"figure{number}.svg"
+    fig.savefig(path, format="svg")
+    plt.close(fig)
+    pdf.add_page()
+    _heading(pdf, title, 13)
+    _paragraph(pdf, caption, 8.5, 4.2)
+    pdf.image(str(path), x=pdf.l_margin, w=PAGE_WIDTH_MM, h=pdf.h - pdf.b_margin - pdf.get_y(),
+              keep_aspect_ratio=True)
+
+
+def _appendix(pdf, a: Analysis) -> None:
+    pdf.add_page()
+    _heading(pdf, "Appendix: fits inside the window and over every checkpoint")
+    both = a.fits.merge(a.fits_all, on=["model", "compressor", "epsilon"], suffixes=("", "_all"), how="outer")
+    rows = []
+    for _, f in _in_order(both, a).iterrows():
+        rows.append([short(f.model), f.compressor, f"{f.epsilon:g}"] + [
+            _g(f.get(f"{k}{s}")) if k != "n" else str(int(f.get(f"n{s}")))
+            for s in ("", "_all") for k in ("n", "r_squared", "slope", "spearman_rho", "loo_rmse")])
+    _table(pdf, ["model", "method", "ε", "n", "R²", "β", "ρ", "LOO", "n (all)", "R² (all)", "β (all)", "ρ (all)",
+                 "LOO (all)"], rows, [34, 26, 12, 10, 16, 22, 16, 18, 16, 18, 22, 18, 20], 7)
+    if "p_same_line" in a.pooled:
+        pdf.ln(3)
+        _heading(pdf, "Across sizes: does one line serve all?", 11)
+        rows = [[p.compressor, f"{p.epsilon:g}", str(int(p.n)), str(int(p.models)), _g(p.get("r2_common")),
+                 _g(p.get("r2_separate")), _g(p.get("p_same_line")), _g(p.get("p_same_slope")),
+                 _g(p.get("r2_per_param"))] for _, p in a.pooled.iterrows()]
+        _table(pdf, ["method", "ε", "n", "sizes", "R² one line", "R² per size", "p (one line)", "p (equal slopes)",
+                     "R² on λ̂/d"], rows, [30, 14, 14, 14, 28, 28, 28, 30, 28], 8)
+        _paragraph(pdf, "p (one line): F test of one common line against one per size; p (equal slopes): HC3 Wald "
+                        "test of the size × λ̂ interactions; λ̂/d: the LLC per sampled parameter.", 7, 3.6)
+
+
+def write_report(store_path: Path, output: Path | None = None, overrides: dict | None = None) -> dict:
+    """Write the PDF to `output`; beside it `<stem>-<table>.csv` for every table and `<stem>-fit.json`."""
+    import logging
+
+    from fpdf import FPDF
+
+    logging.getLogger("fpdf.svg").setLevel(logging.ERROR)  # matplotlib's <metadata> tag, which fpdf2 skips
+
+    from mdl_slt.fitfile import build_fit_file
+
+    a = analyse(store_path, overrides)
+    output = Path(output or a.experiment.report or Path(store_path).with_suffix(".pdf"))
     output.parent.mkdir(parents=True, exist_ok=True)
     stem = output.with_suffix("")
-    tables = {"records": records.drop(columns="detail"), "measurements": table.assign(in_window=inside),
-              "fits": fits, "pooled": pooled, "eps-sweep": sweep, "predictions": loo, "left-out": left_out}
+    tables = {"records": a.records.drop(columns="detail"), "measurements": a.table.assign(in_window=a.inside),
+              "fits": a.fits, "fits-all": a.fits_all, "pooled": a.pooled, "eps-sweep": a.sweep, "predictions": a.loo,
+              "left-out": a.left_out}
     for name, frame in tables.items():
         frame.to_csv(f"{stem}-{name}.csv", index=False)
     fit_path = Path(f"{stem}-fit.json")
-    fit_path.write_text(json.dumps(build_fit_file(table, inside, configs, analysis.model_dump(mode="json"),
-                                                  experiment.name, store_path), indent=1))
+    fit_path.write_text(json.dumps(build_fit_file(a.table, a.inside, a.configs, a.settings.model_dump(mode="json"),
+                                                  a.experiment.name, store_path), indent=1))
 
     pdf = FPDF(orientation="L", unit="mm", format="A4")
     _unicode_fonts(pdf)
     pdf.set_auto_page_break(auto=True, margin=10)
-    _title_page(pdf, experiment.name, table, config, store_path, versions())
-
-    pdf.add_page()
-    pdf.set_font("Sans", "B", 13)
-    pdf.cell(0, 8, "Summary", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Sans", "", 8)
-    pdf.multi_cell(0, 4, f"Critical compression c*(ε): the most compression whose loss increase on held-out text stays "
-                         f"within ε (nats/token); for rtn, bits per weight. Fits over checkpoints with step ≥ "
-                         f"{min_step}: OLS with HC3 errors, 95% intervals.", new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(2)
-    pdf.set_font("Mono", "", 7.5)
-    for line in summary_lines(table, fits, pooled, sweep, min_step):
-        pdf.multi_cell(0, 3.8, line, new_x="LMARGIN", new_y="NEXT")
-
-    if "slope" in fits:
-        _table_page(pdf, "Fits per model size: critical compression = α + β·λ̂", fits, {
-            "model": "model", "compressor": "method", "epsilon": "ε", "n": "n", "slope": "β",
-            "slope_ci_low": "β low", "slope_ci_high": "β high", "bootstrap_slope_ci_low": "boot low",
-            "bootstrap_slope_ci_high": "boot high", "intercept": "α", "r_squared": "R²", "pearson_r": "r",
-            "spearman_rho": "ρ", "loo_rmse": "LOO err", "loo_coverage": "LOO cover"},
-            "boot: bootstrap over checkpoints with each λ̂ redrawn from its standard error. LOO err: root mean "
-            "square error of leave-one-checkpoint-out predictions, in knob units; LOO cover: share inside their 95% "
-            "prediction interval.")
-    if "p_same_line" in pooled:
-        _table_page(pdf, "Across model sizes: does one line serve all?", pooled, {
-            "compressor": "method", "epsilon": "ε", "n": "n", "models": "sizes", "r2_common": "R² one line",
-            "r2_separate": "R² line per size", "p_same_line": "p (F, one line)", "p_same_slope": "p (equal slopes)",
-            "r2_per_param": "R² on λ̂/d", "slope_per_param": "β on λ̂/d"},
-            "p (F, one line): F test of one common line against one line per size. p (equal slopes): HC3 Wald test "
-            "of the size × λ̂ interactions. λ̂/d: the LLC per sampled parameter.")
-
-    pages = [(f"{comp}: loss against knob", figures.loss_curves(records, sorted(table.epsilon.unique()), comp,
-                                                                   part.knob_name.iloc[0] or "knob"))
-             for comp, part in table.groupby("compressor")]
-    pages += [("LLC over training, with chain agreement", figures.llc_over_training(table)),
-              ("SGLD chains", figures.chain_traces(records)),
-              ("Critical compression over training", figures.critical_over_training(table))]
-    for comp, part in table.groupby("compressor"):
-        pages.append((f"{comp}: critical compression against LLC",
-                      figures.critical_vs_llc(part, fits[fits.compressor == comp], min_step)))
-    pages += [("Residuals", figures.residuals(table, fits, min_step))]
-    if len(sweep):
-        pages.append(("ε sweep", figures.eps_sweep(sweep)))
-    pages.append(("Description lengths", figures.description_lengths(table)))
+    _answer_page(pdf, a, f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    _settings_page(pdf, a)
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (title, fig) in enumerate(pages):
-            image = Path(tmp) / f"figure{i}.png"
-            fig.savefig(image, dpi=150)
-            figures.plt.close(fig)
-            pdf.add_page()
-            pdf.set_font("Sans", "B", 13)
-            pdf.cell(0, 8, title, new_x="LMARGIN", new_y="NEXT")
-            pdf.image(str(image), w=PAGE_WIDTH_MM, keep_aspect_ratio=True, h=180)
-        if len(loo):
-            shown = loo.groupby(["model", "compressor", "epsilon"]).tail(3)
-            _table_page(pdf, "Predictions: each checkpoint from a fit on the others", shown, {
-                "model": "model", "compressor": "method", "epsilon": "ε", "step": "step", "llc_mean": "λ̂",
-                "measured": "measured", "predicted": "predicted", "lower": "95% low", "upper": "95% high",
-                "inside": "inside"},
-                f"The last three fitted checkpoints per model, method and ε; all {len(loo)} rows are in "
-                f"{Path(f'{stem}-predictions.csv').name}. Intervals add the left-out λ̂'s own standard error.")
+        for number, (title, caption, fig) in enumerate(figure_pages(a)):
+            _figure_page(pdf, title, caption, fig, Path(tmp), number)
+        _appendix(pdf, a)
         pdf.output(str(output))
     return {"pdf": str(output), "pages": pdf.page_no(), "csv": [f"{stem}-{n}.csv" for n in tables],
-            "fit": str(fit_path), "fits": fits}
-
-
-def _title_page(pdf, experiment: str, table: pd.DataFrame, config: dict | None, store_path: Path,
-                versions: dict) -> None:
-    from mdl_slt import __version__
-
-    pdf.add_page()
-    pdf.set_font("Sans", "B", 22)
-    pdf.ln(20)
-    pdf.cell(0, 14, f"mdl-slt report: {experiment}", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Sans", "", 11)
-    pdf.cell(0, 7, f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by mdl-slt {__version__}, from "
-                   f"{store_path}", new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(4)
-    pdf.set_font("Sans", "B", 12)
-    pdf.cell(0, 8, "Models", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Sans", "", 10)
-    for model, part in table.groupby("model", sort=False):
-        steps = sorted(part.step.dropna().unique())
-        pdf.cell(0, 6, f"{model}: {int(part.num_params.iloc[0]):,} parameters, {len(steps)} checkpoints "
-                       f"(steps {int(steps[0])} … {int(steps[-1])})", new_x="LMARGIN", new_y="NEXT")
-    if config:
-        pdf.ln(3)
-        pdf.set_font("Sans", "B", 12)
-        pdf.cell(0, 8, "Settings", new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("Mono", "", 8)
-        for part in ("data", "llc", "critical"):
-            shown = {k: v for k, v in config[part].items() if v not in (None, [], {})}
-            pdf.multi_cell(0, 4, f"{part}: {json.dumps(shown)}", new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(3)
-    pdf.set_font("Sans", "B", 12)
-    pdf.cell(0, 8, "Versions", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Mono", "", 8)
-    pdf.multi_cell(0, 4, ", ".join(f"{k} {v}" for k, v in versions.items() if v), new_x="LMARGIN", new_y="NEXT")
+            "fit": str(fit_path), "fits": a.fits}

@@ -61,19 +61,51 @@ def ensure_suite(experiment: Experiment, home: Path, console) -> None:
         build_suite(home, spec, console=console)
 
 
+def step_sizes(experiment: Experiment, units, home: Path, store: Store, console) -> Experiment:
+    """With `llc.step_size: auto`, one step per model, held for all its checkpoints (the paper's
+    caveat): the paper's for a Pythia size, else from λ_max of ∇²L at the model's last planned
+    checkpoint (curvature grows with training, so the step suits the earlier ones too). A choice
+    is made once per model and settings and kept in the store, so reruns and added checkpoints
+    keep it."""
+    from mdl_slt.keys import config_hash
+
+    if experiment.llc.step_size != "auto":
+        return experiment
+    by_model: dict[str, list] = {}
+    for unit in units:
+        by_model.setdefault(unit.ref.model_id, []).append(unit)
+    last = {model: max(enumerate(own), key=lambda item: (-1 if item[1].step is None else item[1].step, item[0]))[1]
+            for model, own in by_model.items()}  # the latest step, else the last listed
+    chosen = dict(experiment.llc_steps)
+    stored = store.configs()
+    for model, unit in last.items():
+        key = config_hash({"resolve": "step_size", "model": model, "data": experiment.data.model_dump(mode="json"),
+                           "llc": experiment.llc.model_dump(mode="json"), "device": experiment.device})
+        if key not in stored:
+            from mdl_slt.measure import choose_step_size
+
+            console.print(f"choosing the SGLD step size of {model} at {unit.ref.revision or unit.ref.model_id}…",
+                          highlight=False)
+            store.record_config(key, "step_size", {"model": model, **choose_step_size(unit, experiment, home)})
+            stored = store.configs()
+        chosen[model] = stored[key]["settings"]["step_size"]
+    return experiment.model_copy(update={"llc_steps": chosen})
+
+
 def run_experiment(experiment: Experiment, home: Path, console) -> RunSummary:
     """Measure every task of the experiment not yet done in its store."""
     start = time.perf_counter()
     experiment = resolve_device(experiment)
     ensure_suite(experiment, home, console)
     units = plan(experiment, home)
-    tasks = Tasks(experiment)
     summary = RunSummary(units=len(units), experiment=experiment)
     with Store(experiment.store) as store:
         log, summary.log = run_log(experiment.store)
+        experiment = summary.experiment = step_sizes(experiment, units, home, store, console)
+        tasks = Tasks(experiment)
         store.log_run(experiment.name, experiment.model_dump(mode="json"))
-        for name, (kind, settings) in tasks.settings.items():
-            store.record_config(tasks.hashes[name], kind, settings)
+        for found, kind, settings in tasks.configs():
+            store.record_config(found, kind, settings)
         done = store.done()
         pending = [(u, todo) for u in units if (todo := [t for t in tasks.for_unit(u) if t.key not in done])]
         summary.skipped = len(units) - len(pending)

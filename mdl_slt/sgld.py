@@ -4,15 +4,27 @@ Posterior localized at the trained parameter w*:  p(w) ∝ exp(−nβ·L_n(w) �
 SGLD step on a minibatch B:  Δw = (ε/2)·P·(−nβ·∇L_B(w) − γ(w − w*)) + N(0, ε·P), with P = I, or
 for RMSProp-preconditioned SGLD P = 1/(√V̂ + eps), V ← αV + (1 − α)(∇L_B)², V̂ bias-corrected
 (Hitchcock & Hoogland, arXiv 2507.21449).
-Estimate:  λ̂ = nβ·(E_p[L_B(w)] − L_n(w*)), E_p the mean minibatch loss of each chain's draws
-after burn-in (thinned); λ̂ is the mean over healthy chains. L_n(w*) is measured once, on the
-whole fixed data set (or its first `reference_batches` batches), so it is deterministic.
 
-Chains run together through `torch.func.vmap` over stacked parameters when the model allows
-it, else one after another; either way each chain has its own seeded stream, so the same seed
-gives the same chains. A chain whose loss becomes non-finite or runs away (nβ·(L − L*) above
-`runaway` × d, d the number of sampled parameters: 8× a regular model's λ by default)
-is stopped and excluded; runaway is judged on the mean over each window of CHECK_EVERY steps.
+Sampling produces an artifact, estimation reads it (`mdl_slt.trace`): `sample` runs the chains
+and returns a `Trace` of every step's minibatch loss, burn-in included; `estimate(trace)` gives
+λ̂ = nβ·(E_p[L_B(w)] − L_n(w*)) with its diagnostics; `estimate_llc` does both. L_n(w*) is
+measured once, on the whole fixed data set (or its first `reference_batches` batches).
+
+Converged by default: with `num_draws: auto` the chains run in blocks of `block` steps until,
+after the burn-in (detected from the trace unless fixed), split R̂ ≤ `target_r_hat` and the
+pooled bulk ESS ≥ `target_ess`, or `max_steps` is reached; the result says whether it converged.
+
+Divergence, checked every CHECK_EVERY steps on each chain's window mean, against scales that mean
+something for the model: a non-finite loss; a mean minibatch loss above that of a uniform
+prediction, ln V (a language model that far from w* is destroyed; judged where w* itself is at
+least half a nat better than uniform, so not for barely trained checkpoints); nβ·(L − L*) above `runaway`·d
+(8× a regular model's λ); or above `jump` × the larger of the other chains' median level and the
+chain's own earlier median level (each floored at 1). A diverged chain is stopped (vmapped: held
+at w*), excluded and named; when all diverge, one error with a smaller step to try.
+
+Chains run together through `torch.func.vmap` over stacked parameters when the model allows it,
+else one after another, each chain's state kept between blocks; either way each chain has its
+own seeded stream, so the same seed gives the same chains.
 """
 
 from __future__ import annotations
@@ -20,15 +32,17 @@ from __future__ import annotations
 import fnmatch
 import math
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
 from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mdl_slt.errors import UserError
+from mdl_slt.trace import LLCResult, Trace, burnin_of, chain_diagnostics, estimate, levels_of
 
-CHECK_EVERY = 25  # steps between health checks (each costs one host synchronisation)
+CHECK_EVERY = 25  # steps between divergence checks (each costs one host synchronisation)
+UNIFORM_MARGIN = 0.5  # nats: the uniform-prediction check needs w* this much better than uniform
+STEP_SCALE = 0.3  # `step_size: auto` outside Pythia's table: ε·(nβ·λ_max + γ) = STEP_SCALE (see the README)
 
 
 class LLCConfig(BaseModel):
@@ -40,14 +54,22 @@ class LLCConfig(BaseModel):
     preset: Literal["pythia"] | None = Field(None, description="`pythia`: the paper's settings (γ 300, nβ 30, "
                                                             "batch 32, 4 chains, 100 draws, step size by model size) "
                                                             "for every field not given")
-    step_size: float | Literal["auto"] = Field(3e-4, description="SGLD step size ε; `auto`: the paper's step for "
-                                                                "the Pythia size nearest in parameters")
+    step_size: float | Literal["auto"] = Field(3e-4, description="SGLD step size ε; `auto`: the paper's step for a "
+                                               "Pythia model, else ε = 0.3/(nβ·λ_max + γ) from the top Hessian "
+                                               "eigenvalue at w* (in a run: of each model's last checkpoint, held "
+                                               "for all its checkpoints)")
     n_beta: float | Literal["auto"] = Field(30.0, description="nβ; `auto` = n/log n, β = 1/log n")
     localization: float = Field(300.0, ge=0, description="γ, strength of the pull towards w*")
-    num_chains: int = Field(2, ge=1)
-    num_draws: int = Field(150, ge=2, description="draws kept per chain, after burn-in and thinning")
-    num_burnin: int = Field(50, ge=0, description="steps discarded at the start of each chain")
+    num_chains: int = Field(4, ge=1)
+    num_draws: int | Literal["auto"] = Field("auto", description="draws kept per chain after burn-in and thinning; "
+                                             "`auto`: sample until converged (target_r_hat, target_ess)")
+    num_burnin: int | Literal["auto"] = Field("auto", description="steps discarded at the start of each chain; "
+                                              "`auto`: where the transient ends (MSER-5 on the trace)")
     thinning: int = Field(1, ge=1, description="keep every k-th step after burn-in")
+    max_steps: int = Field(2000, ge=2, description="the most steps a chain takes when sampling until converged")
+    block: int = Field(100, ge=CHECK_EVERY, description="steps between convergence checks")
+    target_r_hat: float = Field(1.05, gt=1, description="converged: split R̂ at most this")
+    target_ess: float = Field(100.0, ge=0, description="converged: pooled bulk ESS at least this")
     batch_size: int = Field(16, ge=1)
     seed: int = 0
     rmsprop_alpha: float = Field(0.99, gt=0, lt=1)
@@ -58,8 +80,10 @@ class LLCConfig(BaseModel):
     reference_batches: int | None = Field(None, ge=1, description="batches for L(w*); None = the whole set")
     vectorize: Literal["auto", "always", "never"] = Field(
         "auto", description="run chains together with torch.func.vmap: `auto` does for plain torch modules "
-                            "and not for transformers models, whose CPU attention has no vmap batching rule")
-    runaway: float = Field(4.0, gt=0, description="runaway threshold on window means of nβ·(L − L*), in units of d")
+                            "and for transformers models on CUDA (eager attention), not for those on CPU")
+    runaway: float = Field(4.0, gt=0, description="divergence: window means of nβ·(L − L*) above this × d")
+    jump: float = Field(10.0, gt=1, description="divergence: window means of nβ·(L − L*) above this × the other "
+                                                "chains' and the chain's own earlier level")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass "
                                                             "(transformers models): less memory for long contexts")
     numerics: Literal["auto", "fp32", "bf16"] = Field("auto", description="token losses in fp32 or under bf16 "
@@ -81,58 +105,39 @@ class LLCConfig(BaseModel):
             raise ValueError("step_size must be positive, or auto")
         return value
 
-    def resolved(self, model) -> "LLCConfig":
-        """This config with `auto` settings made concrete for `model`: the paper's step for its
-        size, and bf16 numerics when it lives on CUDA."""
-        update = {}
-        if self.step_size == "auto":
-            from mdl_slt.pythia import default_step_size
+    @field_validator("num_draws")
+    @classmethod
+    def _draws(cls, value):
+        if value != "auto" and value < 2:
+            raise ValueError("num_draws must be at least 2, or auto")
+        return value
 
-            update["step_size"] = default_step_size(sum(p.numel() for p in model.parameters()))
-        if self.numerics == "auto":
-            update["numerics"] = "bf16" if next(model.parameters()).device.type == "cuda" else "fp32"
-        return self.model_copy(update=update)
+    @field_validator("num_burnin")
+    @classmethod
+    def _burnin(cls, value):
+        if value != "auto" and value < 0:
+            raise ValueError("num_burnin must be non-negative, or auto")
+        return value
 
     @property
-    def steps_per_chain(self) -> int:
+    def fixed_steps(self) -> int | None:
+        """Steps per chain when both burn-in and draws are fixed; None when the trace decides."""
+        if self.num_draws == "auto" or self.num_burnin == "auto":
+            return None
         return self.num_burnin + self.num_draws * self.thinning
 
     @property
-    def max_steps(self) -> int:
+    def budget_steps(self) -> int:
         """The most SGLD steps one chain can take."""
-        return self.steps_per_chain
+        return self.fixed_steps or self.max_steps
 
     @property
     def budget_text(self) -> str:
-        return f"{self.steps_per_chain} steps"
-
-
-@dataclass
-class LLCResult:
-    llc_mean: float
-    llc_std_error: float  # √(se_chains² + se_reference²); NaN with one healthy chain
-    llc_per_chain: list[float]  # NaN for a diverged chain
-    init_loss: float  # L_n(w*)
-    loss_trace: list[list[float]]  # chains × draws, minibatch losses after burn-in and thinning
-    diverged_chains: list[int]
-    r_hat: float  # rank-normalised split R̂ over healthy chains (≈ 1 when they agree)
-    ess: float  # bulk effective sample size over healthy chains
-    n_beta: float
-    num_params: int  # parameters sampled
-    config: dict
-    elapsed_s: float
-    steps_per_second: float  # SGLD steps per second, all chains counted
-    vectorized: bool
-    suggested_step_size: float | None = None  # when chains diverged
-    extra: dict = field(default_factory=dict)
-    trace: bytes | None = None  # the stored sampling artifact
-
-    @property
-    def negative(self) -> bool:
-        return self.llc_mean < 0
-
-    def to_dict(self) -> dict:
-        return {**{k: v for k, v in asdict(self).items() if k != "trace"}, "negative": self.negative}
+        if self.fixed_steps is not None:
+            return f"{self.fixed_steps} steps"
+        what = f"{self.num_draws} draws after a detected burn-in" if self.num_draws != "auto" else \
+            f"until R̂ ≤ {self.target_r_hat:g} and ESS ≥ {self.target_ess:g}"
+        return f"≤ {self.max_steps} steps ({what})"
 
 
 def data_size(data) -> int:
@@ -161,14 +166,18 @@ def mse_loss(model, batch):
     return 0.5 * ((model(x) - y) ** 2).sum(-1).mean()
 
 
+def _is_tokens(data) -> bool:
+    import torch
+
+    return isinstance(data, torch.Tensor) and not data.is_floating_point()
+
+
 def default_loss(data, numerics: str = "fp32") -> Callable:
     import functools
 
-    import torch
-
     from mdl_slt.lm_loss import token_nll
 
-    if isinstance(data, torch.Tensor) and not data.is_floating_point():
+    if _is_tokens(data):
         return functools.partial(token_nll, numerics=numerics)
     if isinstance(data, tuple) and len(data) == 2:
         return mse_loss
@@ -179,11 +188,28 @@ def resolve_n_beta(config: LLCConfig, data) -> float:
     """nβ as set, or n/log n with n the number of data points (predicted tokens for token data)."""
     if config.n_beta != "auto":
         return float(config.n_beta)
-    import torch
-
-    n = data.shape[0] * (data.shape[1] - 1) if isinstance(data, torch.Tensor) and data.ndim == 2 \
-        and not data.is_floating_point() else data_size(data)
+    n = data.shape[0] * (data.shape[1] - 1) if _is_tokens(data) and data.ndim == 2 else data_size(data)
     return n / math.log(n)
+
+
+def resolve(config: LLCConfig, model, data, loss_fn) -> tuple[LLCConfig, dict]:
+    """The config with nβ and the step size made concrete for this model and data, and how: the
+    paper's step for a model of a Pythia size, else ε from λ_max of ∇²L at w*."""
+    from mdl_slt.pythia import default_step_size, is_pythia_sized
+
+    update, how = {"n_beta": resolve_n_beta(config, data)}, {}
+    if config.step_size == "auto":
+        count = sum(p.numel() for p in model.parameters())
+        if is_pythia_sized(model):
+            update["step_size"] = default_step_size(count)
+            how = {"step_size_rule": "the paper's step for the nearest Pythia size"}
+        else:
+            from mdl_slt.curvature import top_hessian_eigenvalue
+
+            top = top_hessian_eigenvalue(model, data, loss_fn, batch_size=config.batch_size * 4)
+            update["step_size"] = STEP_SCALE / (update["n_beta"] * max(top, 0.0) + config.localization)
+            how = {"step_size_rule": f"ε = {STEP_SCALE:g}/(nβ·λ_max + γ)", "lambda_max": top}
+    return config.model_copy(update=update), how
 
 
 def select_parameters(model, patterns) -> list[tuple[str, object]]:
@@ -216,8 +242,8 @@ def reference_loss(model, data, loss_fn, config: LLCConfig) -> tuple[float, floa
     return mean, sd / math.sqrt(len(losses))
 
 
-class _Chains:
-    """State and update of C chains over stacked parameter tensors (leading dim C)."""
+class _Update:
+    """The SGLD update of C chains over stacked parameter tensors (leading dim C)."""
 
     def __init__(self, anchor, config: LLCConfig, n_beta: float):
         self.anchor = anchor  # per parameter, shape (1, ...) for broadcasting
@@ -239,8 +265,8 @@ class _Chains:
         eps, gamma = cfg.step_size, cfg.localization
         if self.noise is None:
             self.noise = [torch.empty_like(p) for p in params]
-            if cfg.sampler == "rmsprop":
-                self.second_moment = [torch.zeros_like(p) for p in params]
+        if cfg.sampler == "rmsprop" and self.second_moment is None:
+            self.second_moment = [torch.zeros_like(p) for p in params]
         self.t += 1
         with torch.no_grad():
             if cfg.sampler == "rmsprop":  # V ← αV + (1 − α)g², before g becomes the drift
@@ -271,66 +297,145 @@ class _Chains:
             torch._foreach_add_(params, self.noise, alpha=math.sqrt(eps))
 
 
-def _generators(config: LLCConfig, chains, device):
+def _generators(config: LLCConfig, device):
     """One seeded stream per chain, on the parameters' device (minibatch picks and noise)."""
     import torch
 
-    return [torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + c) for c in chains]
+    return [torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + c) for c in range(config.num_chains)]
 
 
-def _sample_vectorized(model, names, anchor, data, loss_fn, config, n_beta, traces, health):
+class _Health:
+    """Divergence checks on each chain's window means (see the module docstring)."""
+
+    def __init__(self, config: LLCConfig, n_beta: float, init_loss: float, uniform: float | None, d: int):
+        self.n_beta, self.init_loss = n_beta, init_loss
+        self.uniform = uniform if uniform is not None and init_loss < uniform - UNIFORM_MARGIN else None
+        self.limit, self.jump = config.runaway * d, config.jump
+        self.history: list[list[float]] = [[] for _ in range(config.num_chains)]
+        self.stopped: dict[int, tuple[int, str]] = {}  # chain → (steps taken, why)
+
+    def active(self, chain: int) -> bool:
+        return chain not in self.stopped
+
+    def any_active(self, chains: int) -> bool:
+        return len(self.stopped) < chains
+
+    def check(self, traces, upto: int, chains) -> list[int]:
+        """Judge `chains` on the window of CHECK_EVERY steps ending at `upto`; return those newly stopped."""
+        import numpy as np
+
+        window = traces[:, upto - CHECK_EVERY:upto].double().cpu().numpy()
+        with np.errstate(invalid="ignore"):
+            means = window.mean(axis=1)
+        levels = self.n_beta * (means - self.init_loss)
+        ready = [c for c in range(len(window)) if self.active(c) and np.isfinite(window[c]).all()]
+        stopped = []
+        for c in chains:
+            if not self.active(c):
+                continue
+            others, own = [levels[o] for o in ready if o != c], self.history[c]
+            reference = max(1.0, float(np.median(others)) if others else 1.0,
+                            float(np.median(own)) if len(own) >= 2 else 1.0)
+            why = None
+            if not np.isfinite(window[c]).all():
+                why = "its loss became non-finite"
+            elif self.uniform is not None and means[c] > self.uniform:
+                why = f"its loss ({means[c]:.2f} nats) rose above a uniform prediction's ({self.uniform:.2f})"
+            elif levels[c] > self.limit:
+                why = f"nβ·(L − L*) = {levels[c]:.3g} passed {self.limit:.3g} (runaway × d)"
+            elif (others or len(own) >= 2) and levels[c] > self.jump * reference:
+                why = f"nβ·(L − L*) = {levels[c]:.3g} jumped past {self.jump:g}× the other chains' and its own level"
+            if why is None:
+                self.history[c].append(float(levels[c]))
+            else:
+                self.stopped[c] = (upto, f"{why} by step {upto}")
+                stopped.append(c)
+        return stopped
+
+
+class _Vectorized:
     """All chains at once: vmap of grad-and-value over stacked parameters and per-chain batches."""
-    import torch
-    from torch.func import functional_call, grad_and_value, vmap
 
-    class LossOf(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
+    def __init__(self, model, names, anchor, data, loss_fn, config, n_beta):
+        import torch
+        from torch.func import functional_call, grad_and_value, vmap
 
-        def forward(self, batch):
-            return loss_fn(self.model, batch)
+        class LossOf(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
 
-    wrapper = LossOf()
-    chains = config.num_chains
-    size = data_size(data)
+            def forward(self, batch):
+                return loss_fn(self.model, batch)
 
-    def loss_single(params, batch):
-        return functional_call(wrapper, {f"model.{n}": p for n, p in zip(names, params)}, (batch,))
+        wrapper = LossOf()
 
-    step_fn = vmap(grad_and_value(loss_single), in_dims=(0, 0), randomness="error")
-    params = [a.expand(chains, *a.shape[1:]).clone() for a in anchor]
-    sampler = _Chains(anchor, config, n_beta)
-    gens = _generators(config, range(chains), anchor[0].device)
-    b = min(config.batch_size, size)
-    for t in range(config.steps_per_chain):
-        index = torch.stack([torch.randint(size, (b,), generator=g, device=g.device) for g in gens])
-        grads, loss = step_fn(params, _pick(data, index))
-        traces[:, t] = loss.detach()
-        sampler.step(params, list(grads), gens)
-        if t % CHECK_EVERY == CHECK_EVERY - 1 and not health(traces[:, : t + 1]).any():
-            break
+        def loss_single(params, batch):
+            return functional_call(wrapper, {f"model.{n}": p for n, p in zip(names, params)}, (batch,))
+
+        self.step_fn = vmap(grad_and_value(loss_single), in_dims=(0, 0), randomness="error")
+        self.params = [a.expand(config.num_chains, *a.shape[1:]).clone() for a in anchor]
+        self.anchor, self.data, self.config = anchor, data, config
+        self.update = _Update(anchor, config, n_beta)
+        self.gens = _generators(config, anchor[0].device)
+
+    def advance(self, start: int, stop: int, traces, health: _Health) -> None:
+        import torch
+
+        size = data_size(self.data)
+        b = min(self.config.batch_size, size)
+        for t in range(start, stop):
+            index = torch.stack([torch.randint(size, (b,), generator=g, device=g.device) for g in self.gens])
+            grads, loss = self.step_fn(self.params, _pick(self.data, index))
+            traces[:, t] = loss.detach()
+            self.update.step(self.params, list(grads), self.gens)
+            if (t + 1) % CHECK_EVERY == 0:
+                for c in health.check(traces, t + 1, range(self.config.num_chains)):
+                    with torch.no_grad():  # a stopped chain is held at w*, its slot idle until the run ends
+                        for p, a in zip(self.params, self.anchor):
+                            p[c].copy_(a[0])
+                if not health.any_active(self.config.num_chains):
+                    return
 
 
-def _sample_sequential(model, params, anchor, data, loss_fn, config, n_beta, traces, health):
-    """One chain after another on the model's own parameters."""
-    import torch
+class _Sequential:
+    """One chain after another on the model's own parameters; between blocks each chain's
+    parameters (and RMSProp moments) are kept aside, so chains can be extended block by block."""
 
-    size = data_size(data)
-    b = min(config.batch_size, size)
-    for chain, gen in enumerate(_generators(config, range(config.num_chains), anchor[0].device)):
-        with torch.no_grad():
-            for p, a in zip(params, anchor):
-                p.copy_(a[0])
-        sampler = _Chains([a[0] for a in anchor], config, n_beta)
-        views = [p.unsqueeze(0) for p in params]  # (1, ...) views: the update writes into the model
-        for t in range(config.steps_per_chain):
-            loss = loss_fn(model, _pick(data, torch.randint(size, (b,), generator=gen, device=gen.device)))
-            grads = torch.autograd.grad(loss, params)
-            traces[chain, t] = loss.detach()
-            sampler.step(views, [g.unsqueeze(0) for g in grads], [gen])
-            if t % CHECK_EVERY == CHECK_EVERY - 1 and not health(traces[chain: chain + 1, : t + 1]).any():
-                break
+    def __init__(self, model, params, anchor, data, loss_fn, config, n_beta):
+        self.model, self.params, self.anchor, self.data, self.loss_fn = model, params, anchor, data, loss_fn
+        self.config = config
+        self.update = _Update([a[0] for a in anchor], config, n_beta)
+        self.gens = _generators(config, anchor[0].device)
+        self.states: list = [None] * config.num_chains  # (parameters, second moment, step count) per chain
+
+    def advance(self, start: int, stop: int, traces, health: _Health) -> None:
+        import torch
+
+        size = data_size(self.data)
+        b = min(self.config.batch_size, size)
+        views = [p.unsqueeze(0) for p in self.params]  # (1, ...) views: the update writes into the model
+        for chain, gen in enumerate(self.gens):
+            if not health.active(chain):
+                continue
+            state = self.states[chain]
+            with torch.no_grad():
+                for p, saved in zip(self.params, state[0] if state else [a[0] for a in self.anchor]):
+                    p.copy_(saved)
+            self.update.second_moment, self.update.t = (state[1], state[2]) if state else (None, 0)
+            for t in range(start, stop):
+                loss = self.loss_fn(self.model, _pick(self.data, torch.randint(size, (b,), generator=gen,
+                                                                               device=gen.device)))
+                grads = torch.autograd.grad(loss, self.params)
+                traces[chain, t] = loss.detach()
+                self.update.step(views, [g.unsqueeze(0) for g in grads], [gen])
+                if (t + 1) % CHECK_EVERY == 0 and health.check(traces, t + 1, [chain]):
+                    break
+            if health.active(chain):
+                self.states[chain] = ([p.detach().clone() for p in self.params], self.update.second_moment,
+                                      self.update.t)
+            else:
+                self.states[chain] = None
 
 
 def _checkpointing(model, on: bool) -> None:
@@ -357,102 +462,91 @@ def _checkpointing(model, on: bool) -> None:
     model.train()
 
 
-def _vectorize(model, config: LLCConfig) -> bool:
-    """Measured on micro-pythia-90k (CPU, one thread): vmap 22.9–30.0 ms/step against 19.8–20.2 in
-    sequence, because scaled-dot-product attention falls back to a per-chain loop under vmap."""
+def _vectorize(model, config: LLCConfig, device) -> bool:
+    """vmap for plain modules; for transformers models only on CUDA, with eager attention (on CPU,
+    chains one after another measured faster: see the README's speed table). Gradient
+    checkpointing runs chain by chain."""
     if config.vectorize != "auto":
-        return config.vectorize == "always"
-    return not any(cls.__name__ == "PreTrainedModel" for cls in type(model).__mro__)
+        return config.vectorize == "always" and not config.gradient_checkpointing
+    if config.gradient_checkpointing or config.num_chains == 1:
+        return False
+    transformers_model = any(cls.__name__ == "PreTrainedModel" for cls in type(model).__mro__)
+    return not transformers_model or device.type == "cuda"
 
 
-def estimate_llc(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | None = None) -> LLCResult:
-    """Estimate the LLC of `model` at its current parameters w* on `data`.
+def _converged(traces, steps: int, health: _Health, config: LLCConfig, n_beta: float, init_loss: float) -> bool:
+    """Whether sampling can stop at `steps`: fixed draws are complete after the burn-in, or
+    (`num_draws: auto`) R̂ and ESS after the burn-in meet their targets."""
+    healthy = [c for c in range(config.num_chains) if health.active(c)]
+    probe = Trace(traces[:, :steps].cpu().numpy(), init_loss, 0.0, n_beta, 0, None,
+                  {c: "" for c in range(config.num_chains) if c not in healthy}, config.model_dump())
+    burnin, _ = burnin_of(probe, steps)
+    if config.num_draws != "auto":
+        return steps - burnin >= config.num_draws * config.thinning
+    if steps - burnin < config.block:
+        return False
+    found = chain_diagnostics(levels_of(probe, healthy, steps)[:, burnin::config.thinning])
+    return (math.isfinite(found["r_hat"]) and found["r_hat"] <= config.target_r_hat
+            and math.isfinite(found["ess"]) and found["ess"] >= config.target_ess)
+
+
+def sample(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | None = None) -> Trace:
+    """Run SGLD chains localized at `model`'s current parameters w*; return the whole trace.
 
     `data` is a LongTensor of token sequences (default loss: per-token cross-entropy), an (x, y)
     pair (default: `mse_loss`), or any tensor or tuple of tensors indexed along dim 0 with a
-    `loss_fn(model, batch) -> scalar mean loss`.
-    The model's parameters are restored to w* on return.
+    `loss_fn(model, batch) -> scalar mean loss`. The model's parameters are restored to w* on return.
     """
     import torch
 
-    config = config.resolved(model)
-    loss_fn = loss_fn or default_loss(data, config.numerics)
+    from mdl_slt.lm_loss import eager_attention
+
     if data_size(data) < 1:
         raise UserError("estimate_llc needs non-empty data")
     chosen = select_parameters(model, config.parameters)
     names, params = [n for n, _ in chosen], [p for _, p in chosen]
     d = sum(p.numel() for p in params)
-    data = _to_device(data, params[0].device)
-    n_beta = resolve_n_beta(config, data)
+    device = params[0].device
+    data = _to_device(data, device)
+    if config.numerics == "auto":
+        config = config.model_copy(update={"numerics": "bf16" if device.type == "cuda" else "fp32"})
+    loss_fn = loss_fn or default_loss(data, config.numerics)
+    config, how = resolve(config, model, data, loss_fn)
+    n_beta = config.n_beta
     init_loss, init_se = reference_loss(model, data, loss_fn, config)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    uniform = math.log(vocab) if _is_tokens(data) and vocab else None
     anchor = [p.detach().clone().unsqueeze(0) for p in params]
-    steps = config.steps_per_chain
-    traces = torch.full((config.num_chains, steps), float("nan"), device=params[0].device)
-    limit = config.runaway * d
-
-    def health(trace):
-        """True per chain while its losses are finite and no window of CHECK_EVERY steps has a mean
-        nβ·(L − L*) above the runaway limit (single draws fluctuate too much to judge)."""
-        finite = torch.isfinite(trace).all(dim=1)
-        full = trace.shape[1] // CHECK_EVERY * CHECK_EVERY
-        windows = (n_beta * (trace[:, :full] - init_loss)).reshape(len(trace), -1, CHECK_EVERY).mean(-1)
-        return finite & (windows <= limit).all(dim=1)
-
+    budget = config.budget_steps
+    traces = torch.full((config.num_chains, budget), float("nan"), device=device)
+    health = _Health(config, n_beta, init_loss, uniform, d)
+    vectorized = _vectorize(model, config, device)
     start = time.perf_counter()
-    vectorized = False
     try:
         _checkpointing(model, config.gradient_checkpointing)
-        if config.num_chains > 1 and _vectorize(model, config):
-            try:
-                _sample_vectorized(model, names, anchor, data, loss_fn, config, n_beta, traces, health)
-                vectorized = True
-            except Exception:  # noqa: BLE001  models vmap cannot trace run chain by chain
-                traces.fill_(float("nan"))
-        if not vectorized:
-            _sample_sequential(model, params, anchor, data, loss_fn, config, n_beta, traces, health)
+        with eager_attention(model) if vectorized else nullcontext():
+            runner = (_Vectorized(model, names, anchor, data, loss_fn, config, n_beta) if vectorized else
+                      _Sequential(model, params, anchor, data, loss_fn, config, n_beta))
+            steps = 0
+            while steps < budget and health.any_active(config.num_chains):
+                stop = budget if config.fixed_steps else min(budget, steps + config.block)
+                runner.advance(steps, stop, traces, health)
+                steps = stop
+                if not config.fixed_steps and health.any_active(config.num_chains) and \
+                        _converged(traces, steps, health, config, n_beta, init_loss):
+                    break
     finally:
         _checkpointing(model, False)
         with torch.no_grad():
             for p, a in zip(params, anchor):
                 p.copy_(a[0])
-    elapsed = time.perf_counter() - start
-    return _summarise(traces.cpu(), health(traces).cpu(), init_loss, init_se, n_beta, d, config, elapsed, vectorized)
+    losses = traces[:, :steps].float().cpu().numpy()
+    for chain, (upto, _) in health.stopped.items():
+        losses[chain, upto:] = float("nan")
+    return Trace(losses, init_loss, init_se, n_beta, d, uniform, {c: why for c, (_, why) in health.stopped.items()},
+                 config.model_dump(mode="json"), time.perf_counter() - start, vectorized, how)
 
 
-def _summarise(traces, healthy, init_loss, init_se, n_beta, d, config, elapsed, vectorized) -> LLCResult:
-    import torch
-
-    keep = torch.arange(config.num_burnin, config.steps_per_chain, config.thinning)
-    draws = traces[:, keep].double()
-    per_chain = [n_beta * (float(draws[c].mean()) - init_loss) if healthy[c] else float("nan")
-                 for c in range(config.num_chains)]
-    good = [c for c in range(config.num_chains) if healthy[c]]
-    diverged = [c for c in range(config.num_chains) if not healthy[c]]
-    suggestion = config.step_size / 10 if diverged else None
-    if not good:
-        raise UserError(f"all {config.num_chains} SGLD chains diverged at step size {config.step_size:g}: "
-                        f"try a smaller step size, e.g. {suggestion:g}")
-    values = [per_chain[c] for c in good]
-    mean = sum(values) / len(values)
-    chain_se = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
-                if len(values) > 1 else float("nan"))
-    r_hat, ess = chain_diagnostics((n_beta * (draws[good] - init_loss)).numpy())
-    return LLCResult(
-        llc_mean=mean, llc_std_error=math.sqrt(chain_se**2 + (n_beta * init_se) ** 2),
-        llc_per_chain=per_chain, init_loss=init_loss, loss_trace=draws.float().tolist(),
-        diverged_chains=diverged, r_hat=r_hat, ess=ess, n_beta=n_beta, num_params=d,
-        config=config.model_dump(), elapsed_s=elapsed,
-        steps_per_second=config.num_chains * config.steps_per_chain / elapsed, vectorized=vectorized,
-        suggested_step_size=suggestion, extra={"reference_std_error": init_se},
-    )
-
-
-def chain_diagnostics(samples) -> tuple[float, float]:
-    """Rank-normalised split R̂ and bulk ESS (arviz) of a chains × draws array; NaN below 2 chains."""
-    if samples.shape[0] < 2 or samples.shape[1] < 4:
-        return float("nan"), float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # arviz announces its refactor on import
-        import arviz as az
-
-        return float(az.rhat(samples, method="rank")), float(az.ess(samples, method="bulk"))
+def estimate_llc(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | None = None) -> LLCResult:
+    """Sample (see `sample`) and estimate λ̂ from the trace (see `mdl_slt.trace.estimate`)."""
+    return estimate(sample(model, data, config, loss_fn))

@@ -18,6 +18,7 @@ models:
 data: {{context_length: 32, eval_sequences: 16, llc_sequences: 64}}
 llc: {{step_size: 1.0e-4, num_chains: 2, num_draws: 20, num_burnin: 5, batch_size: 8}}
 critical: {{compressors: [{{name: rtn, precision: 0.1}}], epsilons: [0.05, 0.2]}}
+analysis: {{min_step: 0}}
 """
 
 
@@ -70,48 +71,147 @@ def _pages(pdf, tmp):
     return pages
 
 
-TEXT_PAGES = {1: "title", 2: "summary", 3: "fits", 4: "pooled", 13: "predictions"}
+def _filled(page) -> tuple[float, float]:
+    """The share of the page's width and height that its drawn content spans."""
+    import numpy as np
+
+    ink = np.argwhere(page.min(axis=2) < 235)
+    (top, left), (bottom, right) = ink.min(axis=0), ink.max(axis=0)
+    return (right - left) / page.shape[1], (bottom - top) / page.shape[0]
 
 
-def test_report_renders_every_page_with_its_figures_and_numbers(finished_run, tmp_path):
+def test_report_renders_every_page_as_vector_figures_that_fill_it(finished_run, tmp_path):
     import shutil
 
     import pandas as pd
+
+    from mdl_slt.report import analyse, figure_pages
 
     assert shutil.which("pdftoppm") and shutil.which("pdftotext"), "poppler-utils missing: .ci/run installs it"
     home, work, path, first, _ = finished_run
     pdf = work / "tiny.pdf"
     pages = _pages(pdf, tmp_path)
-    assert len(pages) == 13  # title, summary, 2 tables, 8 figures, predictions
+    figures = len(figure_pages(analyse(work / "tiny.sqlite")))
+    assert len(pages) == 2 + figures + 1  # answer, settings, the figures, appendix
     for number, page in enumerate(pages, 1):
         colour = (page.max(2).astype(int) - page.min(2)) > 40  # seaborn's palette; text pages are black on white
-        if number in TEXT_PAGES:
-            assert colour.mean() == 0, f"page {number} ({TEXT_PAGES[number]}) should hold text only"
+        width, height = _filled(page)
+        if 3 <= number < 3 + figures:
+            assert colour.sum() > 20, f"page {number} has no drawn figure"
+            assert width > 0.9 and height > 0.8, f"figure page {number} is mostly empty ({width:.0%} × {height:.0%})"
         else:
-            assert colour.sum() > 100, f"page {number} has no drawn figure"  # an empty plot has none
+            assert colour.mean() == 0, f"page {number} should hold text only"
+            assert height > 0.1, f"text page {number} is nearly blank"
     images = subprocess.run(["pdfimages", "-list", str(pdf)], capture_output=True, text=True).stdout.splitlines()[2:]
-    assert sorted(int(line.split()[0]) for line in images) == [n for n in range(1, 14) if n not in TEXT_PAGES]
+    assert images == []  # vector graphics: no raster image anywhere
 
-    summary = subprocess.run(["pdftotext", "-f", "2", "-l", "2", str(pdf), "-"], capture_output=True, text=True).stdout
-    summary = " ".join(summary.split())
+    answer = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(pdf), "-"], capture_output=True, text=True).stdout
+    answer = " ".join(answer.split())
     fits = pd.read_csv(work / "tiny-fits.csv").dropna(subset=["slope"])
-    assert len(fits) == 2  # tiny-a at both ε; tiny-b has 3 checkpoints, too few
+    assert len(fits) == 2  # tiny-a at both ε; tiny-b has too few checkpoints in the window
     for _, f in fits.iterrows():
-        assert f"R² = {f.r_squared:.2f}, Pearson r = {f.pearson_r:.2f}" in summary
-        assert f"leave-one-out error {f.loo_rmse:.3g}" in summary
-    for name in ("records", "measurements", "fits", "pooled", "eps-sweep", "predictions"):
-        assert (work / f"tiny-{name}.csv").stat().st_size > 100
+        assert f"{f.r_squared:.2f} {f.slope:.3g} [{f.slope_ci_low:.3g}, {f.slope_ci_high:.3g}]" in answer
+    for name in ("records", "measurements", "fits", "fits-all", "pooled", "eps-sweep", "predictions", "left-out"):
+        assert (work / f"tiny-{name}.csv").exists()
     done = run_cli("report", work / "tiny.sqlite", "-o", tmp_path / "again.pdf", home=home)
-    assert done.returncode == 0 and "13 pages" in done.stdout
+    assert done.returncode == 0 and f"{len(pages)} pages" in done.stdout
+
+
+def data_of(ax):
+    """The x and y values an axes draws in data coordinates (lines, markers, error bars), leaving
+    out reference lines and spans drawn in axes coordinates."""
+    import numpy as np
+
+    xs, ys = [], []
+    for line in ax.get_lines():
+        if line.get_transform().contains_branch(ax.transData):
+            data = np.asarray(line.get_xydata(), float)
+            if data.size and not (len(data) == 2 and (data[0, 0] == data[1, 0] or data[0, 1] == data[1, 1])
+                                  and line.get_linestyle() == "--"):
+                xs.append(data[:, 0])
+                ys.append(data[:, 1])
+    for collection in ax.collections:
+        offsets = np.asarray(collection.get_offsets(), float)
+        if offsets.size and collection.get_transform().contains_branch(ax.transData) is False:
+            offsets = np.asarray(collection.get_offset_transform().transform(offsets))
+            offsets = ax.transData.inverted().transform(offsets)
+        if offsets.size:
+            xs.append(offsets[:, 0])
+            ys.append(offsets[:, 1])
+    x = np.concatenate(xs) if xs else np.array([])
+    y = np.concatenate(ys) if ys else np.array([])
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
+
+
+def axis_problems(fig) -> list[str]:
+    """What is wrong with a figure's axes: a training-step axis reaching below 0 or labelled with
+    negative steps; a log axis spanning more than a decade beyond its data; a linear axis more
+    than twice its data's span."""
+    import numpy as np
+
+    problems = []
+    for ax in fig.axes:
+        if not ax.get_visible() or not ax.has_data():
+            continue
+        x, y = data_of(ax)
+        if not len(x):
+            continue
+        for name, values, limits, scale in (("x", x, ax.get_xlim(), ax.get_xscale()),
+                                            ("y", y, ax.get_ylim(), ax.get_yscale())):
+            low, high = min(limits), max(limits)
+            if name == "x" and "step" in ax.get_xlabel():
+                ticks = [t for t in ax.get_xticks() if low <= t <= high]
+                if low < 0 or any(t < 0 for t in ticks):
+                    problems.append(f"{ax.get_title()!r}: training steps below 0 ({low:g}, ticks {ticks})")
+            if scale == "log":
+                positive = values[values > 0]
+                if len(positive) and (np.log10(high / low) > np.log10(positive.max() / positive.min()) + 1.0):
+                    problems.append(f"{ax.get_title()!r} {name}: log axis {low:.3g}–{high:.3g} for data "
+                                    f"{positive.min():.3g}–{positive.max():.3g}")
+            elif scale == "linear" and np.ptp(values) > 0 and (high - low) > 2.5 * np.ptp(values) + 1e-9:
+                problems.append(f"{ax.get_title()!r} {name}: axis {low:.3g}–{high:.3g} for data "
+                                f"{values.min():.3g}–{values.max():.3g}")
+    return problems
+
+
+def test_every_figure_takes_its_axes_from_its_data(finished_run):
+    from mdl_slt.figures import plt
+    from mdl_slt.report import analyse, figure_pages
+
+    home, work, path, first, _ = finished_run
+    for title, caption, fig in figure_pages(analyse(work / "tiny.sqlite")):
+        assert axis_problems(fig) == [], title
+        assert len(caption) > 60
+        plt.close(fig)
+
+
+def test_the_axis_check_catches_the_two_old_bugs():
+    """A symmetric-log step axis left to autoscale (ticks at −10¹ and −10⁰), and an ε-sweep axis
+    from 10⁻¹⁰ to 10⁶ around data at 10²–10⁴: both are what the report once printed."""
+    from mdl_slt.figures import plt
+
+    fig, (steps, sweep) = plt.subplots(1, 2)
+    steps.plot([0, 1, 2, 4, 64, 1000], [1.0, 1.1, 1.3, 2.0, 20.0, 45.0], marker="o")
+    steps.set(xscale="symlog", xlabel="training step")
+    sweep.scatter([20.0, 30.0, 45.0], [1e2, 3e3, 1e4])
+    sweep.set(xscale="log", yscale="log", ylim=(1e-10, 1e6))
+    fig.canvas.draw()
+    problems = axis_problems(fig)
+    assert any("training steps below 0" in p for p in problems)
+    assert any("log axis 1e-10–1e+06" in p for p in problems)
+    plt.close(fig)
 
 
 def test_predict_from_the_saved_fit_matches_a_fresh_measurement(finished_run):
-    """The fit file carries the run's settings, so --verify re-measures exactly what the store holds."""
+    """The fit file carries the settings of the rows it fits, so --verify re-measures exactly what
+    the store holds."""
     import json
 
     home, work, path, first, _ = finished_run
     fit = json.loads((work / "tiny-fit.json").read_text())
-    assert fit["llc"]["num_draws"] == 20 and fit["data"]["context_length"] == 32 and fit["versions"]["torch"]
+    llc = fit["configs"][fit["lines"][0]["llc_config"]]["settings"]
+    assert llc["llc"]["num_draws"] == 20 and llc["data"]["context_length"] == 32 and fit["versions"]["torch"]
     done = run_cli("predict", "--fit", work / "tiny-fit.json", "--model", "mdl-slt/tiny-a@step24", "--verify",
                    "--json", home=home)
     assert done.returncode == 0, done.stderr
@@ -119,8 +219,8 @@ def test_predict_from_the_saved_fit_matches_a_fresh_measurement(finished_run):
     with open_existing(work / "tiny.sqlite") as store:
         table = store.table()
     stored = table[(table.revision == "step24") & (table.model == "mdl-slt/tiny-a")]
-    assert answer["llc_mean"] == stored[stored.task == "llc"].llc_mean.item()
-    critical = stored[stored.task == "critical"].set_index("epsilon").knob
+    assert answer["llc_mean"] == stored[stored.task == "llc"].llc_mean.item() and answer["settings_differ_from_fit"] == []
+    critical = stored[stored.task == "critical"].set_index("epsilon").knob_interpolated
     assert [p["epsilon"] for p in answer["predictions"]] == [0.05, 0.2]
     for p in answer["predictions"]:
         assert p["basis"] == "model" and p["lower"] < p["predicted"] < p["upper"]

@@ -66,7 +66,7 @@ def test_burnin_and_thinning_shape_the_trace():
     config = LLCConfig(step_size=1e-4, n_beta=100.0, num_chains=1, num_draws=20, num_burnin=7, thinning=3,
                        batch_size=50)
     result = estimate_llc(model, data, config, loss)
-    assert config.steps_per_chain == 7 + 60 and len(result.loss_trace[0]) == 20
+    assert config.fixed_steps == 7 + 60 and result.steps == 67 and len(result.loss_trace[0]) == 20
 
 
 def test_all_chains_diverging_is_a_clear_error():

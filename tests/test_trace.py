@@ -1,0 +1,168 @@
+"""The LLC you can trust: intervals that cover the truth at their nominal rate, a stored trace that
+re-estimates exactly, a burn-in read from the trace, sampling until converged, and a divergence
+check that fires on a destroyed language model and stays quiet on healthy chains."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mdl_slt.errors import UserError
+from mdl_slt.ground_truth import crossing_expectation
+from mdl_slt.sgld import LLCConfig, estimate_llc, mse_loss, sample
+from mdl_slt.trace import Trace, detect_burnin, estimate
+from tests.conftest import run_cli
+
+
+def regression(d=6, n=200, seed=0):
+    """A full-rank linear regression at its least-squares optimum w*, with Gaussian NLL loss."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = x @ torch.randn(d, 1, generator=g) + 0.5 * torch.randn(n, 1, generator=g)
+    model = torch.nn.Linear(d, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+    return model, (x, y)
+
+
+def groups(trace: Trace, size: int) -> list[Trace]:
+    """Independent estimates from one run of many chains: consecutive groups of `size` chains."""
+    return [Trace(trace.losses[s:s + size], trace.init_loss, trace.init_se, trace.n_beta, trace.num_params,
+                  trace.uniform_loss, {}, trace.config) for s in range(0, len(trace.losses), size)]
+
+
+def coverage(results, truth) -> float:
+    return float(np.mean([abs(r.llc_mean - truth) <= 1.96 * r.llc_std_error for r in results]))
+
+
+def test_intervals_cover_a_regular_models_llc_at_their_nominal_rate():
+    """100 estimates of 4 chains each; the truth at finite nβ is ½·Σ nβh/(nβh + γ) exactly."""
+    model, data = regression()
+    n_beta, gamma = 1000.0, 1.0
+    eig = torch.linalg.eigvalsh(data[0].T @ data[0] / len(data[0]))
+    truth = 0.5 * float(sum(n_beta * h / (n_beta * h + gamma) for h in eig))
+    trace = sample(model, data, LLCConfig(step_size=2e-5, n_beta=n_beta, localization=gamma, num_chains=400,
+                                          num_draws=2000, num_burnin=500, batch_size=200, seed=5), mse_loss)
+    results = [estimate(t) for t in groups(trace, 4)]
+    assert abs(coverage(results, truth) - 0.95) <= 0.06
+    spread = np.std([r.llc_mean for r in results])  # the stated errors are the real ones
+    assert 0.8 < np.mean([r.llc_std_error for r in results]) / spread < 1.25
+
+
+def test_intervals_cover_the_normal_crossing_expectation_at_their_nominal_rate():
+    """K = w₁²w₂⁴ (λ = 1/4): at nβ = 10³, γ = 10 the estimator's target is E_p[nβK] = 0.124, by
+    quadrature; 100 estimates of 4 chains each."""
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(torch.zeros(2))
+    potential = lambda m, batch: m.w[0] ** 2 * m.w[1] ** 4  # noqa: E731
+    truth = crossing_expectation(1e3, 10.0)
+    trace = sample(model, torch.zeros(1, 1), LLCConfig(step_size=2e-4, n_beta=1e3, localization=10.0, num_chains=400,
+                                                       num_draws=8000, num_burnin=1000, batch_size=1, seed=1), potential)
+    results = [estimate(t) for t in groups(trace, 4)]
+    assert abs(coverage(results, truth) - 0.95) <= 0.06
+
+
+def test_a_stored_trace_re_estimates_exactly_and_with_another_burnin():
+    model, data = regression()
+    result = estimate_llc(model, data, LLCConfig(step_size=1e-4, n_beta=100.0, num_draws=300, batch_size=50), mse_loss)
+    trace = Trace.from_bytes(result.trace)
+    assert trace.losses.shape == (4, result.steps) and result.burnin_detected  # burn-in included in the trace
+    again = estimate(trace, burnin=result.burnin)
+    assert (again.llc_mean, again.llc_std_error, again.r_hat) == (result.llc_mean, result.llc_std_error, result.r_hat)
+    assert estimate(trace).llc_mean == result.llc_mean  # its own burn-in is found again
+    later = estimate(trace, burnin=result.burnin + 50, thinning=2)
+    assert later.burnin == result.burnin + 50 and later.num_draws == (result.steps - later.burnin + 1) // 2
+    with pytest.raises(UserError, match="leaves no draws"):
+        estimate(trace, burnin=result.steps)
+
+
+def test_the_burnin_ends_where_the_transient_does():
+    rng = np.random.default_rng(0)
+    steps = np.arange(1000)
+    levels = 40 * (1 - np.exp(-steps / 30)) + rng.normal(0, 2, 1000)  # rises for ~100 steps, then stationary
+    assert 60 <= detect_burnin(levels) <= 200
+    assert detect_burnin(rng.normal(0, 1, 1000)) <= 100  # no transient: little or nothing cut
+    assert detect_burnin(np.concatenate([np.zeros(400), np.ones(600)])) <= 500  # never past the first half
+
+
+def test_sampling_stops_when_converged_and_says_when_it_did_not():
+    model, data = regression()
+    easy = estimate_llc(model, data, LLCConfig(step_size=1e-4, n_beta=100.0, batch_size=50, target_ess=100), mse_loss)
+    assert easy.converged and easy.steps < easy.config["max_steps"] and easy.r_hat <= 1.05 and easy.ess >= 100
+    capped = estimate_llc(model, data, LLCConfig(step_size=1e-4, n_beta=100.0, batch_size=50, target_ess=1e6,
+                                                 max_steps=300), mse_loss)
+    assert not capped.converged and capped.steps == 300
+
+
+def test_fixed_draws_follow_a_detected_burnin():
+    model, data = regression()
+    result = estimate_llc(model, data, LLCConfig(step_size=1e-4, n_beta=100.0, batch_size=50, num_draws=200), mse_loss)
+    assert result.num_draws >= 200 and result.steps - result.burnin >= 200 and result.burnin_detected
+
+
+def test_a_destroyed_language_model_is_flagged(tiny_checkpoint, tiny_tokens):
+    """Chains free to wander (nβ = 1, no localization) at step size 1e-2 leave w* so far that their
+    loss, still finite, exceeds a uniform prediction's (ln 256 = 5.55): every chain is stopped,
+    vmapped or not, and the answer is one error naming why and a smaller step, not a λ̂."""
+    config = LLCConfig(step_size=1e-2, n_beta=1.0, localization=0.0, num_chains=4, num_draws=100, num_burnin=0,
+                       batch_size=8)
+    with pytest.raises(UserError, match=r"all 4 SGLD chains diverged at step size 0.01 \(its loss \(\d+.\d+ nats\) "
+                                        r"rose above a uniform prediction's \(5.55\).*try a smaller step size, e.g. 0.001"):
+        estimate_llc(tiny_checkpoint.model, tiny_tokens.train, config)
+    vectorised = sample(tiny_checkpoint.model, tiny_tokens.train, config.model_copy(update={"vectorize": "always"}))
+    assert sorted(vectorised.diverged) == [0, 1, 2, 3] and vectorised.vectorized
+    assert np.isnan(vectorised.losses[:, 25:]).all() and np.isfinite(vectorised.losses[:, :25]).all()
+
+
+def test_a_chain_that_jumps_away_from_the_others_is_excluded_and_named():
+    """On a regression (no uniform prediction to judge by) one chain is pushed far off after 100
+    steps: it is stopped by the other chains' level, the rest give the estimate."""
+    from mdl_slt.sgld import _Health
+
+    config = LLCConfig(num_chains=4)
+    health = _Health(config, n_beta=100.0, init_loss=1.0, uniform=None, d=1000)
+    healthy = 1.0 + 0.03 + 0.002 * torch.randn(4, 100, generator=torch.Generator().manual_seed(0))
+    for upto in range(25, 101, 25):
+        assert health.check(healthy, upto, range(4)) == []
+    away = torch.cat([healthy, healthy[:, :25]], dim=1)
+    away[2, 100:] += 0.5  # nβ·(L − L*) from 3 to 53: past 10× the others' level, far below runaway (4000)
+    assert health.check(away, 125, range(4)) == [2] and "jumped past 10×" in health.stopped[2][1]
+
+
+def test_no_chain_is_flagged_at_the_main_jobs_settings_over_twenty_seeds(tiny_checkpoint, tiny_tokens):
+    """The main job's sampler (ε 3e-4, nβ 30, γ 300, batch 8, 4 chains) on a trained checkpoint."""
+    import yaml
+
+    from mdl_slt.experiment import Experiment
+
+    demo = Experiment.model_validate(yaml.safe_load(open("experiments/demo.yaml"))).llc
+    flagged = []
+    for seed in range(20):
+        config = demo.model_copy(update={"seed": seed, "num_draws": 60, "num_burnin": 20})
+        flagged += [(seed, why) for why in sample(tiny_checkpoint.model, tiny_tokens.train, config).diverged.values()]
+    assert flagged == []
+
+
+def test_traces_in_a_store_re_estimate_from_the_command_line_without_the_models(tiny_suite, tmp_path):
+    home, _ = tiny_suite
+    experiment = tmp_path / "t.yaml"
+    experiment.write_text(f"""
+name: traces
+store: {tmp_path}/t.sqlite
+models: [{{id: mdl-slt/tiny-a, revisions: [step8, step24]}}]
+data: {{context_length: 32, eval_sequences: 16, llc_sequences: 64}}
+llc: {{step_size: 1.0e-4, num_chains: 2, num_draws: 60, batch_size: 8}}
+critical: {{compressors: [{{name: rtn, precision: 0.5}}], epsilons: [0.1]}}
+""")
+    assert run_cli("run", experiment, home=home).returncode == 0
+    empty = tmp_path / "empty-home"  # no suite, no corpus: re-estimating must not sample
+    same = run_cli("llc", "reestimate", tmp_path / "t.sqlite", "--json", home=empty)
+    assert same.returncode == 0, same.stderr
+    rows = json.loads(same.stdout)["checkpoints"]
+    assert len(rows) == 2 and all(r["llc_mean"] == r["stored_llc_mean"] for r in rows)
+    other = json.loads(run_cli("llc", "reestimate", tmp_path / "t.sqlite", "--num-burnin", "30", "--thinning", "2",
+                               "--json", home=empty).stdout)["checkpoints"]
+    assert all(r["burnin"] == 30 and r["thinning"] == 2 and r["llc_mean"] != r["stored_llc_mean"] for r in other)
+    assert all(math.isfinite(r["llc_std_error"]) and r["r_hat"] > 0 for r in other)
