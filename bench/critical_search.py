@@ -1,9 +1,11 @@
-"""Critical search against a dense grid (the paper's approach) on micro-suite checkpoints.
+"""Critical search against a dense grid (the paper's approach) on micro-suite checkpoints, and
+against the search without snapping to realisable knob values (as it ran before 0.3).
 
 For each checkpoint and compressor, the dense grid evaluates the loss at every realisable knob
 value spaced by the stated precision and takes, per ε, the most compressing value before the
-first failure; the search brackets and bisects. Prints both critical values, both evaluation
-counts and their ratio. Needs the suite: `mdl-slt suite build` (or the main job) first.
+first failure; the search brackets and bisects over the realisable values. Prints both critical
+values, both evaluation counts and their ratio; and the evaluations the unsnapped search makes,
+with how many distinct compressed models they were. Needs the suite (`mdl-slt suite build`).
 
     python bench/critical_search.py [--home DIR] [--compressor rtn] [--refs REF ...]
 """
@@ -57,7 +59,7 @@ def main():
     home = resolve_home(args.home)
     method = compressors.get(args.compressor)
     precision = method.knob.precision
-    total_search = total_grid = 0
+    total_search = total_grid = total_unsnapped = total_models = 0
     print(f"compressor {args.compressor}, knob {method.knob.name}, precision {precision}, ε {EPSILONS}")
     for ref in args.refs:
         ckpt = load_checkpoint(ref, home)
@@ -71,8 +73,12 @@ def main():
 
         snap = lambda v: method.snap(v, prepared)  # noqa: E731
         start = time.perf_counter()
-        found = find_critical(loss_at, base, EPSILONS, method.knob, precision, snap)
+        found = find_critical(loss_at, base, EPSILONS, method.knob, precision, snap, method.levels(prepared))
         search_s = time.perf_counter() - start
+        unsnapped = find_critical(loss_at, base, EPSILONS, method.knob, precision)
+        models = len({snap(v) for v in unsnapped.evaluations})
+        total_unsnapped += unsnapped.num_evaluations
+        total_models += models
         start = time.perf_counter()
         grid, grid_evals = dense_grid(loss_at, base, method.knob, precision, snap)
         grid_s = time.perf_counter() - start
@@ -85,9 +91,11 @@ def main():
             print(f"  {ref} ε={point.epsilon:g}: search {point.value:.4f}  grid {g:.4f}  "
                   f"{'agree' if agree else 'DIFFER'} (monotone: {point.monotone})")
         print(f"  {ref}: evaluations search {found.num_evaluations} ({search_s:.1f} s), "
-              f"grid {grid_evals} ({grid_s:.1f} s), ratio {grid_evals / found.num_evaluations:.1f}×")
+              f"grid {grid_evals} ({grid_s:.1f} s), ratio {grid_evals / found.num_evaluations:.1f}×; "
+              f"unsnapped search {unsnapped.num_evaluations} evaluations of {models} distinct models")
     print(f"total evaluations: search {total_search}, dense grid {total_grid}, "
-          f"search uses {total_search / total_grid:.1%} of the grid's (ratio {total_grid / total_search:.1f}×)")
+          f"search uses {total_search / total_grid:.1%} of the grid's (ratio {total_grid / total_search:.1f}×); "
+          f"unsnapped search {total_unsnapped} evaluations of {total_models} distinct models")
 
 
 if __name__ == "__main__":

@@ -42,45 +42,50 @@ def main() -> None:
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}; context {args.context}; bf16 autocast: {device == 'cuda'}")
-    from transformers import GPTNeoXForCausalLM
-
     for size in args.sizes:
-        torch.manual_seed(0)
-        model = GPTNeoXForCausalLM(pythia.config(size)).to(device).eval()
-        vocab = model.config.vocab_size
-        tokens = torch.randint(vocab, (args.eval_sequences, args.context))
-        batch = eval_batch_size(model, args.context)
-        evaluate_loss(model, tokens[:batch])  # warm-up
-        sync(device)
-        start = time.perf_counter()
-        base = evaluate_loss(model, tokens)
-        sync(device)
-        throughput = tokens.numel() / (time.perf_counter() - start)
-
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        config = LLCConfig(preset="pythia", num_chains=1, num_draws=args.sgld_steps, num_burnin=0)
-        result = estimate_llc(model, torch.randint(vocab, (256, args.context)), config)
-        step_ms = 1000 / result.steps_per_second
-        sgld_peak = peak_gib(device)
-
-        start = time.perf_counter()
-        rtn = compressors.get("rtn")
-        prepared = rtn.prepare(model, tokens)
-
-        def loss_at(value: float) -> float:
-            with rtn.applied(model, prepared, value):
-                return evaluate_loss(model, tokens)
-
-        search = find_critical(loss_at, base, [0.05], rtn.knob, 0.05, lambda v: rtn.snap(v, prepared))
-        sync(device)
-        print(f"pythia-{size}: {sum(p.numel() for p in model.parameters()):,} params; eval {throughput:,.0f} tokens/s "
-              f"(batch {batch}); SGLD step {step_ms:.0f} ms at batch 32 × {args.context} (peak {sgld_peak:.1f} GiB, "
-              f"step size {result.config['step_size']:g}); critical rtn ε=0.05: {search.points[0].value} bits in "
-              f"{search.num_evaluations} evaluations, {time.perf_counter() - start:.1f} s")
-        del model, prepared
+        measure(size, args, device)
         if device == "cuda":
             torch.cuda.empty_cache()
+
+
+def measure(size: str, args, device: str) -> None:
+    """One row: evaluation throughput, SGLD step time and peak memory, one critical search."""
+    from transformers import GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(pythia.config(size)).to(device).eval()
+    vocab = model.config.vocab_size
+    tokens = torch.randint(vocab, (args.eval_sequences, args.context))
+    batch = eval_batch_size(model, args.context)
+    evaluate_loss(model, tokens[:batch])  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    base = evaluate_loss(model, tokens)
+    sync(device)
+    throughput = tokens.numel() / (time.perf_counter() - start)
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    config = LLCConfig(preset="pythia", num_chains=1, num_draws=args.sgld_steps, num_burnin=0)
+    result = estimate_llc(model, torch.randint(vocab, (256, args.context)), config)
+    step_ms = 1000 / result.steps_per_second
+    sgld_peak = peak_gib(device)
+
+    start = time.perf_counter()
+    rtn = compressors.get("rtn")
+    prepared = rtn.prepare(model, tokens)
+
+    def loss_at(value: float) -> float:
+        with rtn.applied(model, prepared, value):
+            return evaluate_loss(model, tokens)
+
+    search = find_critical(loss_at, base, [0.05], rtn.knob, 0.05, lambda v: rtn.snap(v, prepared),
+                           rtn.levels(prepared))
+    sync(device)
+    print(f"pythia-{size}: {sum(p.numel() for p in model.parameters()):,} params; eval {throughput:,.0f} tokens/s "
+          f"(batch {batch}); SGLD step {step_ms:.0f} ms at batch 32 × {args.context} (peak {sgld_peak:.1f} GiB, "
+          f"step size {result.config['step_size']:g}); critical rtn ε=0.05: {search.points[0].value} bits in "
+          f"{search.num_evaluations} evaluations, {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":

@@ -210,11 +210,15 @@ def report(store: Path = typer.Argument(..., help="Results store (SQLite) writte
            min_step: Optional[int] = typer.Option(None, help="Fit checkpoints at or after this step instead of "
                                                              "the experiment's analysis window."),
            window: Optional[float] = typer.Option(None, help="Window fraction of the loss fall [default: the "
-                                                             "experiment's `analysis.window`].")):
+                                                             "experiment's `analysis.window`]."),
+           critical: Optional[str] = typer.Option(None, help="interpolated | bracket: the critical value fitted "
+                                                             "[default: the experiment's, else interpolated].")):
     """Write the PDF report, CSV tables and fit file for a store, with its experiment's analysis settings."""
     from mdl_slt.report import write_report
 
-    written = write_report(store, output, {"min_step": min_step, "window": window})
+    if critical not in (None, "interpolated", "bracket"):
+        raise UserError(f"--critical {critical!r}: use interpolated or bracket")
+    written = write_report(store, output, {"min_step": min_step, "window": window, "critical": critical})
     print(f"{written['pdf']}: {written['pages']} pages; tables {', '.join(written['csv'])}")
 
 

@@ -1,4 +1,4 @@
-"""Learning coefficients known in closed form, to test LLC estimators against (SCIENCE.md §4)."""
+"""Learning coefficients known in closed form, to test LLC estimators against (docs/science.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What is known of EleutherAI's Pythia suite (SCIENCE.md §5): names, architectures, checkpoint
+"""What is known of EleutherAI's Pythia suite: names, architectures, checkpoint
 schedule, tokens per step, the GPT-NeoX-20B tokenizer, and the LLC sampler settings by size.
 
 References are `EleutherAI/pythia-<size>[-deduped]@step<N>`. Checkpoints: steps 0, 1, 2, 4, …,
@@ -19,7 +19,7 @@ STEPS = [0] + [2**k for k in range(10)] + list(range(1000, 143_001, 1000))
 TOKENS_PER_STEP = 1024 * 2048
 _NAME = re.compile(r"^EleutherAI/pythia-(?P<size>\d+(?:\.\d+)?[mb])(?P<deduped>-deduped)?(?:-v0)?$")
 
-# The paper's sampler settings for Pythia (Urdshals et al.), step size by size (SCIENCE.md §3).
+# The compressibility paper's sampler settings for Pythia (Urdshals et al.), step size by size.
 PAPER_SAMPLER = {"localization": 300.0, "n_beta": 30.0, "batch_size": 32, "num_chains": 4, "num_draws": 100}
 
 

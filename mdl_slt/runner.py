@@ -152,7 +152,7 @@ def grouped(failures: list[tuple[str, str]]) -> str:
 def unit_status(experiment: Experiment, home: Path, store: Store) -> list[tuple[str, str, str]]:
     """(unit, done | failed | pending, detail) for every unit of a device-resolved experiment."""
     tasks = Tasks(experiment)
-    states = store.task_states()
+    states, unconverged = store.task_states(), store.unconverged()
     rows = []
     for unit in plan(experiment, home):
         own = tasks.for_unit(unit)
@@ -163,5 +163,8 @@ def unit_status(experiment: Experiment, home: Path, store: Store) -> list[tuple[
         elif missing:
             rows.append((str(unit), "pending", "to measure: " + ", ".join(missing)))
         else:
-            rows.append((str(unit), "done", ""))
+            llc = next(t.key for t in own if t.kind == "llc")
+            flag = "" if llc not in unconverged else \
+                "LLC not converged (R̂ {:.3f}, ESS {:.0f}): flagged in the report".format(*unconverged[llc])
+            rows.append((str(unit), "done", flag))
     return rows

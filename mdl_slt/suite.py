@@ -47,7 +47,7 @@ class SuiteSpec:
     context_length: int = 128
     batch_size: int = 16
     train_steps: int = 1000
-    evenly_spaced: int = 8
+    evenly_spaced: int = 20
     learning_rate: float = 2e-3
     warmup_fraction: float = 0.05
     min_lr_ratio: float = 0.1
@@ -148,6 +148,26 @@ def train_model(spec: SuiteSpec, model: SuiteModel, train_tokens, tokenizer_dir:
     return model_id
 
 
+def _train_with_bars(spec, ordered, pool, ctx, console, train_tokens, tokenizer_dir, cache_dir) -> None:
+    """Train the models in `pool`, a progress bar per model on the terminal."""
+    from rich.progress import Progress
+
+    with ctx.Manager() as manager, Progress(console=console, transient=False) as bars, pool:
+        updates = manager.Queue()
+        tasks = {m.name: bars.add_task(f"train {m.name}", total=spec.train_steps) for m in ordered}
+        futures = [pool.submit(train_model, spec, m, train_tokens, tokenizer_dir, cache_dir, updates) for m in ordered]
+        while not all(f.done() for f in futures):
+            try:
+                name, step = updates.get(timeout=0.2)
+                bars.update(tasks[name], completed=step)
+            except queue.Empty:
+                pass
+        for f in futures:
+            f.result()
+        for name in tasks:
+            bars.update(tasks[name], completed=spec.train_steps)
+
+
 def is_built(home: Path, spec: SuiteSpec) -> bool:
     manifest = home / MANIFEST
     return manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") == spec.fingerprint()
@@ -158,8 +178,6 @@ def build_suite(home: Path, spec: SuiteSpec = SuiteSpec(), workers: int = 2, for
     """Build the suite into `home` once; later calls return the manifest without work."""
     if is_built(home, spec) and not force:
         return json.loads((home / MANIFEST).read_text())
-    from rich.progress import Progress
-
     import torch
 
     from mdl_slt.tokenizer import save_tokenizer, train_bpe
@@ -172,22 +190,21 @@ def build_suite(home: Path, spec: SuiteSpec = SuiteSpec(), workers: int = 2, for
     cache_dir = hub_cache(home)
     ordered = sorted(spec.models, key=lambda m: -m.layers * m.hidden**2)  # longest first
     ctx = get_context("spawn")
-    with ctx.Manager() as manager, Progress(console=console, transient=False) as bars:
-        updates = manager.Queue()
-        tasks = {m.name: bars.add_task(f"train {m.name}", total=spec.train_steps) for m in ordered}
-        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(ordered))), mp_context=ctx) as pool:
-            futures = [pool.submit(train_model, spec, m, train_tokens, tokenizer_dir, cache_dir, updates)
-                       for m in ordered]
-            while not all(f.done() for f in futures):
-                try:
-                    name, step = updates.get(timeout=0.2)
-                    bars.update(tasks[name], completed=step)
-                except queue.Empty:
-                    pass
-            for f in futures:
-                f.result()
-            for name in tasks:
-                bars.update(tasks[name], completed=spec.train_steps)
+    pool = ProcessPoolExecutor(max_workers=max(1, min(workers, len(ordered))), mp_context=ctx)
+    if console is not None and console.is_terminal:
+        _train_with_bars(spec, ordered, pool, ctx, console, train_tokens, tokenizer_dir, cache_dir)
+    else:  # a log: one plain line per model trained (nothing at all without a console)
+        from concurrent.futures import as_completed
+
+        from mdl_slt.progress import Tracker
+
+        with pool:
+            futures = {pool.submit(train_model, spec, m, train_tokens, tokenizer_dir, cache_dir): m for m in ordered}
+            tracker = Tracker(console, "suite models", len(ordered)) if console is not None else None
+            for future in as_completed(futures):
+                future.result()
+                if tracker is not None:
+                    tracker.step(f"trained {futures[future].name} ({len(spec.schedule())} checkpoints)")
     manifest = {
         "fingerprint": spec.fingerprint(),
         "spec": asdict(spec),

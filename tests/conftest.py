@@ -62,3 +62,19 @@ def run_cli(*args, home=None, cwd=None, timeout=300):
         env["MDL_SLT_HOME"] = str(home)
     return subprocess.run([sys.executable, "-m", "mdl_slt.cli", *map(str, args)], capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=timeout)
+
+
+def regression(d=6, n=1000, seed=0):
+    """A full-rank linear regression at its least-squares optimum w*, with Gaussian NLL loss:
+    (model, (x, y), loss)."""
+    import torch
+
+    from mdl_slt.sgld import mse_loss
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = x @ torch.randn(d, 1, generator=g) + 0.5 * torch.randn(n, 1, generator=g)
+    model = torch.nn.Linear(d, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+    return model, (x, y), mse_loss

@@ -13,18 +13,7 @@ from mdl_slt.errors import UserError
 from mdl_slt.ground_truth import crossing_expectation
 from mdl_slt.sgld import LLCConfig, estimate_llc, mse_loss, sample
 from mdl_slt.trace import Trace, detect_burnin, estimate
-from tests.conftest import run_cli
-
-
-def regression(d=6, n=200, seed=0):
-    """A full-rank linear regression at its least-squares optimum w*, with Gaussian NLL loss."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g)
-    y = x @ torch.randn(d, 1, generator=g) + 0.5 * torch.randn(n, 1, generator=g)
-    model = torch.nn.Linear(d, 1, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
-    return model, (x, y)
+from tests.conftest import regression, run_cli
 
 
 def groups(trace: Trace, size: int) -> list[Trace]:
@@ -39,7 +28,7 @@ def coverage(results, truth) -> float:
 
 def test_intervals_cover_a_regular_models_llc_at_their_nominal_rate():
     """100 estimates of 4 chains each; the truth at finite nβ is ½·Σ nβh/(nβh + γ) exactly."""
-    model, data = regression()
+    model, data, _ = regression(n=200)
     n_beta, gamma = 1000.0, 1.0
     eig = torch.linalg.eigvalsh(data[0].T @ data[0] / len(data[0]))
     truth = 0.5 * float(sum(n_beta * h / (n_beta * h + gamma) for h in eig))
@@ -65,7 +54,7 @@ def test_intervals_cover_the_normal_crossing_expectation_at_their_nominal_rate()
 
 
 def test_a_stored_trace_re_estimates_exactly_and_with_another_burnin():
-    model, data = regression()
+    model, data, _ = regression(n=200)
     result = estimate_llc(model, data, LLCConfig(step_size=1e-4, n_beta=100.0, num_draws=300, batch_size=50), mse_loss)
     trace = Trace.from_bytes(result.trace)
     assert trace.losses.shape == (4, result.steps) and result.burnin_detected  # burn-in included in the trace
@@ -88,7 +77,7 @@ def test_the_burnin_ends_where_the_transient_does():
 
 
 def test_sampling_stops_when_converged_and_says_when_it_did_not():
-    model, data = regression()
+    model, data, _ = regression(n=200)
     easy = estimate_llc(model, data, LLCConfig(step_size=1e-4, n_beta=100.0, batch_size=50, target_ess=100), mse_loss)
     assert easy.converged and easy.steps < easy.config["max_steps"] and easy.r_hat <= 1.05 and easy.ess >= 100
     capped = estimate_llc(model, data, LLCConfig(step_size=1e-4, n_beta=100.0, batch_size=50, target_ess=1e6,
@@ -97,7 +86,7 @@ def test_sampling_stops_when_converged_and_says_when_it_did_not():
 
 
 def test_fixed_draws_follow_a_detected_burnin():
-    model, data = regression()
+    model, data, _ = regression(n=200)
     result = estimate_llc(model, data, LLCConfig(step_size=1e-4, n_beta=100.0, batch_size=50, num_draws=200), mse_loss)
     assert result.num_draws >= 200 and result.steps - result.burnin >= 200 and result.burnin_detected
 
@@ -157,6 +146,8 @@ llc: {{step_size: 1.0e-4, num_chains: 2, num_draws: 60, batch_size: 8}}
 critical: {{compressors: [{{name: rtn, precision: 0.5}}], epsilons: [0.1]}}
 """)
     assert run_cli("run", experiment, home=home).returncode == 0
+    status = run_cli("status", tmp_path / "t.sqlite", home=home).stdout  # 2 chains × 60 draws: ESS short of 100
+    assert "LLC not converged (R̂ " in status, status
     empty = tmp_path / "empty-home"  # no suite, no corpus: re-estimating must not sample
     same = run_cli("llc", "reestimate", tmp_path / "t.sqlite", "--json", home=empty)
     assert same.returncode == 0, same.stderr
