@@ -107,7 +107,8 @@ def _samples(groups):
         return [(groups, 1.0)]
     top = groups.abs().topk(TAIL, dim=1)
     tail = groups.gather(1, top.indices)
-    spaced = groups[:, torch.linspace(0, length - 1, SAMPLE, device=groups.device).round().long()]
+    # integer positions: float32 linspace rounds past the end beyond 2²⁴ weights
+    spaced = groups[:, torch.arange(SAMPLE, device=groups.device) * (length - 1) // (SAMPLE - 1)]
     below = (spaced.abs() < top.values[:, -1:]).to(groups.dtype)
     return [(tail, 1.0), (spaced, below * (length - TAIL) / below.sum(dim=1, keepdim=True).clamp_min(1))]
 

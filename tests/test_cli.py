@@ -51,7 +51,7 @@ def test_llc_json(tiny_suite):
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["ref"] == "mdl-slt/tiny-a@step24" and out["step"] == 24
-    assert len(out["llc_per_chain"]) == 2 and isinstance(out["llc_mean"], float)
+    assert len(out["llc_per_chain"]) == 4 and isinstance(out["llc_mean"], float)
     assert out["config"]["num_draws"] == 20 and "loss_trace" not in out
 
 

@@ -97,7 +97,9 @@ def test_the_llc_on_every_family(family, loaded, tiny_tokens):
     before = [p.detach().clone() for p in model.parameters()]
     result = estimate_llc(model, tiny_tokens.train, LLCConfig(step_size=1e-4, num_chains=2, num_draws=20,
                                                                num_burnin=5, batch_size=8))
-    assert math.isfinite(result.llc_mean) and result.llc_mean > 0 and not result.diverged_chains
+    # a briefly trained model is not at a minimum, so λ̂ may sit near zero, but never far below it
+    assert math.isfinite(result.llc_mean) and result.llc_mean > -3 * result.llc_std_error
+    assert not result.diverged_chains
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
 
 

@@ -126,7 +126,7 @@ critical:
     llc = {r[1]: r for r in rows if r[0] == "llc"}
     assert sorted(llc) == ["step0", "step1", "step2"]  # Pythia's schedule up to step 2; step4 is left out
     assert all(r[2] == int(r[1][4:]) * 2_097_152 and r[3] == 14_067_712 for r in llc.values())
-    assert json.loads(llc["step2"][4])["step_size"] == 1e-3  # the paper's step for 14m
+    assert json.loads(llc["step2"][4])["config"]["step_size"] == 1e-3  # the paper's step for 14m
     assert sum(r[0] == "critical" for r in rows) == 2 * 3
     assert (root / "pythia.pdf").read_bytes().startswith(b"%PDF")
     from mdl_slt.data import DataConfig, token_sets

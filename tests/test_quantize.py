@@ -44,6 +44,18 @@ def test_error_falls_with_levels_and_clip_search_helps():
     assert errors[1] < no_clip
 
 
+def test_the_fast_range_fit_reaches_the_last_weight_of_a_long_tensor():
+    """Past 2²⁴ weights float32 positions round beyond the end (Pythia-70m's embedding is 25.8M)."""
+    from compressors.grid import _samples
+
+    groups = torch.zeros(1, 2**24 + 7)
+    groups[0, -1] = 1.0  # the evenly spaced sample ends at the last weight
+    tail, spaced = _samples(groups)
+    assert spaced[0][0, -1] == 1.0 and spaced[0].shape[1] < groups.shape[1]
+    grid = fit_grid(groups, 16, True)
+    assert torch.isfinite(grid.decode(grid.encode(groups))).all()
+
+
 def test_finer_scales_fit_better():
     torch.manual_seed(0)
     w = torch.randn(16, 64) * torch.logspace(-2, 0, 16)[:, None]  # rows of very different scale

@@ -196,13 +196,15 @@ def test_component_llc_of_a_subset():
 
 
 def test_diverging_chains_are_excluded_with_a_suggestion():
-    """One chain at a stable step, the rest pushed out: the estimate comes from the healthy one."""
+    """At the edge of stability (ε·nβ·h_max ≈ 3.5, unstable at 4) some of 16 chains run away: they are
+    excluded and named, and the estimate comes from the others."""
     model, data, loss = regression()
-    config = LLCConfig(step_size=3e-3, n_beta=1000.0, localization=1.0, num_chains=4, num_draws=100,
+    config = LLCConfig(step_size=3.1e-3, n_beta=1000.0, localization=1.0, num_chains=16, num_draws=100,
                        num_burnin=0, batch_size=1000, seed=0)
     result = estimate_llc(model, data, config, loss)
-    assert result.diverged_chains and math.isfinite(result.llc_mean)
-    assert result.suggested_step_size == pytest.approx(3e-4)
+    assert 0 < len(result.diverged_chains) < 16 and math.isfinite(result.llc_mean)
+    assert all("runaway" in result.diverged_reasons[c] for c in result.diverged_chains)
+    assert result.suggested_step_size == pytest.approx(3.1e-4)
     assert all(math.isnan(result.llc_per_chain[c]) for c in result.diverged_chains)
 
 

@@ -30,11 +30,13 @@ def test_default_suite_is_pythia_style_and_spans_sizes():
 
 
 def test_schedule_is_pythia_like():
-    steps = SuiteSpec().schedule()
-    assert steps[:4] == [0, 1, 2, 4] and steps[-1] == SuiteSpec().train_steps and len(steps) >= 8
-    log_part = [s for s in steps if 0 < s < 125]
-    assert all(s & (s - 1) == 0 for s in log_part)  # powers of two
-    tail = [s for s in steps if s >= 125]
+    spec = SuiteSpec()
+    steps = spec.schedule()
+    spacing = spec.train_steps // spec.evenly_spaced
+    assert steps[:4] == [0, 1, 2, 4] and steps[-1] == spec.train_steps and len(steps) >= 8
+    log_part = [s for s in steps if 0 < s < spacing]
+    assert log_part and all(s & (s - 1) == 0 for s in log_part)  # powers of two
+    tail = [s for s in steps if s >= spacing]
     assert len(set(b - a for a, b in zip(tail, tail[1:]))) == 1  # evenly spaced
 
 
