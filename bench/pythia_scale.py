@@ -3,7 +3,7 @@
 Randomly initialised models with Pythia's exact configurations (`mdl_slt.pythia.config`), so no
 hub is needed; fp32 parameters, bf16 autocast on CUDA. Prints one row per size.
 
-    python bench/pythia_scale.py --sizes 410m 1.4b             # on a GPU (issue 7's figures)
+    python bench/pythia_scale.py --sizes 160m 410m 1.4b        # on a GPU
     python bench/pythia_scale.py --sizes 14m --device cpu      # the same path on this machine
 """
 
