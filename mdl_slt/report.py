@@ -135,8 +135,8 @@ def figure_pages(a: Analysis) -> list[tuple[str, str, object]]:
                       figures.chain_traces(a.traces, style)))
     pages += [
         ("Critical compression over training",
-         "Each method's critical value at each ε over training. Look for: the same direction as λ̂ on the "
-         "previous pages (both rise with training in the compressibility paper).",
+         "Each method's critical value at each ε over training. Look for: less compression where λ̂ is higher "
+         "(more bits and more rank kept, fewer heads removed), as the compressibility paper finds over training.",
          figures.critical_over_training(a.table, style)),
         ("Every evaluated point of every critical search",
          "Loss increase against the knob, darker for later checkpoints; dashed: the tolerances ε. Look for: "
