@@ -2,7 +2,7 @@
 
 1. On a randomly initialised model with Pythia-70m's configuration (70.4M parameters): seconds per
    bit width of `rtn`'s range fit (per-tensor scales, clip ratio by weight error) with the fast
-   search (coarse then fine, on ≤ 4,352 weights per group) and the exhaustive one (50 ratios on
+   search (coarse then fine, on ≤ 69,632 weights per group) and the exhaustive one (50 ratios on
    every weight, as before 0.3), the squared error of the grids they choose, and one loss
    evaluation for scale.
 2. On micro-suite checkpoints: the critical bits of `rtn` at ε = 0.02, 0.05, 0.1 with each search.

@@ -28,9 +28,10 @@ from mdl_slt.keys import config_hash, task_key
 from mdl_slt.revisions import compile_pattern, hub_revisions, parse
 
 # Bumped whenever a change to the code changes what a measurement returns (rtn's even level
-# counts in 0.2; per-task keys, numerics and the LLC trace in 0.3), so stores never mix results
-# of different methods under one key.
-MEASUREMENT_VERSION = 4
+# counts in 0.2; per-task keys, numerics and the LLC trace in 0.3; the range fit's larger sample,
+# exact on groups up to 69,632 weights, in 5), so stores never mix results of different methods
+# under one key.
+MEASUREMENT_VERSION = 5
 
 
 @dataclass(frozen=True)

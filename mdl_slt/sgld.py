@@ -82,7 +82,7 @@ class LLCConfig(BaseModel):
         "auto", description="run chains together with torch.func.vmap: `auto` does for plain torch modules "
                             "and for transformers models on CUDA (eager attention), not for those on CPU")
     compile: bool = Field(False, description="torch.compile the vmapped chains' gradient: about 15 s to compile on "
-                                             "a CPU, then several times faster per step on small models (README); "
+                                             "a CPU once per model, then several times faster per step on small models (README); "
                                              "worth it for long runs")
     runaway: float = Field(4.0, gt=0, description="divergence: window means of nβ·(L − L*) above this × d")
     jump: float = Field(10.0, gt=1, description="divergence: window means of nβ·(L − L*) above this × the other "
@@ -378,8 +378,12 @@ class _Vectorized:
             return functional_call(wrapper, {f"model.{n}": p for n, p in zip(names, params)}, (batch,))
 
         self.step_fn = vmap(grad_and_value(loss_single), in_dims=(0, 0), randomness="error")
-        if config.compile:
-            self.step_fn = torch.compile(self.step_fn)
+        if config.compile:  # compiled once per model, loss and chains; later estimates on it (seeds) reuse it
+            cache = model.__dict__.setdefault("_mdl_slt_compiled", {})
+            key = (loss_fn, tuple(names), config.num_chains)
+            if key not in cache:
+                cache[key] = torch.compile(self.step_fn)
+            self.step_fn = cache[key]
         self.params = [a.expand(config.num_chains, *a.shape[1:]).clone() for a in anchor]
         self.anchor, self.data, self.config = anchor, data, config
         self.update = _Update(anchor, config, n_beta)

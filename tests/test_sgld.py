@@ -164,6 +164,17 @@ def test_vectorized_and_sequential_chains_agree():
     assert together.llc_per_chain == pytest.approx(apart.llc_per_chain, rel=1e-4)
 
 
+def test_compiled_chains_agree_with_eager_ones_and_compile_once_per_model():
+    model, data, loss = regression()
+    config = LLCConfig(step_size=1e-4, n_beta=100.0, num_chains=3, num_draws=40, num_burnin=10, batch_size=50)
+    eager = estimate_llc(model, data, config, loss)
+    compiled = estimate_llc(model, data, config.model_copy(update={"compile": True}), loss)
+    assert compiled.vectorized and compiled.llc_per_chain == pytest.approx(eager.llc_per_chain, rel=1e-4)
+    (first,) = model._mdl_slt_compiled.values()
+    estimate_llc(model, data, config.model_copy(update={"compile": True, "seed": 1}), loss)
+    assert list(model._mdl_slt_compiled.values()) == [first]  # another seed reuses the compiled gradient
+
+
 def test_rmsprop_sampler_recovers_d_over_2():
     model, data, loss = regression()
     config = LLCConfig(sampler="rmsprop", step_size=2e-5, n_beta=1000.0, localization=1.0, num_chains=4,
