@@ -224,15 +224,10 @@ def report(store: Path = typer.Argument(..., help="Results store (SQLite) writte
 
 def _load(ref: str, experiment):
     """The checkpoint on the experiment's device and its token sets from the experiment's data."""
-    from mdl_slt.checkpoints import load_checkpoint
-    from mdl_slt.data import token_sets
     from mdl_slt.device import resolve_device
-    from mdl_slt.threads import set_threads
+    from mdl_slt.measure import load
 
-    set_threads(experiment.threads)
-    home = _home()
-    ckpt = load_checkpoint(ref, home, resolve_device(experiment.device))
-    return ckpt, token_sets(home, ckpt.tokenizer, experiment.data)
+    return load(ref, experiment, _home(), resolve_device(experiment.device))
 
 
 def _differences(ours: dict, theirs: dict, prefix: str = "") -> list[str]:

@@ -42,20 +42,28 @@ def reason(error: BaseException) -> str:
     return " ".join(text.split())[:400]
 
 
+def load(ref, experiment, home: Path, device: str | None = None) -> tuple[Checkpoint, TokenSets]:
+    """A checkpoint on `device` (default: the experiment's, resolved) in a process with the
+    experiment's torch threads, and its token sets from the experiment's data."""
+    from mdl_slt.checkpoints import load_checkpoint
+    from mdl_slt.data import token_sets
+    from mdl_slt.threads import set_threads
+
+    set_threads(experiment.threads)
+    ckpt = load_checkpoint(ref, home, device or experiment.device)
+    return ckpt, token_sets(home, ckpt.tokenizer, experiment.data)
+
+
 def measure_llc(checkpoint: Checkpoint, tokens: TokenSets, config: LLCConfig) -> LLCResult:
     return estimate_llc(checkpoint.model, tokens.train, config)
 
 
 def choose_step_size(unit: Unit, experiment, home: Path) -> dict:
     """`step_size: auto` resolved on one checkpoint of the experiment's data: the step and how."""
-    from mdl_slt.checkpoints import load_checkpoint
-    from mdl_slt.data import token_sets
     from mdl_slt.sgld import default_loss, resolve
-    from mdl_slt.threads import set_threads
 
-    set_threads(experiment.threads)
-    ckpt = load_checkpoint(unit.ref, home, experiment.device)
-    data = token_sets(home, ckpt.tokenizer, experiment.data).train.to(experiment.device)
+    ckpt, tokens = load(unit.ref, experiment, home)
+    data = tokens.train.to(experiment.device)
     config, how = resolve(experiment.llc, ckpt.model, data, default_loss(data, "fp32"))
     return {"step_size": config.step_size, "checkpoint": str(unit.ref), **how}
 
@@ -117,15 +125,9 @@ def measure_critical(checkpoint: Checkpoint, tokens: TokenSets, compressor, base
 
 def measure_unit(unit: Unit, experiment, home: Path, tasks: list[Task]) -> Iterator[Outcome]:
     """Measure `tasks` of one checkpoint, yielding each task's outcome as it finishes."""
-    from mdl_slt.checkpoints import load_checkpoint
-    from mdl_slt.data import token_sets
-    from mdl_slt.threads import set_threads
-
     name = str(unit)
     try:
-        set_threads(experiment.threads)
-        ckpt = load_checkpoint(unit.ref, home, experiment.device)
-        tokens = token_sets(home, ckpt.tokenizer, experiment.data)
+        ckpt, tokens = load(unit.ref, experiment, home)
     except Exception as error:  # noqa: BLE001  an unloadable checkpoint fails each of its tasks, with the reason
         for task in tasks:
             yield Outcome(name, task, error=reason(error))

@@ -38,7 +38,7 @@ from typing import Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mdl_slt.errors import UserError
-from mdl_slt.trace import LLCResult, Trace, burnin_of, chain_diagnostics, estimate, levels_of
+from mdl_slt.trace import LLCResult, Trace, burnin_of, chain_diagnostics, estimate, levels_of, meets_targets
 
 CHECK_EVERY = 25  # steps between divergence checks (each costs one host synchronisation)
 UNIFORM_MARGIN = 0.5  # nats: the uniform-prediction check needs w* this much better than uniform
@@ -502,8 +502,7 @@ def _converged(traces, steps: int, health: _Health, config: LLCConfig, n_beta: f
     if steps - burnin < config.block:
         return False
     found = chain_diagnostics(levels_of(probe, healthy, steps)[:, burnin::config.thinning])
-    return (math.isfinite(found["r_hat"]) and found["r_hat"] <= config.target_r_hat
-            and math.isfinite(found["ess"]) and found["ess"] >= config.target_ess)
+    return meets_targets(found["r_hat"], found["ess"], config.target_r_hat, config.target_ess)
 
 
 def sample(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | None = None) -> Trace:

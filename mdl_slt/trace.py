@@ -142,6 +142,11 @@ def chain_diagnostics(samples: np.ndarray) -> dict:
                 "mcse_per_chain": [float(az.mcse(samples[c:c + 1], method="mean")) for c in range(chains)]}
 
 
+def meets_targets(r_hat: float, ess: float, target_r_hat: float, target_ess: float) -> bool:
+    """Converged: split R̂ at most its target and pooled ESS at least its target (both finite)."""
+    return bool(math.isfinite(r_hat) and r_hat <= target_r_hat and math.isfinite(ess) and ess >= target_ess)
+
+
 def levels_of(trace: Trace, chains: list[int], steps: int) -> np.ndarray:
     """nβ·(L − L(w*)) of `chains` over their first `steps` steps, float64."""
     return trace.n_beta * (trace.losses[chains, :steps].astype(np.float64) - trace.init_loss)
@@ -167,8 +172,7 @@ def estimate(trace: Trace, burnin: int | None = None, thinning: int | None = Non
         raise UserError(f"all {chains} SGLD chains diverged at step size {config['step_size']:g} ({reasons}): "
                         f"try a smaller step size, e.g. {suggestion:g}")
     steps = trace.steps
-    detected = burnin is None and not isinstance(config.get("num_burnin"), int)
-    burnin = burnin if burnin is not None else burnin_of(trace, steps)[0]
+    burnin, detected = burnin_of(trace, steps) if burnin is None else (burnin, False)
     thinning = thinning or config.get("thinning", 1)
     if burnin >= steps:
         raise UserError(f"a burn-in of {burnin} steps leaves no draws of the {steps} sampled")
@@ -181,8 +185,7 @@ def estimate(trace: Trace, burnin: int | None = None, thinning: int | None = Non
     between = float(means.std(ddof=1) / math.sqrt(len(means))) if len(means) > 1 else float("nan")
     monte_carlo = max(x for x in (diagnostics["mcse"], between, 0.0) if math.isfinite(x))
     r_hat, ess = diagnostics["r_hat"], diagnostics["ess"]
-    converged = bool(math.isfinite(r_hat) and r_hat <= config.get("target_r_hat", 1.05)
-                     and math.isfinite(ess) and ess >= config.get("target_ess", 0))
+    converged = meets_targets(r_hat, ess, config.get("target_r_hat", 1.05), config.get("target_ess", 0))
     ess_per_chain, mcse_per_chain = [float("nan")] * chains, [float("nan")] * chains
     for i, c in enumerate(healthy):
         ess_per_chain[c], mcse_per_chain[c] = diagnostics["ess_per_chain"][i], diagnostics["mcse_per_chain"][i]
