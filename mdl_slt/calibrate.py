@@ -44,15 +44,11 @@ def run_sweep(model, data, base: LLCConfig, step_sizes=STEP_SIZES, n_betas=N_BET
                 settings.append(Setting(step, n_beta, math.nan, math.nan, math.nan, math.nan,
                                         config.num_chains, False, []))
             else:
-                scaled = [[n_beta * (v - r.init_loss) for v in chain] for chain in r.loss_trace]  # healthy chains
-                mean_trace = [sum(col) / len(col) for col in zip(*scaled)]
-                half = len(mean_trace) // 2
-                first, second = sum(mean_trace[:half]) / half, sum(mean_trace[half:]) / (len(mean_trace) - half)
-                drift = abs(second - first) / max(abs(r.llc_mean), 1e-12)
+                drift = abs(r.drift)
                 stable = (not r.diverged_chains and r.llc_mean > 0 and drift < 0.1
                           and (math.isnan(r.r_hat) or r.r_hat < 1.1))
                 settings.append(Setting(step, n_beta, r.llc_mean, r.llc_std_error, r.r_hat, drift,
-                                        len(r.diverged_chains), stable, mean_trace))
+                                        len(r.diverged_chains), stable, r.mean_level.tolist()))
             if progress is not None:
                 progress()
     return settings

@@ -107,6 +107,19 @@ class LLCResult:
     def negative(self) -> bool:
         return self.llc_mean < 0
 
+    @property
+    def mean_level(self) -> np.ndarray:
+        """nβ·(L − L*) per draw, averaged over the healthy chains."""
+        return self.n_beta * (np.asarray(self.loss_trace).mean(axis=0) - self.init_loss)
+
+    @property
+    def drift(self) -> float:
+        """(mean level of the second half of the draws − of the first half) / |λ̂|: positive while
+        the chains still climb together, which R̂ cannot see."""
+        level = self.mean_level
+        half = len(level) // 2
+        return float(level[half:].mean() - level[:half].mean()) / max(abs(self.llc_mean), 1e-12)
+
     def to_dict(self) -> dict:
         return {**{k: v for k, v in asdict(self).items() if k != "trace"}, "negative": self.negative}
 
