@@ -341,14 +341,14 @@ def llc(ctx: typer.Context,
         experiment_file: Optional[Path] = typer.Option(None, "--experiment", help=EXPERIMENT_HELP),
         set_: list[str] = typer.Option([], "--set", help=SET_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-        sampler: Optional[str] = typer.Option(None, help="sgld or rmsprop [default: the experiment's, else sgld]."),
+        sampler: Optional[str] = typer.Option(None, help="sgld, rmsprop or baoab [default: the experiment's, else sgld]."),
         step_size: Optional[str] = typer.Option(None, help="A number, or auto (the paper's step for a Pythia "
                                                            "size, else ε·(nβ·λ_max + γ) = 0.3) [default: the "
                                                            "experiment's, else 3e-4]."),
         n_beta: Optional[str] = typer.Option(None, help="A number, or auto (n/log n) [default: the experiment's, else 30]."),
         localization: Optional[float] = typer.Option(None), num_chains: Optional[int] = typer.Option(None),
         num_draws: Optional[int] = typer.Option(None, help="Draws per chain [default: auto, sampled in blocks until "
-                                                           "R̂ ≤ 1.05 and ESS ≥ 100]."),
+                                                           "R̂ ≤ 1.05, ESS ≥ 100 and 4 relaxation times]."),
         num_burnin: Optional[int] = typer.Option(None, help="Burn-in steps [default: auto, from the trace]."),
         batch_size: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
         parameters: list[str] = typer.Option([], help="Sample only parameters matching these globs "

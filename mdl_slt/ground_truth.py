@@ -43,12 +43,16 @@ def deep_linear(widths, rank: int) -> float:
     raise ValueError(f"no subset σ satisfies Aoyagi's conditions for widths {widths}, rank {rank}")
 
 
-def deep_linear_task(widths, rank: int, num_samples: int, seed: int = 0):
+def deep_linear_task(widths, rank: int, num_samples: int, seed: int = 0, exact: bool = False):
     """A random deep linear network at a true parameter w* whose product has rank `rank`, with
     inputs x ~ N(0, I) and noiseless targets y = f(x; w*) (Lau et al.; Hitchcock & Hoogland).
 
     Returns (model at w*, (x, y), loss) with loss `mdl_slt.sgld.mse_loss`, the negative
-    log-likelihood of a unit-variance Gaussian up to a constant.
+    log-likelihood of a unit-variance Gaussian up to a constant. `exact`: the n inputs are given
+    by their second moment instead, as H_1 rows z = √H_1·R (RᵀR = XᵀX/n, Cholesky), whose loss
+    equals the n-sample loss L_n(w) = ½·tr(Δ·XᵀX/n·Δᵀ) for any w (Δ = product − true product): a
+    batch of all H_1 rows gives exact gradients at any n. nβ must then be set from n, not from
+    the H_1 rows.
     """
     import torch
 
@@ -64,11 +68,23 @@ def deep_linear_task(widths, rank: int, num_samples: int, seed: int = 0):
         out, inp = middle.weight.shape
         low = torch.randn(out, rank, generator=gen) @ torch.randn(rank, inp, generator=gen)
         middle.weight.copy_(low / math.sqrt(inp * max(rank, 1)))
-        x = torch.randn(num_samples, widths[0], generator=gen)
+        x = _second_moment_rows(num_samples, widths[0], gen) if exact else \
+            torch.randn(num_samples, widths[0], generator=gen)
         y = model(x)
     from mdl_slt.sgld import mse_loss
 
     return model, (x, y), mse_loss
+
+
+def _second_moment_rows(num_samples: int, width: int, gen, chunk: int = 100_000):
+    """√width·R with RᵀR = XᵀX/n for X of n standard normal rows, accumulated in float64 chunks."""
+    import torch
+
+    moment = torch.zeros(width, width, dtype=torch.float64)
+    for start in range(0, num_samples, chunk):
+        x = torch.randn(min(chunk, num_samples - start), width, generator=gen, dtype=torch.float64)
+        moment += x.T @ x
+    return (math.sqrt(width) * torch.linalg.cholesky(moment / num_samples).T).float()
 
 
 def deep_linear_cases(count: int, min_params: int = 1_000, max_params: int = 1_000_000, seed: int = 0):

@@ -164,7 +164,15 @@ def unit_status(experiment: Experiment, home: Path, store: Store) -> list[tuple[
             rows.append((str(unit), "pending", "to measure: " + ", ".join(missing)))
         else:
             llc = next(t.key for t in own if t.kind == "llc")
-            flag = "" if llc not in unconverged else \
-                "LLC not converged (R̂ {:.3f}, ESS {:.0f}): flagged in the report".format(*unconverged[llc])
+            flag = "" if llc not in unconverged else _unconverged_text(*unconverged[llc])
             rows.append((str(unit), "done", flag))
     return rows
+
+
+def _unconverged_text(r_hat, ess, steps, relaxation) -> str:
+    """Why an LLC is not converged: R̂, ESS and, where short of it, the steps four relaxation times need."""
+    from mdl_slt.trace import RELAXATIONS
+
+    needed = RELAXATIONS * (relaxation or 0)
+    short = f", {steps:,} steps of the {needed:,.0f} that {RELAXATIONS} relaxation times need" if steps < needed else ""
+    return f"LLC not converged (R̂ {r_hat:.3f}, ESS {ess:.0f}{short}): flagged in the report"

@@ -4,6 +4,16 @@ Posterior localized at the trained parameter w*:  p(w) ∝ exp(−nβ·L_n(w) �
 SGLD step on a minibatch B:  Δw = (ε/2)·P·(−nβ·∇L_B(w) − γ(w − w*)) + N(0, ε·P), with P = I, or
 for RMSProp-preconditioned SGLD P = 1/(√V̂ + eps), V ← αV + (1 − α)(∇L_B)², V̂ bias-corrected
 (Hitchcock & Hoogland, arXiv 2507.21449).
+`sampler: baoab` is underdamped Langevin with momentum p, time step h = √ε and friction ζ, split
+B-A-O-A-B (Leimkuhler & Matthews 2013) on U(w) = nβ·L_B(w) + (γ/2)‖w − w*‖²:
+p ← p − (h/2)∇U;  w ← w + (h/2)p;  p ← c·p + √(1 − c²)·N(0, I), c = e^(−ζh);  w ← w + (h/2)p;
+p ← p − (h/2)∇U. It samples a quadratic U exactly for any stable h (h²·a < 4), and the directions
+held only by γ relax in about ζ/(2γh) steps (ζ ≥ 2√γ) where SGLD takes 1/(εγ) = 1/(γh²): far
+fewer on stiff, nearly singular models. `friction: auto` is ζ = 10√γ, five times the critical
+damping of those directions: with critical damping the chains of an 874k-parameter deep linear
+network overshot and diverged. It wants exact gradients (`batch_size` at least the data size):
+minibatch noise heats it in proportion to 1/ζ.
+A `batch_size` at least the data size uses every row at every step (exact gradients).
 
 Sampling produces an artifact, estimation reads it (`mdl_slt.trace`): `sample` runs the chains
 and returns a `Trace` of every step's minibatch loss, burn-in included; `estimate(trace)` gives
@@ -12,7 +22,9 @@ measured once, on the whole fixed data set (or its first `reference_batches` bat
 
 Converged by default: with `num_draws: auto` the chains run in blocks of `block` steps until,
 after the burn-in (detected from the trace unless fixed), split R̂ ≤ `target_r_hat` and the
-pooled bulk ESS ≥ `target_ess`, or `max_steps` is reached; the result says whether it converged.
+pooled bulk ESS ≥ `target_ess`, and at least four relaxation times of the slowest direction γ
+holds have passed (`trace.relaxation_steps`), or `max_steps` is reached; the result says whether
+it converged.
 
 Divergence, checked every CHECK_EVERY steps on each chain's window mean, against scales that mean
 something for the model: a non-finite loss; a mean minibatch loss above that of a uniform
@@ -38,11 +50,13 @@ from typing import Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mdl_slt.errors import UserError
-from mdl_slt.trace import LLCResult, Trace, burnin_of, chain_diagnostics, estimate, levels_of, meets_targets
+from mdl_slt.trace import (LLCResult, Trace, burnin_of, chain_diagnostics, estimate, levels_of, meets_targets,
+                           relaxation_steps)
 
 CHECK_EVERY = 25  # steps between divergence checks (each costs one host synchronisation)
 UNIFORM_MARGIN = 0.5  # nats: the uniform-prediction check needs w* this much better than uniform
 STEP_SCALE = 0.3  # `step_size: auto` outside Pythia's table: ε·(nβ·λ_max + γ) = STEP_SCALE (see the README)
+FRICTION_SCALE = 10.0  # BAOAB's `friction: auto` = FRICTION_SCALE·√γ
 
 
 class LLCConfig(BaseModel):
@@ -50,14 +64,16 @@ class LLCConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    sampler: Literal["sgld", "rmsprop"] = Field("sgld", description="plain or RMSProp-preconditioned SGLD")
+    sampler: Literal["sgld", "rmsprop", "baoab"] = Field("sgld", description="plain or RMSProp-preconditioned "
+                                                          "SGLD, or underdamped Langevin (BAOAB; wants exact "
+                                                          "gradients, see the module docstring)")
     preset: Literal["pythia"] | None = Field(None, description="`pythia`: the paper's settings (γ 300, nβ 30, "
                                                             "batch 32, 4 chains, 100 draws, step size by model size) "
                                                             "for every field not given")
     step_size: float | Literal["auto"] = Field(3e-4, description="SGLD step size ε; `auto`: the paper's step for a "
                                                "Pythia model, else ε = 0.3/(nβ·λ_max + γ) from the top Hessian "
                                                "eigenvalue at w* (in a run: of each model's last checkpoint, held "
-                                               "for all its checkpoints)")
+                                               "for all its checkpoints); for baoab ε = h², h its time step")
     n_beta: float | Literal["auto"] = Field(30.0, description="nβ; `auto` = n/log n, β = 1/log n")
     localization: float = Field(300.0, ge=0, description="γ, strength of the pull towards w*")
     num_chains: int = Field(4, ge=1)
@@ -72,6 +88,8 @@ class LLCConfig(BaseModel):
     target_ess: float = Field(100.0, ge=0, description="converged: pooled bulk ESS at least this")
     batch_size: int = Field(16, ge=1)
     seed: int = 0
+    friction: float | Literal["auto"] = Field("auto", description="baoab's friction ζ; auto = 10√γ, five times "
+                                                                  "the critical damping of the directions only γ holds")
     rmsprop_alpha: float = Field(0.99, gt=0, lt=1)
     rmsprop_eps: float = Field(0.1, gt=0, description="caps the preconditioner at 1/eps (devinterp's default): "
                                "near an exact minimum V → 0 and a tiny eps would blow the step up")
@@ -101,11 +119,11 @@ class LLCConfig(BaseModel):
             values = {**PAPER_SAMPLER, "step_size": "auto", **values}
         return values
 
-    @field_validator("step_size")
+    @field_validator("step_size", "friction")
     @classmethod
-    def _positive(cls, value):
+    def _positive(cls, value, info):
         if value != "auto" and value <= 0:
-            raise ValueError("step_size must be positive, or auto")
+            raise ValueError(f"{info.field_name} must be positive, or auto")
         return value
 
     @field_validator("num_draws", "num_burnin")
@@ -133,7 +151,7 @@ class LLCConfig(BaseModel):
         if self.fixed_steps is not None:
             return f"{self.fixed_steps} steps"
         what = f"{self.num_draws} draws after a detected burn-in" if self.num_draws != "auto" else \
-            f"until R̂ ≤ {self.target_r_hat:g} and ESS ≥ {self.target_ess:g}"
+            f"until R̂ ≤ {self.target_r_hat:g}, ESS ≥ {self.target_ess:g} and 4 relaxation times"
         return f"≤ {self.max_steps} steps ({what})"
 
 
@@ -147,6 +165,16 @@ def _to_device(data, device):
 
 def _pick(data, index):
     return tuple(d[index] for d in data) if isinstance(data, tuple) else data[index]
+
+
+def _minibatches(size: int, batch_size: int, steps: int, gen):
+    """Row indices, (steps, b): drawn uniformly with replacement, or every row at every step
+    when the batch is at least the data (exact gradients)."""
+    import torch
+
+    if batch_size >= size:
+        return torch.arange(size, device=gen.device).expand(steps, size)
+    return torch.randint(size, (steps, batch_size), generator=gen, device=gen.device)
 
 
 def _batches(data, batch_size: int):
@@ -190,8 +218,9 @@ def resolve_n_beta(config: LLCConfig, data) -> float:
 
 
 def resolve(config: LLCConfig, model, data, loss_fn) -> tuple[LLCConfig, dict]:
-    """The config with nβ and the step size made concrete for this model and data, and how: the
-    paper's step for a model of a Pythia size, else ε from λ_max of ∇²L at w*."""
+    """The config with nβ, the step size and BAOAB's friction made concrete for this model and
+    data, and how: the paper's step for a model of a Pythia size, else ε from λ_max of ∇²L at w*;
+    with the relaxation time these settings imply (`trace.relaxation_steps`)."""
     from mdl_slt.pythia import default_step_size, is_pythia_sized
 
     update, how = {"n_beta": resolve_n_beta(config, data)}, {}
@@ -206,7 +235,13 @@ def resolve(config: LLCConfig, model, data, loss_fn) -> tuple[LLCConfig, dict]:
             top = top_hessian_eigenvalue(model, data, loss_fn, batch_size=config.batch_size * 4)
             update["step_size"] = STEP_SCALE / (update["n_beta"] * max(top, 0.0) + config.localization)
             how = {"step_size_rule": f"ε = {STEP_SCALE:g}/(nβ·λ_max + γ)", "lambda_max": top}
-    return config.model_copy(update=update), how
+    if config.sampler == "baoab" and config.friction == "auto":
+        if config.localization <= 0:
+            raise UserError("sampler baoab with friction auto (10√γ) needs localization > 0: set localization "
+                            "or a friction")
+        update["friction"] = FRICTION_SCALE * math.sqrt(config.localization)
+    resolved = config.model_copy(update=update)
+    return resolved, {**how, "relaxation_steps": relaxation_steps(resolved.model_dump())}
 
 
 def select_parameters(model, patterns) -> list[tuple[str, object]]:
@@ -240,14 +275,14 @@ def reference_loss(model, data, loss_fn, config: LLCConfig) -> tuple[float, floa
 
 
 class _Update:
-    """The SGLD update of C chains over stacked parameter tensors (leading dim C)."""
+    """The sampler's update of C chains over stacked parameter tensors (leading dim C)."""
 
     def __init__(self, anchor, config: LLCConfig, n_beta: float):
         self.anchor = anchor  # per parameter, shape (1, ...) for broadcasting
         self.config, self.n_beta = config, n_beta
         self.flat = None  # (chains, d): every parameter's noise, drawn with one call per chain
         self.noise = None  # views of `flat`, one per parameter
-        self.second_moment = None
+        self.aux = None  # the sampler's own state: RMSProp's V, BAOAB's momentum p
         self.t = 0
 
     def _buffers(self, params) -> None:
@@ -257,48 +292,77 @@ class _Update:
         self.flat = torch.empty(params[0].shape[0], sum(sizes), dtype=params[0].dtype, device=params[0].device)
         self.noise = [part.view(p.shape) for part, p in zip(self.flat.split(sizes, dim=1), params)]
 
-    def step(self, params, grads, gens) -> None:
-        """One SGLD step for every chain in place: params and grads are lists of (C, ...) tensors.
+    def _draw(self, gens) -> None:
+        for c, gen in enumerate(gens):
+            self.flat[c].normal_(generator=gen)
 
-        Memory: besides the parameters it keeps the anchor w*, one noise buffer and (RMSProp) V,
-        each the size of the sampled parameters; the gradients are turned into the drift in place
-        and the noise buffer holds the preconditioner, so a step allocates nothing.
+    def step(self, params, grads, gens) -> None:
+        """One step for every chain in place: params and grads are lists of (C, ...) tensors.
+
+        Memory: besides the parameters it keeps the anchor w*, one noise buffer and (RMSProp) V
+        or (BAOAB) p, each the size of the sampled parameters; the gradients are turned into the
+        drift in place and the noise buffer holds the preconditioner, so a step allocates nothing.
         """
         import torch
 
         cfg = self.config
-        eps, gamma = cfg.step_size, cfg.localization
         if self.noise is None:
             self._buffers(params)
-        if cfg.sampler == "rmsprop" and self.second_moment is None:
-            self.second_moment = [torch.zeros_like(p) for p in params]
+        if cfg.sampler == "rmsprop" and self.aux is None:
+            self.aux = [torch.zeros_like(p) for p in params]
         self.t += 1
         with torch.no_grad():
             if cfg.sampler == "rmsprop":  # V ← αV + (1 − α)g², before g becomes the drift
-                torch._foreach_mul_(self.second_moment, cfg.rmsprop_alpha)
-                torch._foreach_addcmul_(self.second_moment, grads, grads, value=1 - cfg.rmsprop_alpha)
-            drift = grads  # nβ∇L + γ(w − w*), in place
+                torch._foreach_mul_(self.aux, cfg.rmsprop_alpha)
+                torch._foreach_addcmul_(self.aux, grads, grads, value=1 - cfg.rmsprop_alpha)
+            drift = grads  # ∇U = nβ∇L + γ(w − w*), in place
             torch._foreach_mul_(drift, self.n_beta)
-            torch._foreach_add_(drift, params, alpha=gamma)
-            torch._foreach_add_(drift, self.anchor, alpha=-gamma)
-            if cfg.sampler == "rmsprop":
-                precond = self.noise  # P = 1/(√V̂ + eps), V̂ bias-corrected, in the noise buffer
-                torch._foreach_copy_(precond, self.second_moment)
-                torch._foreach_div_(precond, 1 - cfg.rmsprop_alpha**self.t)
-                torch._foreach_sqrt_(precond)
-                torch._foreach_add_(precond, cfg.rmsprop_eps)
-                torch._foreach_reciprocal_(precond)
-                torch._foreach_mul_(drift, precond)
-                torch._foreach_add_(params, drift, alpha=-eps / 2)
-                torch._foreach_sqrt_(precond)  # √P scales the noise; the drift buffer is free again
-                torch._foreach_copy_(drift, precond)
+            torch._foreach_add_(drift, params, alpha=cfg.localization)
+            torch._foreach_add_(drift, self.anchor, alpha=-cfg.localization)
+            if cfg.sampler == "baoab":
+                self._baoab(params, drift, gens)
+            elif cfg.sampler == "rmsprop":
+                self._rmsprop(params, drift, gens)
             else:
-                torch._foreach_add_(params, drift, alpha=-eps / 2)
-            for c, gen in enumerate(gens):
-                self.flat[c].normal_(generator=gen)
-            if cfg.sampler == "rmsprop":
-                torch._foreach_mul_(self.noise, drift)
-            torch._foreach_add_(params, self.noise, alpha=math.sqrt(eps))
+                torch._foreach_add_(params, drift, alpha=-cfg.step_size / 2)
+                self._draw(gens)
+                torch._foreach_add_(params, self.noise, alpha=math.sqrt(cfg.step_size))
+
+    def _rmsprop(self, params, drift, gens) -> None:
+        import torch
+
+        cfg, eps = self.config, self.config.step_size
+        precond = self.noise  # P = 1/(√V̂ + eps), V̂ bias-corrected, in the noise buffer
+        torch._foreach_copy_(precond, self.aux)
+        torch._foreach_div_(precond, 1 - cfg.rmsprop_alpha**self.t)
+        torch._foreach_sqrt_(precond)
+        torch._foreach_add_(precond, cfg.rmsprop_eps)
+        torch._foreach_reciprocal_(precond)
+        torch._foreach_mul_(drift, precond)
+        torch._foreach_add_(params, drift, alpha=-eps / 2)
+        torch._foreach_sqrt_(precond)  # √P scales the noise; the drift buffer is free again
+        torch._foreach_copy_(drift, precond)
+        self._draw(gens)
+        torch._foreach_mul_(self.noise, drift)
+        torch._foreach_add_(params, self.noise, alpha=math.sqrt(eps))
+
+    def _baoab(self, params, drift, gens) -> None:
+        """The closing B of the last step and the opening B of this one share ∇U at w: one
+        kick of h (h/2 on the first step, whose momentum is drawn from N(0, I))."""
+        import torch
+
+        h = math.sqrt(self.config.step_size)
+        c = math.exp(-self.config.friction * h)
+        if self.aux is None:
+            self._draw(gens)
+            self.aux = [n.clone() for n in self.noise]
+        momentum = self.aux
+        torch._foreach_add_(momentum, drift, alpha=-h if self.t > 1 else -h / 2)
+        torch._foreach_add_(params, momentum, alpha=h / 2)
+        self._draw(gens)
+        torch._foreach_mul_(momentum, c)
+        torch._foreach_add_(momentum, self.noise, alpha=math.sqrt(1 - c * c))
+        torch._foreach_add_(params, momentum, alpha=h / 2)
 
 
 def _generators(config: LLCConfig, device):
@@ -393,8 +457,7 @@ class _Vectorized:
         import torch
 
         size = data_size(self.data)
-        b = min(self.config.batch_size, size)
-        picks = torch.stack([torch.randint(size, (stop - start, b), generator=g, device=g.device) for g in self.gens],
+        picks = torch.stack([_minibatches(size, self.config.batch_size, stop - start, g) for g in self.gens],
                             dim=1)  # (steps, chains, batch): a block's minibatches drawn at once
         for t in range(start, stop):
             grads, loss = self.step_fn(self.params, _pick(self.data, picks[t - start]))
@@ -411,7 +474,7 @@ class _Vectorized:
 
 class _Sequential:
     """One chain after another on the model's own parameters; between blocks each chain's
-    parameters (and RMSProp moments) are kept in host memory, so chains can be extended block by
+    parameters (and RMSProp moments or BAOAB momenta) are kept in host memory, so chains can be extended block by
     block while the device holds one chain's state at a time."""
 
     def __init__(self, model, params, anchor, data, loss_fn, config, n_beta):
@@ -419,13 +482,12 @@ class _Sequential:
         self.config = config
         self.update = _Update([a[0] for a in anchor], config, n_beta)
         self.gens = _generators(config, anchor[0].device)
-        self.states: list = [None] * config.num_chains  # (parameters, second moment, step count) per chain
+        self.states: list = [None] * config.num_chains  # (parameters, sampler state, step count) per chain
 
     def advance(self, start: int, stop: int, traces, health: _Health) -> None:
         import torch
 
         size = data_size(self.data)
-        b = min(self.config.batch_size, size)
         views = [p.unsqueeze(0) for p in self.params]  # (1, ...) views: the update writes into the model
         for chain, gen in enumerate(self.gens):
             if not health.active(chain):
@@ -434,9 +496,9 @@ class _Sequential:
             with torch.no_grad():
                 for p, saved in zip(self.params, state[0] if state else [a[0] for a in self.anchor]):
                     p.copy_(saved)
-            moment = None if not state or state[1] is None else [m.to(self.params[0].device) for m in state[1]]
-            self.update.second_moment, self.update.t = moment, state[2] if state else 0
-            picks = torch.randint(size, (stop - start, b), generator=gen, device=gen.device)
+            aux = None if not state or state[1] is None else [m.to(self.params[0].device) for m in state[1]]
+            self.update.aux, self.update.t = aux, state[2] if state else 0
+            picks = _minibatches(size, self.config.batch_size, stop - start, gen)
             for t in range(start, stop):
                 loss = self.loss_fn(self.model, _pick(self.data, picks[t - start]))
                 grads = torch.autograd.grad(loss, self.params)
@@ -445,9 +507,9 @@ class _Sequential:
                 if (t + 1) % CHECK_EVERY == 0 and health.check(traces, t + 1, [chain]):
                     break
             if health.active(chain):  # kept in host memory: the device holds one chain at a time
-                moment = self.update.second_moment
+                aux = self.update.aux
                 self.states[chain] = ([p.detach().to("cpu", copy=True) for p in self.params],
-                                      None if moment is None else [m.to("cpu", copy=True) for m in moment], self.update.t)
+                                      None if aux is None else [m.to("cpu", copy=True) for m in aux], self.update.t)
             else:
                 self.states[chain] = None
 
@@ -502,7 +564,7 @@ def _converged(traces, steps: int, health: _Health, config: LLCConfig, n_beta: f
     if steps - burnin < config.block:
         return False
     found = chain_diagnostics(levels_of(probe, healthy, steps)[:, burnin::config.thinning])
-    return meets_targets(found["r_hat"], found["ess"], config.target_r_hat, config.target_ess)
+    return meets_targets(found["r_hat"], found["ess"], config.model_dump(), steps)
 
 
 def sample(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | None = None) -> Trace:

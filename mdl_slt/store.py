@@ -165,11 +165,13 @@ class Store:
     def done(self) -> set[str]:
         return {k for (k,) in self.db.execute("SELECT key FROM tasks WHERE status = 'done'")}
 
-    def unconverged(self) -> dict[str, tuple[float, float]]:
-        """LLC task key → (R̂, ESS) for every LLC whose chains did not reach their targets."""
-        rows = self.db.execute("SELECT task_key, json_extract(detail, '$.r_hat'), json_extract(detail, '$.ess') "
+    def unconverged(self) -> dict[str, tuple]:
+        """LLC task key → (R̂, ESS, steps, relaxation steps or None) for every LLC whose chains did
+        not reach their targets."""
+        rows = self.db.execute("SELECT task_key, json_extract(detail, '$.r_hat'), json_extract(detail, '$.ess'), "
+                               "json_extract(detail, '$.steps'), json_extract(detail, '$.extra.relaxation_steps') "
                                "FROM records WHERE task = 'llc' AND json_extract(detail, '$.converged') = 0")
-        return {key: (r_hat, ess) for key, r_hat, ess in rows}
+        return {key: tuple(rest) for key, *rest in rows}
 
     def record_config(self, config_hash: str, kind: str, settings: dict) -> None:
         with self.db:

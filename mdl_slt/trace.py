@@ -15,7 +15,10 @@ searched within the first half. Uncertainty, reported together: rank-normalised 
 ESS per chain and pooled (arviz), the Monte-Carlo standard error of λ̂ from the pooled ESS,
 the spread between chain means, and the reference loss's error:
     se = √( max(MCSE_ESS, sd(λ̂_c)/√C)² + (nβ·se(L(w*)))² ).
-`converged`: R̂ ≤ target and pooled ESS ≥ target.
+`converged`: R̂ ≤ target, pooled ESS ≥ target, and at least RELAXATIONS relaxation times of the
+slowest direction the localization alone holds sampled (`relaxation_steps`): chains that all start
+at w* drift together along such directions for that long, and R̂, which compares chains, cannot
+see it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 from mdl_slt.errors import UserError
 
 MSER_BATCH = 5
+RELAXATIONS = 4  # relaxation times of the slowest γ-held direction a converged run has sampled
 
 
 @dataclass
@@ -155,9 +159,26 @@ def chain_diagnostics(samples: np.ndarray) -> dict:
                 "mcse_per_chain": [float(az.mcse(samples[c:c + 1], method="mean")) for c in range(chains)]}
 
 
-def meets_targets(r_hat: float, ess: float, target_r_hat: float, target_ess: float) -> bool:
-    """Converged: split R̂ at most its target and pooled ESS at least its target (both finite)."""
-    return bool(math.isfinite(r_hat) and r_hat <= target_r_hat and math.isfinite(ess) and ess >= target_ess)
+def relaxation_steps(config: dict) -> float:
+    """Steps for the variance of a direction held only by γ (curvature γ) to relax by a factor e,
+    from the resolved sampler settings: SGLD 1/(ε·γ); RMSProp-SGLD, whose preconditioner there is
+    1/eps, eps/(ε·γ); BAOAB 1/(2r·h), h = √ε, r = ζ/2 − √(ζ²/4 − γ) for ζ ≥ 2√γ, else ζ/2.
+    0 without localization (no such direction to go by)."""
+    step, gamma, sampler = config.get("step_size"), config.get("localization", 0.0), config.get("sampler", "sgld")
+    if gamma <= 0 or not isinstance(step, (int, float)):
+        return 0.0
+    if sampler == "baoab":
+        friction = config["friction"]
+        rate = friction / 2 - math.sqrt(max(friction**2 / 4 - gamma, 0.0))
+        return 1 / (2 * rate * math.sqrt(step))
+    return (config["rmsprop_eps"] if sampler == "rmsprop" else 1.0) / (step * gamma)
+
+
+def meets_targets(r_hat: float, ess: float, config: dict, steps: int) -> bool:
+    """Converged: split R̂ at most its target, pooled ESS at least its target (both finite), and
+    `steps` at least RELAXATIONS relaxation times (`relaxation_steps`)."""
+    return bool(math.isfinite(r_hat) and r_hat <= config.get("target_r_hat", 1.05) and math.isfinite(ess)
+                and ess >= config.get("target_ess", 0) and steps >= RELAXATIONS * relaxation_steps(config))
 
 
 def levels_of(trace: Trace, chains: list[int], steps: int) -> np.ndarray:
@@ -182,7 +203,7 @@ def estimate(trace: Trace, burnin: int | None = None, thinning: int | None = Non
     suggestion = config["step_size"] / 10 if trace.diverged else None
     if not healthy:
         reasons = "; ".join(sorted(set(trace.diverged.values())))
-        raise UserError(f"all {chains} SGLD chains diverged at step size {config['step_size']:g} ({reasons}): "
+        raise UserError(f"all {chains} chains diverged at step size {config['step_size']:g} ({reasons}): "
                         f"try a smaller step size, e.g. {suggestion:g}")
     steps = trace.steps
     burnin, detected = burnin_of(trace, steps) if burnin is None else (burnin, False)
@@ -198,7 +219,7 @@ def estimate(trace: Trace, burnin: int | None = None, thinning: int | None = Non
     between = float(means.std(ddof=1) / math.sqrt(len(means))) if len(means) > 1 else float("nan")
     monte_carlo = max(x for x in (diagnostics["mcse"], between, 0.0) if math.isfinite(x))
     r_hat, ess = diagnostics["r_hat"], diagnostics["ess"]
-    converged = meets_targets(r_hat, ess, config.get("target_r_hat", 1.05), config.get("target_ess", 0))
+    converged = meets_targets(r_hat, ess, config, steps)
     ess_per_chain, mcse_per_chain = [float("nan")] * chains, [float("nan")] * chains
     for i, c in enumerate(healthy):
         ess_per_chain[c], mcse_per_chain[c] = diagnostics["ess_per_chain"][i], diagnostics["mcse_per_chain"][i]

@@ -12,7 +12,7 @@ import torch
 from mdl_slt.errors import UserError
 from mdl_slt.ground_truth import crossing_expectation
 from mdl_slt.sgld import LLCConfig, estimate_llc, mse_loss, sample
-from mdl_slt.trace import Trace, detect_burnin, estimate
+from mdl_slt.trace import Trace, detect_burnin, estimate, relaxation_steps
 from tests.conftest import regression, run_cli
 
 
@@ -85,6 +85,33 @@ def test_sampling_stops_when_converged_and_says_when_it_did_not():
     assert not capped.converged and capped.steps == 300
 
 
+def test_relaxation_times_of_the_samplers():
+    """The variance of a direction of curvature γ relaxes at rate ε·γ per step under SGLD (ε·γ/eps
+    with RMSProp's preconditioner at 1/eps), at 2r per unit time under BAOAB (r the slower root
+    of s² − ζs + γ, or ζ/2 underdamped), h = √ε per step."""
+    sgld = {"sampler": "sgld", "step_size": 1e-4, "localization": 300.0}
+    assert relaxation_steps(sgld) == pytest.approx(1 / 0.03)
+    assert relaxation_steps({**sgld, "sampler": "rmsprop", "rmsprop_eps": 0.1}) == pytest.approx(0.1 / 0.03)
+    assert relaxation_steps({**sgld, "localization": 0.0}) == 0
+    baoab = {"sampler": "baoab", "step_size": 1e-4, "localization": 100.0}
+    assert relaxation_steps({**baoab, "friction": 20.0}) == pytest.approx(1 / (2 * 10 * 0.01))  # critical
+    assert relaxation_steps({**baoab, "friction": 4.0}) == pytest.approx(1 / (2 * 2 * 0.01))  # underdamped
+    r = 50 - math.sqrt(50**2 - 100)
+    assert relaxation_steps({**baoab, "friction": 100.0}) == pytest.approx(1 / (2 * r * 0.01))
+
+
+def test_agreeing_chains_are_not_converged_before_the_slowest_direction_relaxed():
+    """R̂ and ESS met within 2,000 steps, but at γ = 1 the directions γ holds relax over
+    1/(ε·γ) = 3,333 steps: not converged within the budget; at γ = 300 (11 steps) it is."""
+    model, data, _ = regression(n=200)
+    config = LLCConfig(step_size=3e-4, n_beta=100.0, localization=1.0, batch_size=50, max_steps=2000)
+    weak = estimate_llc(model, data, config, mse_loss)
+    assert weak.extra["relaxation_steps"] == pytest.approx(1 / 3e-4)
+    assert weak.r_hat <= 1.05 and weak.ess >= 100 and not weak.converged and weak.steps == 2000
+    strong = estimate_llc(model, data, config.model_copy(update={"localization": 300.0}), mse_loss)
+    assert strong.converged and strong.steps < 2000
+
+
 def test_fixed_draws_follow_a_detected_burnin():
     model, data, _ = regression(n=200)
     result = estimate_llc(model, data, LLCConfig(step_size=1e-4, n_beta=100.0, batch_size=50, num_draws=200), mse_loss)
@@ -97,7 +124,7 @@ def test_a_destroyed_language_model_is_flagged(tiny_checkpoint, tiny_tokens):
     vmapped or not, and the answer is one error naming why and a smaller step, not a λ̂."""
     config = LLCConfig(step_size=1e-2, n_beta=1.0, localization=0.0, num_chains=4, num_draws=100, num_burnin=0,
                        batch_size=8)
-    with pytest.raises(UserError, match=r"all 4 SGLD chains diverged at step size 0.01 \(its loss \(\d+.\d+ nats\) "
+    with pytest.raises(UserError, match=r"all 4 chains diverged at step size 0.01 \(its loss \(\d+.\d+ nats\) "
                                         r"rose above a uniform prediction's \(5.55\).*try a smaller step size, e.g. 0.001"):
         estimate_llc(tiny_checkpoint.model, tiny_tokens.train, config)
     vectorised = sample(tiny_checkpoint.model, tiny_tokens.train, config.model_copy(update={"vectorize": "always"}))
