@@ -12,8 +12,8 @@ held only by γ relax in about ζ/(2γh) steps (ζ ≥ 2√γ) where SGLD takes 
 fewer on stiff, nearly singular models. `friction: auto` is ζ = 10√γ, five times the critical
 damping of those directions: with critical damping the chains of an 874k-parameter deep linear
 network overshot and diverged. It wants exact gradients (`batch_size` at least the data size):
-minibatch noise heats it in proportion to 1/ζ.
-A `batch_size` at least the data size uses every row at every step (exact gradients).
+minibatch noise heats it in proportion to 1/ζ. (Any sampler: a `batch_size` at least the data
+size uses every row at every step.)
 
 Sampling produces an artifact, estimation reads it (`mdl_slt.trace`): `sample` runs the chains
 and returns a `Trace` of every step's minibatch loss, burn-in included; `estimate(trace)` gives
@@ -88,8 +88,9 @@ class LLCConfig(BaseModel):
     target_ess: float = Field(100.0, ge=0, description="converged: pooled bulk ESS at least this")
     batch_size: int = Field(16, ge=1)
     seed: int = 0
-    friction: float | Literal["auto"] = Field("auto", description="baoab's friction ζ; auto = 10√γ, five times "
-                                                                  "the critical damping of the directions only γ holds")
+    friction: float | Literal["auto"] = Field("auto", description="baoab's friction ζ; auto = 10√γ, five "
+                                                                  "times the critical damping of the directions "
+                                                                  "only γ holds")
     rmsprop_alpha: float = Field(0.99, gt=0, lt=1)
     rmsprop_eps: float = Field(0.1, gt=0, description="caps the preconditioner at 1/eps (devinterp's default): "
                                "near an exact minimum V → 0 and a tiny eps would blow the step up")
@@ -353,11 +354,12 @@ class _Update:
 
         h = math.sqrt(self.config.step_size)
         c = math.exp(-self.config.friction * h)
-        if self.aux is None:
+        first = self.aux is None
+        if first:
             self._draw(gens)
             self.aux = [n.clone() for n in self.noise]
         momentum = self.aux
-        torch._foreach_add_(momentum, drift, alpha=-h if self.t > 1 else -h / 2)
+        torch._foreach_add_(momentum, drift, alpha=-h / 2 if first else -h)
         torch._foreach_add_(params, momentum, alpha=h / 2)
         self._draw(gens)
         torch._foreach_mul_(momentum, c)
@@ -474,8 +476,8 @@ class _Vectorized:
 
 class _Sequential:
     """One chain after another on the model's own parameters; between blocks each chain's
-    parameters (and RMSProp moments or BAOAB momenta) are kept in host memory, so chains can be extended block by
-    block while the device holds one chain's state at a time."""
+    parameters (and RMSProp moments or BAOAB momenta) are kept in host memory, so chains can be
+    extended block by block while the device holds one chain's state at a time."""
 
     def __init__(self, model, params, anchor, data, loss_fn, config, n_beta):
         self.model, self.params, self.anchor, self.data, self.loss_fn = model, params, anchor, data, loss_fn
@@ -554,7 +556,7 @@ def _vectorize(model, config: LLCConfig, device) -> bool:
 
 def _converged(traces, steps: int, health: _Health, config: LLCConfig, n_beta: float, init_loss: float) -> bool:
     """Whether sampling can stop at `steps`: fixed draws are complete after the burn-in, or
-    (`num_draws: auto`) R̂ and ESS after the burn-in meet their targets."""
+    (`num_draws: auto`) R̂ and ESS after the burn-in meet their targets, past four relaxation times."""
     healthy = [c for c in range(config.num_chains) if health.active(c)]
     probe = Trace(traces[:, :steps].cpu().numpy(), init_loss, 0.0, n_beta, 0, None,
                   {c: "" for c in range(config.num_chains) if c not in healthy}, config.model_dump())
@@ -564,7 +566,7 @@ def _converged(traces, steps: int, health: _Health, config: LLCConfig, n_beta: f
     if steps - burnin < config.block:
         return False
     found = chain_diagnostics(levels_of(probe, healthy, steps)[:, burnin::config.thinning])
-    return meets_targets(found["r_hat"], found["ess"], config.model_dump(), steps)
+    return meets_targets(found["r_hat"], found["ess"], probe.config, steps)
 
 
 def sample(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | None = None) -> Trace:
