@@ -27,7 +27,8 @@ import time
 import torch
 
 from mdl_slt.ground_truth import deep_linear, deep_linear_cases, deep_linear_task
-from mdl_slt.sgld import LLCConfig, estimate_llc
+from mdl_slt.llc.config import LLCConfig
+from mdl_slt.llc.sampling import estimate_llc
 
 SAMPLES = 1_000_000
 _COMMON = dict(step_size="auto", num_chains=4, block=500, target_r_hat=1.05, target_ess=100)

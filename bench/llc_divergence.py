@@ -21,7 +21,7 @@ from mdl_slt.checkpoints import load_checkpoint
 from mdl_slt.data import token_sets
 from mdl_slt.experiment import load_experiment
 from mdl_slt.home import resolve_home
-from mdl_slt.sgld import sample
+from mdl_slt.llc.sampling import sample
 
 
 def main() -> None:

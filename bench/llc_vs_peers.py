@@ -32,7 +32,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # the peers' per-chain progress bars
 import torch
 
 from mdl_slt.ground_truth import deep_linear_task
-from mdl_slt.sgld import LLCConfig, _Update, estimate_llc, mse_loss
+from mdl_slt.llc.batches import mse_loss
+from mdl_slt.llc.config import LLCConfig
+from mdl_slt.llc.samplers import SAMPLERS
+from mdl_slt.llc.sampling import estimate_llc
 
 CHAINS, DRAWS, BURNIN = 4, 200, 50
 
@@ -64,7 +67,7 @@ def floor_ms(model, data, loss_fn, config: LLCConfig, repeats=50):
     size = len(data[0]) if isinstance(data, tuple) else len(data)
     index = torch.arange(config.batch_size) % size
     batch = tuple(d[index] for d in data) if isinstance(data, tuple) else data[index]
-    update = _Update([a[0] for a in anchor], config, float(config.n_beta))
+    update = SAMPLERS[config.sampler]([a[0] for a in anchor], config, float(config.n_beta))
     gen = torch.Generator().manual_seed(0)
     saved = [p.detach().clone() for p in params]
 

@@ -18,8 +18,9 @@ import compressors
 from mdl_slt import pythia
 from mdl_slt.critical import find_critical
 from mdl_slt.device import eval_batch_size, resolve_device
+from mdl_slt.llc.config import LLCConfig
+from mdl_slt.llc.sampling import estimate_llc
 from mdl_slt.lm_loss import evaluate_loss
-from mdl_slt.sgld import LLCConfig, estimate_llc
 
 
 def sync(device: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 from compressors import layout
 from compressors.spill import Spill, spill_bytes
 from compressors.targets import DEFAULT_TARGETS, Role, select_targets
-from mdl_slt.errors import UserError
+from mdl_slt.errors import UserError, first_problem
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,7 @@ def get(name: str, **options) -> Compressor:
     try:
         return _validator(cls).validate_python(options)
     except ValidationError as error:
-        first = error.errors()[0]
-        option = str(first["loc"][0]) if first["loc"] else "options"
+        where, first = first_problem(error)
+        option = where.split(".")[0] or "options"
         raise UserError(f"compressor {name!r}: option {option}={options.get(option, first.get('input'))!r} is not "
                         f"allowed: {first['msg'][0].lower()}{first['msg'][1:]}") from None

@@ -4,12 +4,12 @@ Heavy imports (torch, transformers) happen only when their functions are first u
 analysis and report layers run without them.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _LAZY = {
-    "estimate_llc": "mdl_slt.sgld",
-    "LLCConfig": "mdl_slt.sgld",
-    "LLCResult": "mdl_slt.sgld",
+    "estimate_llc": "mdl_slt.llc.sampling",
+    "LLCConfig": "mdl_slt.llc.config",
+    "LLCResult": "mdl_slt.llc.trace",
     "load_checkpoint": "mdl_slt.checkpoints",
     "CheckpointRef": "mdl_slt.checkpoints",
     "find_critical": "mdl_slt.critical",

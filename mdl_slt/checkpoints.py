@@ -8,15 +8,14 @@ Models load in fp32 (never fp16: its rounding would hide small compressions) in 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from mdl_slt import pythia
-from mdl_slt.errors import UserError
+from mdl_slt.errors import UserError, one_line
 from mdl_slt.home import hub_cache
-
-_STEP = re.compile(r"^step(\d+)$")
+from mdl_slt.hubcache import hub_reachable
+from mdl_slt.revisions import training_position
 
 
 @dataclass(frozen=True)
@@ -37,11 +36,6 @@ class CheckpointRef:
             raise UserError(f"malformed checkpoint reference {text!r}: write MODEL_ID@REVISION "
                             "(e.g. EleutherAI/pythia-70m@step3000) or a local directory")
         return cls(model_id, revision or None)
-
-    @property
-    def step(self) -> int | None:
-        match = _STEP.match(self.revision or "")
-        return int(match.group(1)) if match else None
 
     @property
     def is_local_dir(self) -> bool:
@@ -72,27 +66,6 @@ def quiet_transformers() -> None:
     logging.set_verbosity_error()
     huggingface_hub.utils.disable_progress_bars()
     huggingface_hub.utils.logging.set_verbosity_error()
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """False when offline (HF_HUB_OFFLINE) or the hub's host does not answer within `timeout` s.
-
-    Checked before any hub call, so an offline machine gets an answer at once instead of the
-    hub client's retries (about 25 s).
-    """
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def _sources(ref: CheckpointRef, home: Path):
@@ -129,12 +102,15 @@ def load_checkpoint(ref: CheckpointRef | str, home: Path, device: str = "cpu") -
             continue
         except Exception as error:  # noqa: BLE001  found but unreadable (e.g. a truncated safetensors file)
             raise UserError(f"checkpoint '{ref}' is corrupt or incomplete ({type(error).__name__}: "
-                            f"{' '.join(str(error).split())[:160]}): download or copy it again") from None
+                            f"{one_line(error)}): download or copy it again") from None
         model.to(device).eval()
-        meta = _suite_metadata(ref, home)
-        step = ref.step if ref.step is not None else meta.get("step")
-        return Checkpoint(ref, model, tokenizer, step, meta.get("tokens_seen", pythia.tokens_seen(ref.model_id, step)))
-    reason = " ".join(str(last_error).split())[:200] if last_error else "unknown error"
+        step, tokens = training_position(ref.model_id, ref.revision)
+        if step is None or tokens is None:  # the name does not say: the suite's metadata, else Pythia's rate
+            meta = _suite_metadata(ref, home)
+            step = step if step is not None else meta.get("step")
+            tokens = tokens if tokens is not None else meta.get("tokens_seen", pythia.tokens_seen(ref.model_id, step))
+        return Checkpoint(ref, model, tokenizer, step, tokens)
+    reason = one_line(last_error) if last_error else "unknown error"
     raise UserError(f"cannot load checkpoint '{ref}': {reason} — check the name and revision, "
                     f"build the embedded suite with `mdl-slt suite build`, or go online for the hub")
 

@@ -24,7 +24,7 @@ from typing import Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mdl_slt.errors import UserError
+from mdl_slt.errors import UserError, one_line
 
 
 class DataConfig(BaseModel):
@@ -194,7 +194,7 @@ def _dataset_documents(data: DataConfig, split: str) -> Iterator[str]:
     except ImportError:
         raise UserError("reading a Hugging Face dataset needs the `datasets` package: "
                         "pip install 'mdl-slt[hub]'") from None
-    from mdl_slt.checkpoints import hub_reachable
+    from mdl_slt.hubcache import hub_reachable
 
     local = Path(data.dataset).expanduser()
     if not local.is_dir() and not hub_reachable():
@@ -205,7 +205,7 @@ def _dataset_documents(data: DataConfig, split: str) -> Iterator[str]:
                               split=split, streaming=True)
     except Exception as error:  # noqa: BLE001  datasets raises many kinds; the user gets one line
         raise UserError(f"cannot open dataset {data.dataset} (split {split}): "
-                        f"{' '.join(str(error).split())[:200]}") from None
+                        f"{one_line(error)}") from None
     for row in stream:
         if data.text_field not in row:
             raise UserError(f"dataset {data.dataset} has no field '{data.text_field}' "

@@ -15,7 +15,7 @@ import queue as queues
 from pathlib import Path
 from typing import Iterator
 
-from mdl_slt.errors import UserError
+from mdl_slt.errors import UserError, one_line
 from mdl_slt.experiment import Experiment
 from mdl_slt.measure import Outcome, measure_unit, reason
 from mdl_slt.plan import Task, Unit
@@ -137,7 +137,7 @@ def _on_ray(pending, experiment: Experiment, home: Path) -> Iterator[Outcome]:
         ray.init(address=experiment.address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False, **({} if experiment.address else {"num_cpus": experiment.workers * experiment.threads}))
     except (ConnectionError, RuntimeError, ValueError) as error:
-        raise UserError(f"cannot reach the Ray cluster at {experiment.address}: {' '.join(str(error).split())[:160]} "
+        raise UserError(f"cannot reach the Ray cluster at {experiment.address}: {one_line(error)} "
                         "— start one with `ray start --head`, or leave out --address") from None
     try:
         outcomes = Queue()

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mdl_slt import pythia
 from mdl_slt.critical import CriticalConfig
 from mdl_slt.data import DataConfig
-from mdl_slt.errors import UserError
-from mdl_slt.sgld import LLCConfig
+from mdl_slt.errors import UserError, first_problem
+from mdl_slt.llc.config import LLCConfig
 
 
 class _Strict(BaseModel):
@@ -133,15 +133,25 @@ def _describe(error: dict) -> str:
     return f"unknown key '{path}'" + (f" (did you mean '{close[0]}'?)" if close else "")
 
 
+def parse_assignment(item: str, flag: str, form: str, example: str) -> tuple[str, object]:
+    """(key, value) of a KEY=VALUE item given with `flag`, the value read as YAML (3, true,
+    [attention, mlp]); a malformed item is one line showing `form` and an `example`."""
+    import yaml
+
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"{flag} {item!r}: write {form}, e.g. {flag} {example}")
+    try:
+        return key.strip(), yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UserError(f"{flag} {item!r}: {text!r} is not a value (a number, word or [list])") from None
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """`key.path=value` settings (values read as YAML) applied to the raw file, before validation,
     so a misspelt path is refused like a misspelt key; list items by index (models.0.id=...)."""
-    import yaml
-
     for item in overrides:
-        path, sep, text = item.partition("=")
-        if not sep or not path:
-            raise UserError(f"--set {item!r}: write KEY.PATH=VALUE, e.g. --set llc.num_draws=300")
+        path, value = parse_assignment(item, "--set", "KEY.PATH=VALUE", "llc.num_draws=300")
         node, parts = raw, path.split(".")
         for part in parts[:-1]:
             key = int(part) if isinstance(node, list) and part.isdigit() else part
@@ -154,7 +164,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                     raise UserError(f"--set {item!r}: no {part!r} in {path!r}") from None
         last = int(parts[-1]) if isinstance(node, list) and parts[-1].isdigit() else parts[-1]
         try:
-            node[last] = yaml.safe_load(text)
+            node[last] = value
         except (IndexError, TypeError):
             raise UserError(f"--set {item!r}: cannot set {path!r}") from None
     return raw
@@ -183,7 +193,6 @@ def validated(raw: dict, source: str) -> Experiment:
     try:
         return Experiment.model_validate(raw)
     except ValidationError as error:
-        # a misspelt key is usually the cause of a "missing" one: name it first
-        first = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+        _, first = first_problem(error)
         more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
         raise UserError(f"{source}: {_describe(first)}{more}") from None

@@ -250,7 +250,7 @@ def chain_traces(traces: list[tuple[dict, object]], style: Style, per_model: int
         by_model.setdefault(row["model"], []).append((row, trace))
     models = [m for m in style.models if m in by_model] or list(by_model)
     fig, axes = _figure(max(1, len(models)), per_model)
-    from mdl_slt.trace import burnin_of
+    from mdl_slt.llc.trace import burnin_of
 
     for r, model in enumerate(models):
         items = by_model[model]

@@ -17,9 +17,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-import pandas as pd
-
-from mdl_slt.analysis import GROUP, LineFit, fit_line, fit_lines, usable
+from mdl_slt.analysis.lines import LineFit
+from mdl_slt.analysis.tables import GROUP
 from mdl_slt.errors import UserError
 
 FORMAT = "mdl-slt-fit/2"
@@ -36,30 +35,25 @@ def versions() -> dict:
     return found
 
 
-def build_fit_file(table: pd.DataFrame, inside: pd.Series, configs: dict, analysis: dict, experiment: str,
-                   store: Path) -> dict:
-    """The payload of a fit file from the measurements table, the window, and the store's configs
-    (config hash → {kind, settings})."""
-    lines, used = [], set()
-    for key, (fit, group) in fit_lines(table, inside).items():
+def build_fit_file(lines: dict, pooled: dict, configs: dict, analysis: dict, experiment: str, store: Path) -> dict:
+    """The payload of a fit file from the analysis's per-size lines and pooled λ̂/d lines (as
+    `fits.fit_lines` and `fits.pooled_lines` give them) and the store's configs (config hash →
+    {kind, settings})."""
+    saved, used = [], set()
+    for key, (fit, group) in lines.items():
         if fit is None:
             continue
         llc, critical = group.llc_config.iloc[0], group.critical_config.iloc[0]
         used |= {llc, critical}
-        lines.append({**dict(zip(GROUP, key)), "method": group.method.iloc[0], "llc_config": llc,
+        saved.append({**dict(zip(GROUP, key)), "method": group.method.iloc[0], "llc_config": llc,
                       "critical_config": critical, "steps": sorted(int(s) for s in group.step.dropna()),
                       "fit": fit.to_dict()})
-    pooled = []
-    for key, group in usable(table, inside).groupby(["compressor", "epsilon"]):
-        fit = fit_line(group.llc_mean / group.llc_params, group.critical_value,
-                       (group.llc_std_error / group.llc_params).to_numpy())
-        if fit is not None and group.model.nunique() >= 2:
-            pooled.append({"compressor": key[0], "epsilon": key[1], "models": sorted(group.model.unique()),
-                           "llc_config": group.llc_config.iloc[0], "fit": fit.to_dict()})
+    per_param = [{"compressor": key[0], "epsilon": key[1], "models": sorted(group.model.unique()),
+                  "llc_config": group.llc_config.iloc[0], "fit": fit.to_dict()} for key, (fit, group) in pooled.items()]
     return {"format": FORMAT, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "experiment": experiment, "store": str(store), "analysis": analysis,
             "configs": {h: configs[h] for h in sorted(used) if h in configs},
-            "versions": versions(), "lines": lines, "pooled_per_param": pooled}
+            "versions": versions(), "lines": saved, "pooled_per_param": per_param}
 
 
 @dataclass

@@ -47,7 +47,7 @@ def deep_linear_task(widths, rank: int, num_samples: int, seed: int = 0, exact: 
     """A random deep linear network at a true parameter w* whose product has rank `rank`, with
     inputs x ~ N(0, I) and noiseless targets y = f(x; w*) (Lau et al.; Hitchcock & Hoogland).
 
-    Returns (model at w*, (x, y), loss) with loss `mdl_slt.sgld.mse_loss`, the negative
+    Returns (model at w*, (x, y), loss) with loss `mdl_slt.llc.batches.mse_loss`, the negative
     log-likelihood of a unit-variance Gaussian up to a constant. `exact`: the n inputs are given
     by their second moment instead, as H_1 rows z = √H_1·R (RᵀR = XᵀX/n, Cholesky), whose loss
     equals the n-sample loss L_n(w) = ½·tr(Δ·XᵀX/n·Δᵀ) for any w (Δ = product − true product): a
@@ -71,7 +71,7 @@ def deep_linear_task(widths, rank: int, num_samples: int, seed: int = 0, exact: 
         x = _second_moment_rows(num_samples, widths[0], gen) if exact else \
             torch.randn(num_samples, widths[0], generator=gen)
         y = model(x)
-    from mdl_slt.sgld import mse_loss
+    from mdl_slt.llc.batches import mse_loss
 
     return model, (x, y), mse_loss
 

@@ -6,7 +6,8 @@
       refs/<revision>                the commit hash of that revision (e.g. refs/step1000)
 
 This is the layout `from_pretrained(model_id, revision=..., cache_dir=..., local_files_only=True)`
-reads, so the embedded suite loads through exactly the code path real Pythia uses.
+reads, so the embedded suite loads through exactly the code path real Pythia uses. Also whether
+the hub itself answers (`hub_reachable`), asked before any call to it.
 """
 
 from __future__ import annotations
@@ -60,3 +61,24 @@ def list_revisions(cache_dir: Path, model_id: str) -> list[str]:
         return []
     names = [p.name for p in refs.iterdir() if not p.name.startswith(".")]
     return sorted(names, key=lambda n: (0, int(n[4:])) if n.startswith("step") and n[4:].isdigit() else (1, n))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False when offline (HF_HUB_OFFLINE) or the hub's host does not answer within `timeout` s.
+
+    Checked before any hub call, so an offline machine gets an answer at once instead of the
+    hub client's retries (about 25 s).
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False

@@ -1,9 +1,10 @@
 """The measurements one checkpoint gets: base loss, LLC, critical compression per compressor entry.
 
-`measure_unit` loads a checkpoint once and yields one `Outcome` per task as soon as that task is
-done, so the store keeps every finished task even if a later one fails or the process dies. A
-task that raises is an outcome too (failed, with its one-line reason); the unit's other tasks
-still run. The one-shot CLI commands use the same functions, so both measure identically.
+`measure_unit` loads a checkpoint once and yields one `Outcome` per task (a model's step-size
+choice, the base loss, the LLC, each critical search) as soon as that task is done, so the store
+keeps every finished task even if a later one fails or the process dies. A task that raises is an
+outcome too (failed, with its one-line reason); the unit's other tasks still run. The one-shot
+commands and `predict --verify` use the same functions, so all measure identically.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from mdl_slt.checkpoints import Checkpoint
 from mdl_slt.critical import CriticalSearch, find_critical
 from mdl_slt.data import TokenSets
 from mdl_slt.device import NUMERICS_LABEL
-from mdl_slt.errors import UserError
+from mdl_slt.errors import UserError, one_line
+from mdl_slt.llc.config import LLCConfig
+from mdl_slt.llc.sampling import estimate_llc
+from mdl_slt.llc.trace import LLCResult
 from mdl_slt.lm_loss import evaluate_loss
 from mdl_slt.plan import Task, Unit
-from mdl_slt.sgld import LLCConfig, LLCResult, estimate_llc
 from mdl_slt.store import Record
 
 
@@ -39,7 +42,7 @@ class Outcome:
 def reason(error: BaseException) -> str:
     """A failure as one line: a UserError's own words, else the exception's type and message."""
     text = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
-    return " ".join(text.split())[:400]
+    return one_line(text)
 
 
 def load(ref, experiment, home: Path, device: str | None = None) -> tuple[Checkpoint, TokenSets]:
@@ -58,14 +61,14 @@ def measure_llc(checkpoint: Checkpoint, tokens: TokenSets, config: LLCConfig) ->
     return estimate_llc(checkpoint.model, tokens.train, config)
 
 
-def choose_step_size(unit: Unit, experiment, home: Path) -> dict:
-    """`step_size: auto` resolved on one checkpoint of the experiment's data: the step and how."""
-    from mdl_slt.sgld import default_loss, resolve
+def choose_step_size(checkpoint: Checkpoint, tokens: TokenSets, config: LLCConfig) -> dict:
+    """`step_size: auto` resolved on one checkpoint's sampling data: the step and how it was chosen."""
+    from mdl_slt.llc.batches import default_loss
+    from mdl_slt.llc.sampling import resolve
 
-    ckpt, tokens = load(unit.ref, experiment, home)
-    data = tokens.train.to(experiment.device)
-    config, how = resolve(experiment.llc, ckpt.model, data, default_loss(data, "fp32"))
-    return {"step_size": config.step_size, "checkpoint": str(unit.ref), **how}
+    data = tokens.train.to(next(checkpoint.model.parameters()).device)
+    resolved, how = resolve(config, checkpoint.model, data, default_loss(data, "fp32"))
+    return {"step_size": resolved.step_size, "checkpoint": str(checkpoint.ref), **how}
 
 
 @dataclass
@@ -84,6 +87,7 @@ class CriticalMeasurement:
     curve: list[CurvePoint]  # every evaluated knob value, least compressed first
     uncompressed_bits: float
     elapsed_s: float
+    base_loss: float
 
     def at(self, value: float) -> CurvePoint:
         return next(p for p in self.curve if p.knob == value)
@@ -96,6 +100,19 @@ class CriticalMeasurement:
         if bad is None or bad == good:
             return low
         return low + (value - good) / (bad - good) * (self.at(bad).bits - low)
+
+    def points(self) -> list[dict]:
+        """Per ε: the bracket's passing end (`knob`, None when not reached), the interpolated
+        crossing, the loss there and the description lengths at both."""
+        found = []
+        for p in self.search.points:
+            at = self.at(p.value) if p.value is not None else None
+            found.append({"epsilon": p.epsilon, "knob": p.value, "interpolated": p.interpolated, "beyond": p.beyond,
+                          "loss": p.loss, "bits": at.bits if at else None,
+                          "bits_entropy": at.bits_entropy if at else None,
+                          "bits_interpolated": self.bits_between(p.value, p.beyond, p.interpolated) if at else None,
+                          "monotone": p.monotone, "wide": p.wide, "interpolation": p.interpolation})
+        return found
 
 
 def measure_critical(checkpoint: Checkpoint, tokens: TokenSets, compressor, base_loss: float,
@@ -120,7 +137,18 @@ def measure_critical(checkpoint: Checkpoint, tokens: TokenSets, compressor, base
         length = compressor.description_length(prepared, value)
         curve.append(CurvePoint(value, loss, length.total_bits, length.entropy_total_bits))
     return CriticalMeasurement(compressor.name, compressor.knob.name, search, curve,
-                               compressor.uncompressed_bits(prepared).total_bits, time.perf_counter() - start)
+                               compressor.uncompressed_bits(prepared).total_bits, time.perf_counter() - start, base_loss)
+
+
+def measure_entry(checkpoint: Checkpoint, tokens: TokenSets, entry, epsilons, numerics: str,
+                  base_loss: float | None = None) -> CriticalMeasurement:
+    """One compressor entry's critical search at its own precision, the base loss evaluated unless
+    given: the one path for runs, `mdl-slt critical` and `predict --verify`."""
+    compressor = entry.build()
+    if base_loss is None:
+        base_loss = evaluate_loss(checkpoint.model, tokens.eval, numerics=numerics)
+    return measure_critical(checkpoint, tokens, compressor, base_loss, epsilons, entry.search_precision(compressor),
+                            numerics)
 
 
 def measure_unit(unit: Unit, experiment, home: Path, tasks: list[Task]) -> Iterator[Outcome]:
@@ -144,7 +172,12 @@ def measure_unit(unit: Unit, experiment, home: Path, tasks: list[Task]) -> Itera
             start = time.perf_counter()
             if base_loss is None and task.kind in ("base_loss", "critical"):
                 base_loss = evaluate_loss(ckpt.model, tokens.eval, numerics=numerics)
-            if task.kind == "base_loss":
+            if task.kind == "step_size":
+                chosen = choose_step_size(ckpt, tokens, experiment.llc)
+                yield Outcome(name, task, [Record("step_size", task_key=task.key, config_hash=task.config_hash,
+                                                  elapsed_s=time.perf_counter() - start, detail=chosen,
+                                                  **common)])
+            elif task.kind == "base_loss":
                 uniform = math.log(ckpt.model.config.vocab_size)  # the loss of a uniform prediction, ln V
                 rows = [Record("base_loss", task_key=task.key, config_hash=task.config_hash, loss=base_loss,
                                base_loss=base_loss, elapsed_s=time.perf_counter() - start, detail={"uniform_loss": uniform},
@@ -155,10 +188,8 @@ def measure_unit(unit: Unit, experiment, home: Path, tasks: list[Task]) -> Itera
                 yield Outcome(name, task, [llc_record(result, task, experiment.llc.seed, common)], result.trace)
             else:
                 entry = entries[task.entry]
-                compressor = entry.build()
-                found = measure_critical(ckpt, tokens, compressor, base_loss, experiment.critical.epsilons,
-                                         entry.search_precision(compressor), numerics)
-                yield Outcome(name, task, critical_records(found, task, entry, base_loss,
+                found = measure_entry(ckpt, tokens, entry, experiment.critical.epsilons, numerics, base_loss)
+                yield Outcome(name, task, critical_records(found, task, entry,
                                                            {**common, "numerics": NUMERICS_LABEL[numerics]}))
         except Exception as error:  # noqa: BLE001  a failed task is recorded; the unit's other tasks go on
             yield Outcome(name, task, error=reason(error))
@@ -172,23 +203,21 @@ def llc_record(result: LLCResult, task: Task, seed: int, common: dict) -> Record
                   elapsed_s=result.elapsed_s, seed=seed, numerics=NUMERICS_LABEL[result.config["numerics"]], **common)
 
 
-def critical_records(found: CriticalMeasurement, task: Task, entry, base_loss: float, common: dict) -> list[Record]:
+def critical_records(found: CriticalMeasurement, task: Task, entry, common: dict) -> list[Record]:
     """The loss curve (one row per evaluated knob value) and one row per ε with its critical value,
     the bracket's passing end in `knob`, the interpolated crossing in `knob_interpolated`."""
     ids = dict(task_key=task.key, config_hash=task.config_hash, compressor=entry.key, method=entry.name)
+    base_loss = found.base_loss
     rows = [Record("loss_curve", knob=p.knob, loss=p.loss, base_loss=base_loss, bits=p.bits,
                    bits_entropy=p.bits_entropy, **ids, **common) for p in found.curve]
     search = found.search
-    for point in search.points:
-        at = found.at(point.value) if point.value is not None else None
+    for point in found.points():
         rows.append(Record(
-            "critical", epsilon=point.epsilon, knob=point.value, knob_interpolated=point.interpolated,
-            loss=point.loss, base_loss=base_loss, bits=at.bits if at else None,
-            bits_entropy=at.bits_entropy if at else None,
-            bits_interpolated=found.bits_between(point.value, point.beyond, point.interpolated) if at else None,
-            elapsed_s=found.elapsed_s,
-            detail={"knob_name": found.knob_name, "beyond": point.beyond, "monotone": point.monotone,
-                    "interpolation": point.interpolation, "wide": point.wide,
+            "critical", epsilon=point["epsilon"], knob=point["knob"], knob_interpolated=point["interpolated"],
+            loss=point["loss"], base_loss=base_loss, bits=point["bits"], bits_entropy=point["bits_entropy"],
+            bits_interpolated=point["bits_interpolated"], elapsed_s=found.elapsed_s,
+            detail={"knob_name": found.knob_name, "beyond": point["beyond"], "monotone": point["monotone"],
+                    "interpolation": point["interpolation"], "wide": point["wide"],
                     "evaluations": search.num_evaluations, "precision": search.precision,
                     "nonfinite": search.nonfinite, "uncompressed_bits": found.uncompressed_bits},
             **ids, **common))

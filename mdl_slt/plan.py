@@ -1,8 +1,11 @@
 """From an experiment to work: one unit per checkpoint, and the tasks each unit owes the store.
 
-Tasks per checkpoint: `base_loss`, `llc`, and `critical:<id>` per compressor entry. A task's
-config hash covers only what its result depends on:
+Tasks per checkpoint: `base_loss`, `llc`, and `critical:<id>` per compressor entry; with
+`llc.step_size: auto`, one `step_size` task per model first (at its latest planned checkpoint),
+run through the executor like the others, so the driver never loads a model. A task's config
+hash covers only what its result depends on:
 
+    step_size      the model, data, sampler settings, device
     base_loss      data, loss numerics, device
     llc            data, sampler settings (numerics included; with `step_size: auto`, the step
                    chosen for the model), device
@@ -15,7 +18,8 @@ another, and rows measured on a CPU never merge with rows measured under bf16 on
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mdl_slt import pythia
@@ -25,7 +29,7 @@ from mdl_slt.experiment import Experiment
 from mdl_slt.home import hub_cache
 from mdl_slt.hubcache import list_revisions
 from mdl_slt.keys import config_hash, task_key
-from mdl_slt.revisions import compile_pattern, hub_revisions, parse
+from mdl_slt.revisions import compile_pattern, hub_revisions, parse, training_position
 
 # Bumped whenever a change to the code changes what a measurement returns (rtn's even level
 # counts in 0.2; per-task keys, numerics and the LLC trace in 0.3; the range fit's larger sample,
@@ -95,9 +99,17 @@ class Tasks:
             settings = {**common, "llc": experiment.llc_for(model).model_dump(mode="json"), "step_size_rule": "auto"}
             self.llc_by_model[model] = (settings, config_hash(settings))
 
+        self.step_size = {}  # model → (settings, hash) of its `step_size` task, with `step_size: auto`
+        if experiment.llc.step_size == "auto":
+            for entry in experiment.models:
+                settings = {"resolve": "step_size", "model": entry.id, "data": common["data"],
+                            "llc": experiment.llc.model_dump(mode="json"), "device": experiment.device}
+                self.step_size[entry.id] = (settings, config_hash(settings))
+
     @property
     def all_hashes(self) -> set[str]:
-        return set(self.hashes.values()) | {h for _, h in self.llc_by_model.values()}
+        return (set(self.hashes.values()) | {h for _, h in self.llc_by_model.values()}
+                | {h for _, h in self.step_size.values()})
 
     def configs(self):
         """(hash, kind, settings) of every task configuration, for the store."""
@@ -105,6 +117,24 @@ class Tasks:
             yield self.hashes[name], kind, settings
         for settings, found in self.llc_by_model.values():
             yield found, "llc", settings
+        for settings, found in self.step_size.values():
+            yield found, "step_size", settings
+
+    def step_size_tasks(self, units: list[Unit]) -> list[tuple[Unit, Task]]:
+        """With `step_size: auto`, per model its `step_size` task at its latest planned checkpoint
+        (curvature grows with training, so the step suits the earlier ones too; the last listed
+        when steps are unknown)."""
+        by_model: dict[str, list[Unit]] = {}
+        for unit in units:
+            by_model.setdefault(unit.ref.model_id, []).append(unit)
+        found = []
+        for model, own in by_model.items():
+            if model not in self.step_size:
+                continue
+            unit = max(enumerate(own), key=lambda item: (-1 if item[1].step is None else item[1].step, item[0]))[1]
+            hashed = self.step_size[model][1]
+            found.append((unit, Task("step_size", "step_size", hashed, task_key("step_size", model, None, hashed))))
+        return found
 
     def for_unit(self, unit: Unit) -> list[Task]:
         ref = unit.ref
@@ -155,9 +185,31 @@ def plan(experiment: Experiment, home: Path) -> list[Unit]:
 
 def unit_of(entry, revision: str) -> Unit:
     """The unit of one revision, with the step and tokens seen its name gives."""
-    named = parse(revision, entry.revision_pattern)
-    if named is None:
-        return Unit(CheckpointRef(entry.id, revision))
-    per_step = entry.tokens_per_step or (pythia.TOKENS_PER_STEP if pythia.size_of(entry.id) else None)
-    tokens = named.tokens if named.tokens is not None else (named.step * per_step if per_step else None)
-    return Unit(CheckpointRef(entry.id, revision), named.step, tokens)
+    step, tokens = training_position(entry.id, revision, entry.revision_pattern, entry.tokens_per_step)
+    return Unit(CheckpointRef(entry.id, revision), step, tokens)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The most work an experiment's units can take, before anything runs."""
+
+    sgld_steps: int  # every chain's step budget, over all checkpoints
+    evaluations: int  # held-out loss evaluations, over all checkpoints
+    notes: list[str] = field(default_factory=list)  # per entry, work beyond the evaluations
+
+
+def estimated_cost(experiment: Experiment, units: list[Unit]) -> Cost:
+    """Per checkpoint: each chain's step budget, one base-loss evaluation and, per compressor entry,
+    a bracket (2 evaluations) and a bisection per ε down to its precision, times the compressor's
+    evaluations per knob value."""
+    evaluations, notes = 1, []
+    for entry in experiment.critical.compressors:
+        method = entry.build()
+        knob, precision = method.knob, entry.search_precision(method)
+        searches = 2 + len(experiment.critical.epsilons) * max(1, math.ceil(math.log2((knob.high - knob.low) / precision)))
+        cost = method.cost()
+        evaluations += searches * cost.evaluations
+        if cost.note:
+            notes.append(f"{entry.key}: {cost.note} per knob value")
+    return Cost(len(units) * experiment.llc.num_chains * experiment.llc.max_steps, len(units) * evaluations, notes)
+

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from mdl_slt.errors import UserError
+from mdl_slt.analysis import Analysis
+from mdl_slt.figures import short
 
 PAGE_WIDTH_MM = 277  # A4 landscape minus margins
 
@@ -38,66 +38,6 @@ def _g(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
-
-
-def short(model: str) -> str:
-    return model.split("/")[-1]
-
-
-@dataclass
-class Analysis:
-    """Everything the report shows, from one store."""
-
-    experiment: object  # the stored, device-resolved Experiment
-    settings: object  # its AnalysisConfig with any overrides
-    records: pd.DataFrame
-    table: pd.DataFrame
-    inside: pd.Series
-    fits: pd.DataFrame  # inside the window
-    fits_all: pd.DataFrame  # every checkpoint
-    pooled: pd.DataFrame
-    sweep: pd.DataFrame
-    loo: pd.DataFrame
-    left_out: pd.DataFrame
-    configs: dict
-    traces: list
-
-    @property
-    def entries(self) -> list[str]:
-        return [e.key for e in self.experiment.critical.compressors]
-
-    @property
-    def window_text(self) -> str:
-        if self.settings.min_step is not None:
-            return f"checkpoints at or after step {self.settings.min_step}"
-        return (f"checkpoints whose held-out loss has covered at least {self.settings.window:.0%} of its fall from a "
-                f"uniform prediction (ln V) to its lowest measured value")
-
-
-def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
-    """Select the store's rows of its experiment, fit them, and gather the traces."""
-    from mdl_slt.analysis import (eps_sweep, fit_relation, loo_predictions, measurements, pooled_fits, select,
-                                  window)
-    from mdl_slt.experiment import Experiment
-    from mdl_slt.store import open_existing
-    from mdl_slt.trace import stored
-
-    with open_existing(store_path) as store:
-        records, config, configs = store.table(), store.last_config(), store.configs()
-    if config is None or records.empty:
-        raise UserError(f"{store_path} holds no measurements yet: run the experiment first")
-    experiment = Experiment.model_validate(config)
-    settings = experiment.analysis.model_copy(update={k: v for k, v in (overrides or {}).items() if v is not None})
-    records, left_out = select(records, config)
-    if not (records.task == "critical").any() or not (records.task == "llc").any():
-        raise UserError(f"{store_path} holds no complete measurements of its experiment yet: run it first")
-    table = measurements(records, settings.critical)
-    inside = window(table, settings.window, settings.min_step)
-    everything = pd.Series(True, index=table.index)
-    traces = stored(store_path, keys=set(records[records.task == "llc"].task_key))
-    return Analysis(experiment, settings, records, table, inside, fit_relation(table, inside),
-                    fit_relation(table, everything), pooled_fits(table, inside), eps_sweep(table),
-                    loo_predictions(table, inside), left_out, configs, traces)
 
 
 def figure_pages(a: Analysis) -> list[tuple[str, str, object]]:
@@ -301,6 +241,7 @@ def write_report(store_path: Path, output: Path | None = None, overrides: dict |
 
     logging.getLogger("fpdf.svg").setLevel(logging.ERROR)  # matplotlib's <metadata> tag, which fpdf2 skips
 
+    from mdl_slt.analysis import analyse
     from mdl_slt.fitfile import build_fit_file
 
     a = analyse(store_path, overrides)
@@ -313,7 +254,7 @@ def write_report(store_path: Path, output: Path | None = None, overrides: dict |
     for name, frame in tables.items():
         frame.to_csv(f"{stem}-{name}.csv", index=False)
     fit_path = Path(f"{stem}-fit.json")
-    fit_path.write_text(json.dumps(build_fit_file(a.table, a.inside, a.configs, a.settings.model_dump(mode="json"),
+    fit_path.write_text(json.dumps(build_fit_file(a.lines, a.pooled_lines, a.configs, a.settings.model_dump(mode="json"),
                                                   a.experiment.name, store_path), indent=1))
 
     pdf = FPDF(orientation="L", unit="mm", format="A4")

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mdl_slt.errors import UserError
+from mdl_slt.errors import UserError, one_line
 
 SCHEMES = {
     "pythia": r"^step(?P<step>\d+)$",
@@ -55,14 +55,27 @@ def parse(name: str, pattern: str | None = None) -> Revision | None:
     return None
 
 
+def training_position(model_id: str, revision: str | None, pattern: str | None = None,
+                      tokens_per_step: int | None = None) -> tuple[int | None, int | None]:
+    """(step, tokens seen) as a revision's name gives them, the one reading of a name for runs and
+    one-shot commands alike: tokens from the name where it says, else step × `tokens_per_step`
+    (Pythia's is known); (None, None) for a name that gives no step."""
+    from mdl_slt import pythia
+
+    named = parse(revision, pattern) if revision else None
+    if named is None:
+        return None, None
+    per_step = tokens_per_step or (pythia.TOKENS_PER_STEP if pythia.size_of(model_id) else None)
+    return named.step, named.tokens if named.tokens is not None else (named.step * per_step if per_step else None)
+
+
 def hub_revisions(model_id: str, home) -> list[str]:
     """A repository's revisions: from the hub's branches when it answers, else from the local caches
     (the suite's and the user's Hugging Face cache)."""
     from huggingface_hub import constants
 
-    from mdl_slt.checkpoints import hub_reachable
     from mdl_slt.home import hub_cache
-    from mdl_slt.hubcache import list_revisions
+    from mdl_slt.hubcache import hub_reachable, list_revisions
 
     if hub_reachable():
         from huggingface_hub import list_repo_refs
@@ -70,6 +83,6 @@ def hub_revisions(model_id: str, home) -> list[str]:
         try:
             return [branch.name for branch in list_repo_refs(model_id).branches]
         except Exception as error:  # noqa: BLE001  the hub's client raises many kinds
-            raise UserError(f"cannot list the revisions of {model_id} on the hub: {' '.join(str(error).split())[:160]}") \
+            raise UserError(f"cannot list the revisions of {model_id} on the hub: {one_line(error)}") \
                 from None
     return list_revisions(hub_cache(home), model_id) or list_revisions(Path(constants.HF_HUB_CACHE), model_id)

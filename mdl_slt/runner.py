@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mdl_slt.errors import UserError
 from mdl_slt.executors import execute
 from mdl_slt.experiment import Experiment
 from mdl_slt.plan import Tasks, plan, resolve_device
@@ -63,32 +64,30 @@ def ensure_suite(experiment: Experiment, home: Path, console) -> None:
 
 def step_sizes(experiment: Experiment, units, home: Path, store: Store, console) -> Experiment:
     """With `llc.step_size: auto`, one step per model, held for all its checkpoints (the paper's
-    caveat): the paper's for a Pythia size, else from λ_max of ∇²L at the model's last planned
-    checkpoint (curvature grows with training, so the step suits the earlier ones too). A choice
-    is made once per model and settings and kept in the store, so reruns and added checkpoints
-    keep it."""
-    from mdl_slt.keys import config_hash
-
+    caveat): the paper's for a Pythia size, else from λ_max of ∇²L at the model's latest planned
+    checkpoint. Each choice is a `step_size` task run through the executor (the driver loads no
+    model) and kept in the store, so reruns and added checkpoints keep it."""
     if experiment.llc.step_size != "auto":
         return experiment
-    by_model: dict[str, list] = {}
-    for unit in units:
-        by_model.setdefault(unit.ref.model_id, []).append(unit)
-    last = {model: max(enumerate(own), key=lambda item: (-1 if item[1].step is None else item[1].step, item[0]))[1]
-            for model, own in by_model.items()}  # the latest step, else the last listed
+    tasks = Tasks(experiment)
+    for found, kind, settings in tasks.configs():
+        if kind == "step_size":
+            store.record_config(found, kind, settings)
+    chosen_at = tasks.step_size_tasks(units)
+    done = store.done()
+    pending = [(unit, [task]) for unit, task in chosen_at if task.key not in done]
+    for unit, _ in pending:
+        console.print(f"choosing the SGLD step size of {unit.ref.model_id} at {unit.ref.revision or unit.ref.model_id}…",
+                      highlight=False)
+    for outcome in execute(pending, experiment, home):
+        task = outcome.task
+        if outcome.error is not None:
+            store.fail_task(task.key, outcome.unit, task.name, task.config_hash, outcome.error)
+            raise UserError(f"choosing the step size of {outcome.unit} failed: {outcome.error}")
+        store.write_task(task.key, outcome.unit, task.name, task.config_hash, outcome.records)
     chosen = dict(experiment.llc_steps)
-    stored = store.configs()
-    for model, unit in last.items():
-        key = config_hash({"resolve": "step_size", "model": model, "data": experiment.data.model_dump(mode="json"),
-                           "llc": experiment.llc.model_dump(mode="json"), "device": experiment.device})
-        if key not in stored:
-            from mdl_slt.measure import choose_step_size
-
-            console.print(f"choosing the SGLD step size of {model} at {unit.ref.revision or unit.ref.model_id}…",
-                          highlight=False)
-            store.record_config(key, "step_size", {"model": model, **choose_step_size(unit, experiment, home)})
-            stored = store.configs()
-        chosen[model] = stored[key]["settings"]["step_size"]
+    for unit, task in chosen_at:
+        chosen[unit.ref.model_id] = store.detail(task.key)["step_size"]
     return experiment.model_copy(update={"llc_steps": chosen})
 
 
@@ -171,7 +170,7 @@ def unit_status(experiment: Experiment, home: Path, store: Store) -> list[tuple[
 
 def _unconverged_text(r_hat, ess, steps, relaxation) -> str:
     """Why an LLC is not converged: R̂, ESS and, where short of it, the steps four relaxation times need."""
-    from mdl_slt.trace import RELAXATIONS
+    from mdl_slt.llc.trace import RELAXATIONS
 
     needed = RELAXATIONS * (relaxation or 0)
     short = f", {steps:,} steps of the {needed:,.0f} that {RELAXATIONS} relaxation times need" if steps < needed else ""

@@ -165,6 +165,11 @@ class Store:
     def done(self) -> set[str]:
         return {k for (k,) in self.db.execute("SELECT key FROM tasks WHERE status = 'done'")}
 
+    def detail(self, task_key: str) -> dict | None:
+        """The `detail` of a task's first row; None when the task wrote none."""
+        row = self.db.execute("SELECT detail FROM records WHERE task_key = ? ORDER BY key LIMIT 1", (task_key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
     def unconverged(self) -> dict[str, tuple]:
         """LLC task key → (R̂, ESS, steps, relaxation steps or None) for every LLC whose chains did
         not reach their targets."""

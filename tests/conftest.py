@@ -69,7 +69,7 @@ def regression(d=6, n=1000, seed=0):
     (model, (x, y), loss)."""
     import torch
 
-    from mdl_slt.sgld import mse_loss
+    from mdl_slt.llc.batches import mse_loss
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g)

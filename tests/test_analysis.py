@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mdl_slt.analysis import (eps_sweep, fit_line, fit_relation, llc_description_length, llc_errors,
-                              loo_predictions, measurements, pooled_fits, select, window)
+from mdl_slt.analysis.fits import eps_sweep, fit_lines, fit_relation, loo_predictions, pooled_fits, pooled_lines
+from mdl_slt.analysis.lines import fit_line, llc_errors
+from mdl_slt.analysis.tables import llc_description_length, measurements, select, window
 from mdl_slt.errors import UserError
 from mdl_slt.fitfile import FitFile, build_fit_file
 
@@ -35,10 +36,10 @@ def test_a_known_slope_is_recovered_within_its_interval_at_the_nominal_rate():
     rng = np.random.default_rng(0)
     inside = []
     for _ in range(300):
-        fits = fit_relation(synthetic(rng, {"a": (1.5, 0.08, 1000)}))
+        fits = fit_relation(fit_lines(synthetic(rng, {"a": (1.5, 0.08, 1000)})))
         inside.append(fits.slope_ci_low.iloc[0] <= 0.08 <= fits.slope_ci_high.iloc[0])
     assert abs(np.mean(inside) - 0.95) < 3 * math.sqrt(0.95 * 0.05 / 300) + 0.01
-    one = fit_relation(synthetic(np.random.default_rng(1), {"a": (1.5, 0.08, 1000)}, noise=0.01)).iloc[0]
+    one = fit_relation(fit_lines(synthetic(np.random.default_rng(1), {"a": (1.5, 0.08, 1000)}, noise=0.01))).iloc[0]
     assert one.slope == pytest.approx(0.08, abs=0.003) and one.r_squared > 0.99 and one.spearman_rho > 0.95
     assert one.bootstrap_slope_ci_low <= 0.08 <= one.bootstrap_slope_ci_high
 
@@ -67,7 +68,7 @@ def test_leave_one_out_is_exact_on_a_noiseless_line_and_tabulated():
     table = synthetic(np.random.default_rng(3), {"a": (2.0, 0.1, 1000)}, noise=0.0)
     fit = fit_line(table.llc_mean, table.critical_value)
     assert fit.loo_rmse == pytest.approx(0.0, abs=1e-9)
-    loo = loo_predictions(table)
+    loo = loo_predictions(fit_lines(table))
     assert len(loo) == len(table) and np.allclose(loo.predicted, loo.measured)
     assert fit_line([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) is None  # too few checkpoints for a fit
 
@@ -102,7 +103,7 @@ def test_eps_sweep_recovers_lambda_from_description_lengths():
 def test_fit_file_round_trip_and_predictions_for_known_and_new_sizes(tmp_path):
     table = synthetic(np.random.default_rng(5), {"small": (1.0, 0.05, 1000), "large": (1.0, 0.05 / 4, 4000)},
                       noise=0.01)
-    payload = build_fit_file(table, None, CONFIGS, {"window": 0.9}, "synthetic", tmp_path / "x.sqlite")
+    payload = build_fit_file(fit_lines(table), pooled_lines(table), CONFIGS, {"window": 0.9}, "synthetic", tmp_path / "x.sqlite")
     path = tmp_path / "fit.json"
     path.write_text(json.dumps(payload))
     saved = FitFile.load(path)
@@ -138,8 +139,8 @@ def test_one_rule_for_unknown_standard_errors():
     unknown = table.assign(llc_std_error=[np.nan] + [0.5] * (len(table) - 1))
     same = table.assign(llc_std_error=0.5)
     # the bootstrap and the leave-one-out intervals treat the unknown one as the largest known
-    assert fit_relation(unknown).iloc[0].to_dict() == fit_relation(same).iloc[0].to_dict()
-    assert loo_predictions(unknown).equals(loo_predictions(same))
+    assert fit_relation(fit_lines(unknown)).iloc[0].to_dict() == fit_relation(fit_lines(same)).iloc[0].to_dict()
+    assert loo_predictions(fit_lines(unknown)).equals(loo_predictions(fit_lines(same)))
 
 
 def records_of(numerics_by_step):

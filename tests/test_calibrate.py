@@ -1,6 +1,6 @@
 import math
 
-from mdl_slt.calibrate import Setting, recommend
+from mdl_slt.llc.calibrate import Setting, recommend
 
 
 def setting(step, n_beta, llc, stable=True):
@@ -19,3 +19,24 @@ def test_prefers_n_beta_in_order_and_skips_unstable_ones():
     chosen = recommend(sweep, n_betas=(30, 10))
     assert (chosen.n_beta, chosen.step_size) == (10, 3e-4)
     assert recommend([setting(1e-4, 30, 1.0, stable=False)], n_betas=(30,)) is None
+
+
+def test_a_diverged_setting_is_unstable_and_any_other_error_is_the_users_to_see():
+    """Every chain diverging is a result of the sweep (that setting is unstable); a glob matching no
+    parameter or a bad setting is the user's mistake, told as it is, not as 'no stable setting'."""
+    import pytest
+
+    from mdl_slt.errors import UserError
+    from mdl_slt.llc.calibrate import run_sweep
+    from mdl_slt.llc.config import LLCConfig
+    from tests.conftest import regression
+
+    model, data, _ = regression()
+    base = LLCConfig(num_chains=2, num_draws=30, num_burnin=0, batch_size=100, localization=0.0)
+    swept = run_sweep(model, data, base, step_sizes=(10.0,), n_betas=(30.0,))
+    assert [(s.stable, s.diverged, math.isnan(s.llc_mean)) for s in swept] == [(False, 2, True)]
+    with pytest.raises(UserError, match="no parameter matches"):
+        run_sweep(model, data, base.model_copy(update={"parameters": ["nothing.*"]}), step_sizes=(1e-4,),
+                  n_betas=(30.0,))
+    with pytest.raises(UserError, match="needs localization > 0"):
+        run_sweep(model, data, base.model_copy(update={"sampler": "baoab"}), step_sizes=(1e-4,), n_betas=(30.0,))

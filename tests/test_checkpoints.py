@@ -4,14 +4,18 @@ import torch
 from mdl_slt.checkpoints import CheckpointRef, load_checkpoint
 from mdl_slt.errors import UserError
 from mdl_slt.lm_loss import evaluate_loss, token_nll
+from mdl_slt.revisions import training_position
 
 
 def test_parse_references(tmp_path):
     ref = CheckpointRef.parse("EleutherAI/pythia-70m@step3000")
-    assert (ref.model_id, ref.revision, ref.step) == ("EleutherAI/pythia-70m", "step3000", 3000)
+    assert (ref.model_id, ref.revision) == ("EleutherAI/pythia-70m", "step3000")
     assert str(ref) == "EleutherAI/pythia-70m@step3000"
     assert CheckpointRef.parse("EleutherAI/pythia-70m").revision is None
     assert CheckpointRef.parse(str(tmp_path)).is_local_dir
+    assert training_position(ref.model_id, ref.revision) == (3000, 3000 * 1024 * 2048)  # Pythia's tokens per step
+    assert training_position("allenai/OLMo-2", "stage1-step10000-tokens21B") == (10000, 21 * 10**9)
+    assert training_position("org/model", "main") == (None, None)
     for bad in ["", "model@", "@step1"]:
         with pytest.raises(UserError):
             CheckpointRef.parse(bad)

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import compressors
+from mdl_slt.llc.config import LLCConfig
+from mdl_slt.llc.sampling import estimate_llc
 from mdl_slt.lm_loss import evaluate_loss
-from mdl_slt.sgld import LLCConfig, estimate_llc
 
 
 @contextmanager
@@ -55,8 +56,8 @@ def test_the_llc_estimator_places_its_tensors(options, tiny_checkpoint, tiny_tok
 
 
 def test_curvature_and_calibration_place_their_tensors(tiny_checkpoint, tiny_tokens):
-    from mdl_slt.calibrate import run_sweep
-    from mdl_slt.curvature import top_hessian_eigenvalue
+    from mdl_slt.llc.calibrate import run_sweep
+    from mdl_slt.llc.curvature import top_hessian_eigenvalue
     from mdl_slt.lm_loss import token_nll
 
     with meta_default():

@@ -91,7 +91,8 @@ def test_every_compressor_on_every_family(family, name, loaded, tiny_tokens):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_the_llc_on_every_family(family, loaded, tiny_tokens):
-    from mdl_slt.sgld import LLCConfig, estimate_llc
+    from mdl_slt.llc.config import LLCConfig
+    from mdl_slt.llc.sampling import estimate_llc
 
     model = loaded[family].model
     before = [p.detach().clone() for p in model.parameters()]
@@ -225,9 +226,14 @@ critical: {{compressors: [{{name: rtn, precision: 0.5}}, {{name: heads}}], epsil
     os.environ["HF_HUB_CACHE"] = str(cache)
     try:
         done = run_cli("run", experiment, home=home)
+        one_shot = run_cli("llc", "allenai/OLMo-2-tiny@stage1-step20-tokens2B", "--experiment", experiment, "--json",
+                           "--num-draws", "10", "--num-burnin", "2", home=home)
     finally:
         del os.environ["HF_HUB_CACHE"]
     assert done.returncode == 0, done.stderr
+    assert one_shot.returncode == 0, one_shot.stderr
+    # one reading of a revision's name: the one-shot command gives the step and tokens the run stored
+    assert (json.loads(one_shot.stdout)["step"], json.loads(one_shot.stdout)["tokens_seen"]) == (20, 2 * 10**9)
     with sqlite3.connect(tmp_path / "olmo.sqlite") as db:
         llc = db.execute("SELECT revision, step, tokens_seen FROM records WHERE task = 'llc' ORDER BY step").fetchall()
         heads = db.execute("SELECT COUNT(*) FROM records WHERE task = 'critical' AND compressor = 'heads'").fetchone()

@@ -20,12 +20,12 @@ class NoTorch:
             raise ImportError("torch is not allowed here")
 
 sys.meta_path.insert(0, NoTorch())  # any `import torch` now fails
-import mdl_slt.analysis, mdl_slt.fitfile, mdl_slt.figures, mdl_slt.report, mdl_slt.trace, mdl_slt.plan
+import mdl_slt.analysis, mdl_slt.fitfile, mdl_slt.figures, mdl_slt.report, mdl_slt.llc.trace, mdl_slt.plan
 import pandas as pd
-from mdl_slt.analysis import fit_relation
+from mdl_slt.analysis.fits import fit_lines, fit_relation
 rows = [dict(model="m", compressor="rtn", method="rtn", epsilon=0.1, step=s, llc_mean=float(s), llc_std_error=0.1,
              num_params=10, llc_params=10, converged=True, r_hat=1.0, critical_value=1 + 0.1 * s) for s in range(6)]
-print(round(fit_relation(pd.DataFrame(rows)).slope.iloc[0], 6))
+print(round(fit_relation(fit_lines(pd.DataFrame(rows))).slope.iloc[0], 6))
 assert "torch" not in sys.modules
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -40,3 +40,76 @@ def test_nothing_in_the_project_points_outside_it():
             text = (ROOT / name).read_text()
             for outside in ("../shared", "SCIENCE.md", "DESIGN.md"):
                 assert outside not in text, f"{name} refers to {outside}"
+
+
+def _project_imports() -> dict[str, set[str]]:
+    """Module → the project modules it imports, from every import statement (top level or inside
+    a function: a lazy import is still a dependency)."""
+    import ast
+
+    files = {}
+    for package in ("mdl_slt", "compressors"):
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for module, path in files.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in files else node.module
+                         for alias in node.names]
+            else:
+                continue
+            found |= {name for name in names if name in files and name != module}
+        graph[module] = found
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of the graph, as the modules along it, or None."""
+    state, path = {}, []
+
+    def visit(module):
+        state[module] = "open"
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        state[module] = "done"
+        path.pop()
+        return None
+
+    return next(filter(None, (visit(m) for m in sorted(graph) if m not in state)), None)
+
+
+def test_no_import_cycle_and_the_layers_point_one_way():
+    graph = _project_imports()
+    assert len(graph) > 40 and {"mdl_slt.llc.config", "mdl_slt.llc.trace"} <= graph["mdl_slt.llc.sampling"]
+    assert _cycle(graph) is None, " → ".join(_cycle(graph))
+    # the detector itself finds a cycle when there is one
+    assert _cycle({**graph, "mdl_slt.errors": {"mdl_slt.llc.config"}}) is not None
+
+    def reach(module):
+        seen, todo = set(), [module]
+        while todo:
+            for target in graph[todo.pop()] - seen:
+                seen.add(target)
+                todo.append(target)
+        return seen
+
+    pipeline = {"mdl_slt.plan", "mdl_slt.measure", "mdl_slt.executors", "mdl_slt.runner", "mdl_slt.experiment",
+                "mdl_slt.predict", "mdl_slt.report", "mdl_slt.analysis", "mdl_slt.cli"}
+    for module in graph:
+        if module.startswith("compressors"):  # compressors know nothing of experiments or the LLC
+            assert reach(module) <= {m for m in graph if m.startswith("compressors")} | {
+                "mdl_slt.errors", "mdl_slt.lm_loss", "mdl_slt.device"}, module
+        if module.startswith("mdl_slt.llc"):  # the estimator knows nothing of the pipeline above the store
+            assert not reach(module) & pipeline, (module, reach(module) & pipeline)
+        if module.startswith(("mdl_slt.analysis", "mdl_slt.fitfile", "mdl_slt.figures", "mdl_slt.report")):
+            assert not reach(module) & {"mdl_slt.measure", "mdl_slt.executors", "mdl_slt.runner", "mdl_slt.llc.sampling",
+                                        "mdl_slt.llc.chains", "mdl_slt.cli"}, (module, reach(module))

@@ -14,7 +14,7 @@ import torch
 from mdl_slt import pythia
 from mdl_slt.errors import UserError
 from mdl_slt.experiment import StepRange
-from mdl_slt.sgld import LLCConfig
+from mdl_slt.llc.config import LLCConfig
 from tests.conftest import run_cli
 
 

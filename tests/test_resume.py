@@ -18,14 +18,14 @@ models:
   - id: mdl-slt/tiny-a
     revisions: {revisions}
 data: {{context_length: 32, eval_sequences: 16, llc_sequences: 64}}
-llc: {{step_size: 1.0e-4, num_chains: 2, num_draws: 40, num_burnin: 10, batch_size: 8}}
+llc: {{step_size: {step_size}, num_chains: 2, num_draws: 40, num_burnin: 10, batch_size: 8}}
 critical: {{compressors: [{{name: rtn, precision: 0.1}}], epsilons: [0.05, 0.2]}}
 """
 
 
-def write(tmp_path, name, revisions):
+def write(tmp_path, name, revisions, step_size="1.0e-4"):
     path = tmp_path / f"{name}.yaml"
-    path.write_text(EXPERIMENT.format(store=tmp_path / f"{name}.sqlite", revisions=revisions))
+    path.write_text(EXPERIMENT.format(store=tmp_path / f"{name}.sqlite", revisions=revisions, step_size=step_size))
     return path
 
 
@@ -101,13 +101,28 @@ def test_sigkill_then_rerun_gives_exactly_the_uninterrupted_records(tiny_suite, 
     assert records(store) == expected  # none lost, none duplicated, identical values
 
 
+DRIVER_LOADS_NO_MODEL = """
+import sys
+import transformers
+
+def refuse(*args, **kwargs):
+    raise AssertionError("the driver process loaded a model")
+
+transformers.AutoModelForCausalLM.from_pretrained = refuse  # Ray's workers are other processes
+sys.argv[0] = "mdl-slt"
+from mdl_slt.cli import main
+main()
+"""
+
+
 def test_ray_executor_gives_the_records_of_the_local_one(tiny_suite, tmp_path):
-    """A real local Ray cluster (`ray start --head`), joined by address, measures what the local executor does."""
+    """A real local Ray cluster (`ray start --head`), joined by address, measures what the local executor
+    does, the step-size choice included, with a driver that cannot load a model."""
     import socket
     import sysconfig
 
     home, _ = tiny_suite
-    local = write(tmp_path, "local", "[step1, step24]")
+    local = write(tmp_path, "local", "[step1, step24]", "auto")
     assert run_cli("run", local, home=home).returncode == 0
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -118,13 +133,16 @@ def test_ray_executor_gives_the_records_of_the_local_one(tiny_suite, tmp_path):
                               "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stderr
     try:
-        remote = write(tmp_path, "remote", "[step1, step24]")
-        done = run_cli("run", remote, "--executor", "ray", "--address", f"127.0.0.1:{port}", home=home)
+        remote = write(tmp_path, "remote", "[step1, step24]", "auto")
+        done = subprocess.run([sys.executable, "-c", DRIVER_LOADS_NO_MODEL, "run", str(remote), "--executor", "ray",
+                               "--address", f"127.0.0.1:{port}"], capture_output=True, text=True,
+                              env={**env, "MDL_SLT_HOME": str(home)}, timeout=300)
         assert done.returncode == 0, done.stderr
     finally:
         subprocess.run([*ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
     expected = records(tmp_path / "local.sqlite")
     assert len(expected) > 10 and records(tmp_path / "remote.sqlite") == expected
+    assert sum(key.startswith("step_size|mdl-slt/tiny-a|") for key in expected) == 1  # chosen once, as a task
 
 
 def test_unloadable_checkpoints_are_failures_with_their_reason(tiny_suite, tmp_path):
@@ -139,7 +157,8 @@ def test_unloadable_checkpoints_are_failures_with_their_reason(tiny_suite, tmp_p
     (corrupt / "model.safetensors").write_bytes((corrupt / "model.safetensors").read_bytes()[:1000])
     path = tmp_path / "broken.yaml"
     more = f"  - id: {corrupt}\n  - id: EleutherAI/pythia-14m\n    revisions: [step1000]\ndata:"
-    path.write_text(EXPERIMENT.format(store=tmp_path / "broken.sqlite", revisions="[step24]").replace("data:", more))
+    path.write_text(EXPERIMENT.format(step_size="1.0e-4", store=tmp_path / "broken.sqlite", revisions="[step24]")
+                    .replace("data:", more))
     done = run_cli("run", path, home=home)
     assert done.returncode == 1, done.stderr
     failed = {line.split()[1]: line for line in run_cli("status", tmp_path / "broken.sqlite", home=home).stdout.splitlines()
@@ -246,7 +265,7 @@ def test_a_run_over_local_model_directories_writes_its_report(tiny_suite, tmp_pa
         shutil.copytree(snapshot, dirs[-1])
     path = tmp_path / "local.yaml"
     models = "\n".join(f"  - id: {d}" for d in dirs)
-    path.write_text(EXPERIMENT.format(store=tmp_path / "local.sqlite", revisions="[x]")
+    path.write_text(EXPERIMENT.format(step_size="1.0e-4", store=tmp_path / "local.sqlite", revisions="[x]")
                     .replace("  - id: mdl-slt/tiny-a\n    revisions: [x]", models)
                     .replace("name: resume", f"name: local\nreport: {tmp_path}/local.pdf"))
     done = run_cli("run", path, home=home)

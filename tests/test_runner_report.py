@@ -85,7 +85,8 @@ def test_report_renders_every_page_as_vector_figures_that_fill_it(finished_run, 
 
     import pandas as pd
 
-    from mdl_slt.report import analyse, figure_pages
+    from mdl_slt.analysis import analyse
+    from mdl_slt.report import figure_pages
 
     assert shutil.which("pdftoppm") and shutil.which("pdftotext"), "poppler-utils missing: .ci/run installs it"
     home, work, path, first, _ = finished_run
@@ -176,8 +177,9 @@ def axis_problems(fig) -> list[str]:
 
 
 def test_every_figure_takes_its_axes_from_its_data(finished_run):
+    from mdl_slt.analysis import analyse
     from mdl_slt.figures import plt
-    from mdl_slt.report import analyse, figure_pages
+    from mdl_slt.report import figure_pages
 
     home, work, path, first, _ = finished_run
     for title, caption, fig in figure_pages(analyse(work / "tiny.sqlite")):

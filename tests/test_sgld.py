@@ -5,7 +5,9 @@ import torch
 
 from mdl_slt.errors import UserError
 from mdl_slt.ground_truth import crossing_expectation, deep_linear, deep_linear_cases, deep_linear_task, normal_crossing
-from mdl_slt.sgld import LLCConfig, estimate_llc, mse_loss
+from mdl_slt.llc.batches import mse_loss
+from mdl_slt.llc.config import LLCConfig
+from mdl_slt.llc.sampling import estimate_llc
 from tests.conftest import regression
 
 
@@ -277,7 +279,7 @@ def test_diverging_chains_are_excluded_with_a_suggestion():
 
 def test_top_hessian_eigenvalue_of_a_regression():
     """For ½·mean‖Wx − y‖² the Hessian is XᵀX/n: power iteration must find its top eigenvalue."""
-    from mdl_slt.curvature import top_hessian_eigenvalue
+    from mdl_slt.llc.curvature import top_hessian_eigenvalue
 
     model, (x, y), loss = regression(d=6, n=1000)
     x = x * torch.tensor([3.0, 1, 1, 1, 1, 0.5])  # a clear top direction

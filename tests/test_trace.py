@@ -11,8 +11,11 @@ import torch
 
 from mdl_slt.errors import UserError
 from mdl_slt.ground_truth import crossing_expectation
-from mdl_slt.sgld import LLCConfig, estimate_llc, mse_loss, sample
-from mdl_slt.trace import Trace, detect_burnin, estimate, relaxation_steps
+from mdl_slt.llc.batches import mse_loss
+from mdl_slt.llc.config import LLCConfig
+from mdl_slt.llc.samplers import relaxation_steps
+from mdl_slt.llc.sampling import estimate_llc, sample
+from mdl_slt.llc.trace import Trace, detect_burnin, estimate
 from tests.conftest import regression, run_cli
 
 
@@ -135,10 +138,10 @@ def test_a_destroyed_language_model_is_flagged(tiny_checkpoint, tiny_tokens):
 def test_a_chain_that_jumps_away_from_the_others_is_excluded_and_named():
     """On a regression (no uniform prediction to judge by) one chain is pushed far off after 100
     steps: it is stopped by the other chains' level, the rest give the estimate."""
-    from mdl_slt.sgld import _Health
+    from mdl_slt.llc.health import Health
 
     config = LLCConfig(num_chains=4)
-    health = _Health(config, n_beta=100.0, init_loss=1.0, uniform=None, d=1000)
+    health = Health(config, n_beta=100.0, init_loss=1.0, uniform=None, d=1000)
     healthy = 1.0 + 0.03 + 0.002 * torch.randn(4, 100, generator=torch.Generator().manual_seed(0))
     for upto in range(25, 101, 25):
         assert health.check(healthy, upto, range(4)) == []

@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from mdl_slt.errors import UserError
-from mdl_slt.sgld import LLCConfig, estimate_llc
+from mdl_slt.llc.config import LLCConfig
+from mdl_slt.llc.sampling import estimate_llc
+from mdl_slt.llc.trace import AllChainsDiverged
 
 STEP_SIZES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 N_BETAS = (30.0, 10.0, 100.0)
@@ -40,7 +41,7 @@ def run_sweep(model, data, base: LLCConfig, step_sizes=STEP_SIZES, n_betas=N_BET
             config = base.model_copy(update={"step_size": step, "n_beta": n_beta})
             try:
                 r = estimate_llc(model, data, config)
-            except UserError:  # every chain diverged
+            except AllChainsDiverged:  # any other error (a glob matching nothing, a bad setting) is the user's to see
                 settings.append(Setting(step, n_beta, math.nan, math.nan, math.nan, math.nan,
                                         config.num_chains, False, []))
             else:

@@ -2,7 +2,7 @@
 
 SGLD's discretization bias grows with ε·(nβ·λ_max + γ): for a quadratic the stationary variance
 in the stiffest direction is inflated by 1/(1 − ε·a/4), a = nβ·λ_max + γ, and the chain is
-unstable for ε·a ≥ 4. `step_size: auto` (outside Pythia's table) sets ε·a = 0.3 (`sgld.STEP_SCALE`);
+unstable for ε·a ≥ 4. `step_size: auto` (outside Pythia's table) sets ε·a = 0.3 (`sampling.STEP_SCALE`);
 the README gives the measured λ_max across a model's checkpoints and the resulting steps.
 """
 
@@ -15,11 +15,11 @@ def top_hessian_eigenvalue(model, data, loss_fn, batch_size: int = 1024, iterati
     no second derivative)."""
     import torch
 
+    from mdl_slt.llc.batches import data_size, pick
     from mdl_slt.lm_loss import eager_attention
-    from mdl_slt.sgld import _pick, data_size
 
     params = [p for p in model.parameters() if p.requires_grad]
-    batch = _pick(data, slice(0, min(batch_size, data_size(data))))
+    batch = pick(data, slice(0, min(batch_size, data_size(data))))
     gen = torch.Generator(device="cpu").manual_seed(seed)  # the same start vector on any device
     vector = [torch.randn(p.shape, generator=gen, device="cpu").to(p.device) for p in params]
     eigenvalue = 0.0

@@ -16,7 +16,7 @@ ESS per chain and pooled (arviz), the Monte-Carlo standard error of λ̂ from th
 the spread between chain means, and the reference loss's error:
     se = √( max(MCSE_ESS, sd(λ̂_c)/√C)² + (nβ·se(L(w*)))² ).
 `converged`: R̂ ≤ target, pooled ESS ≥ target, and at least RELAXATIONS relaxation times of the
-slowest direction the localization alone holds sampled (`relaxation_steps`): chains that all start
+slowest direction the localization alone holds sampled (`samplers.relaxation_steps`): chains that all start
 at w* drift together along such directions for that long, and R̂, which compares chains, cannot
 see it.
 """
@@ -32,9 +32,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from mdl_slt.errors import UserError
+from mdl_slt.llc.samplers import relaxation_steps
 
 MSER_BATCH = 5
 RELAXATIONS = 4  # relaxation times of the slowest γ-held direction a converged run has sampled
+
+
+class AllChainsDiverged(UserError):
+    """Every chain of a run diverged: there is nothing to estimate from (the message says which step to try)."""
 
 
 @dataclass
@@ -159,21 +164,6 @@ def chain_diagnostics(samples: np.ndarray) -> dict:
                 "mcse_per_chain": [float(az.mcse(samples[c:c + 1], method="mean")) for c in range(chains)]}
 
 
-def relaxation_steps(config: dict) -> float:
-    """Steps for the variance of a direction held only by γ (curvature γ) to relax by a factor e,
-    from the resolved sampler settings: SGLD 1/(ε·γ); RMSProp-SGLD, whose preconditioner there is
-    1/eps, eps/(ε·γ); BAOAB 1/(2r·h), h = √ε, r = ζ/2 − √(ζ²/4 − γ) for ζ ≥ 2√γ, else ζ/2.
-    0 without localization (no such direction to go by)."""
-    step, gamma, sampler = config.get("step_size"), config.get("localization", 0.0), config.get("sampler", "sgld")
-    if gamma <= 0 or not isinstance(step, (int, float)):
-        return 0.0
-    if sampler == "baoab":
-        friction = config["friction"]
-        rate = friction / 2 - math.sqrt(max(friction**2 / 4 - gamma, 0.0))
-        return 1 / (2 * rate * math.sqrt(step))
-    return (config["rmsprop_eps"] if sampler == "rmsprop" else 1.0) / (step * gamma)
-
-
 def meets_targets(r_hat: float, ess: float, config: dict, steps: int) -> bool:
     """Converged: split R̂ at most its target, pooled ESS at least its target (both finite), and
     `steps` at least RELAXATIONS relaxation times (`relaxation_steps`)."""
@@ -203,7 +193,7 @@ def estimate(trace: Trace, burnin: int | None = None, thinning: int | None = Non
     suggestion = config["step_size"] / 10 if trace.diverged else None
     if not healthy:
         reasons = "; ".join(sorted(set(trace.diverged.values())))
-        raise UserError(f"all {chains} chains diverged at step size {config['step_size']:g} ({reasons}): "
+        raise AllChainsDiverged(f"all {chains} chains diverged at step size {config['step_size']:g} ({reasons}): "
                         f"try a smaller step size, e.g. {suggestion:g}")
     steps = trace.steps
     burnin, detected = burnin_of(trace, steps) if burnin is None else (burnin, False)
@@ -253,3 +243,22 @@ def stored(store_path, model: str | None = None, keys: set[str] | None = None) -
                 found.append(({"model": row.model, "revision": row.revision, "step": row.step,
                                "llc_mean": row.llc_mean, "burnin": row.detail.get("burnin")}, Trace.from_bytes(data)))
     return found
+
+
+def reestimate_store(store_path, burnin: int | None = None, thinning: int | None = None,
+                     model: str | None = None) -> list[dict]:
+    """λ̂ of every stored trace (of one model, when given) with another burn-in or thinning, or its
+    own, beside the stored value; no sampling."""
+    rows = []
+    for row, trace in stored(store_path, model):
+        result = estimate(trace, burnin, thinning)
+        rows.append({"model": row["model"], "revision": row["revision"], "step": row["step"],
+                     "stored_llc_mean": row["llc_mean"], "stored_burnin": row["burnin"], "llc_mean": result.llc_mean,
+                     "llc_std_error": result.llc_std_error, "r_hat": result.r_hat, "ess": result.ess,
+                     "burnin": result.burnin, "thinning": result.thinning, "draws": result.num_draws,
+                     "converged": result.converged})
+    if not rows:
+        raise UserError(f"{store_path} holds no stored sampling trace{f' of {model}' if model else ''}: run its "
+                        "experiment (`mdl-slt run`), which stores each LLC's trace beside its row")
+    return rows
+

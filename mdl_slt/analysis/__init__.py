@@ -1,0 +1,85 @@
+"""From stored records to answers: description lengths, fits, ε sweeps, predictions. Needs no torch.
+
+    tables   the experiment's rows → one tidy table (critical value beside λ̂ and the base loss),
+             the analysis window
+    lines    a line by OLS with HC3 errors, its bootstrap, leave-one-out and prediction intervals
+    fits     the lines per (model, compressor entry, ε), across sizes, ε sweeps, LOO predictions
+
+`analyse(store)` does all of it once; the report, its CSV tables and the fit file take its results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mdl_slt.analysis.fits import (
+    eps_sweep,
+    fit_lines,
+    fit_relation,
+    loo_predictions,
+    pooled_fits,
+    pooled_lines,
+)
+from mdl_slt.analysis.tables import measurements, select, window
+from mdl_slt.errors import UserError
+
+
+@dataclass
+class Analysis:
+    """Everything the report shows, from one store."""
+
+    experiment: object  # the stored, device-resolved Experiment
+    settings: object  # its AnalysisConfig with any overrides
+    records: pd.DataFrame
+    table: pd.DataFrame
+    inside: pd.Series
+    lines: dict  # (model, compressor, ε) → (LineFit or None, rows), inside the window
+    lines_all: dict  # the same over every checkpoint
+    pooled_lines: dict  # (compressor, ε) → (LineFit on λ̂/d, rows), across sizes, inside the window
+    fits: pd.DataFrame  # `lines` as a table
+    fits_all: pd.DataFrame  # `lines_all` as a table
+    pooled: pd.DataFrame
+    sweep: pd.DataFrame
+    loo: pd.DataFrame
+    left_out: pd.DataFrame
+    configs: dict
+    traces: list
+
+    @property
+    def entries(self) -> list[str]:
+        return [e.key for e in self.experiment.critical.compressors]
+
+    @property
+    def window_text(self) -> str:
+        if self.settings.min_step is not None:
+            return f"checkpoints at or after step {self.settings.min_step}"
+        return (f"checkpoints whose held-out loss has covered at least {self.settings.window:.0%} of its fall from a "
+                f"uniform prediction (ln V) to its lowest measured value")
+
+
+def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
+    """Select the store's rows of its experiment, fit each line once, and gather the traces."""
+    from mdl_slt.experiment import Experiment
+    from mdl_slt.llc.trace import stored
+    from mdl_slt.store import open_existing
+
+    with open_existing(store_path) as store:
+        records, config, configs = store.table(), store.last_config(), store.configs()
+    if config is None or records.empty:
+        raise UserError(f"{store_path} holds no measurements yet: run the experiment first")
+    experiment = Experiment.model_validate(config)
+    settings = experiment.analysis.model_copy(update={k: v for k, v in (overrides or {}).items() if v is not None})
+    records, left_out = select(records, config)
+    if not (records.task == "critical").any() or not (records.task == "llc").any():
+        raise UserError(f"{store_path} holds no complete measurements of its experiment yet: run it first")
+    table = measurements(records, settings.critical)
+    inside = window(table, settings.window, settings.min_step)
+    everything = pd.Series(True, index=table.index)
+    traces = stored(store_path, keys=set(records[records.task == "llc"].task_key))
+    lines, lines_all = fit_lines(table, inside), fit_lines(table, everything)
+    return Analysis(experiment, settings, records, table, inside, lines, lines_all, pooled_lines(table, inside),
+                    fit_relation(lines), fit_relation(lines_all), pooled_fits(table, inside), eps_sweep(table),
+                    loo_predictions(lines), left_out, configs, traces)

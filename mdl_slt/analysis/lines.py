@@ -1,0 +1,141 @@
+"""A line y = α + β·x by OLS with HC3 errors, with what is known of its quality. Needs no torch.
+
+Its prediction interval at a new x₀ measured with standard error s₀ is
+    ŷ₀ ± t_{n−2} · √( x₀ᵀ Σ_HC3 x₀ + s² + β² s₀² ),   x₀ = (1, x₀),
+the last term carrying the new estimate's own uncertainty. A bootstrap over checkpoints, with
+each x redrawn from N(x, se²), gives a slope interval that carries the errors of x. One rule for a
+missing or non-finite standard error, used by every fit, bootstrap and leave-one-out: it takes the
+largest finite one among the points fitted with it (`llc_errors`), never zero unless none is known.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+LEVEL = 0.95
+BOOTSTRAP_DRAWS = 2000
+
+
+def llc_errors(se) -> np.ndarray:
+    """The standard errors of λ̂ a fit uses: a missing or non-finite one takes the largest finite
+    one of the same fit (0 when none is known)."""
+    se = np.asarray(se, float)
+    finite = se[np.isfinite(se)]
+    return np.where(np.isfinite(se), se, finite.max() if len(finite) else 0.0)
+
+
+@dataclass
+class LineFit:
+    """y = intercept + slope·x by OLS with HC3 covariance, and what is known of its quality."""
+
+    n: int
+    intercept: float
+    slope: float
+    cov: list  # 2×2 HC3 covariance of (intercept, slope)
+    scale: float  # residual variance s²
+    df_resid: int
+    r_squared: float
+    pearson_r: float
+    spearman_rho: float
+    slope_ci: tuple
+    intercept_ci: tuple
+    bootstrap_slope_ci: tuple  # with each λ̂ redrawn from its standard error
+    loo_rmse: float  # leave-one-checkpoint-out prediction error, in units of y
+    loo_coverage: float  # share of left-out points inside their prediction interval
+    loo_points: list = field(default_factory=list)  # (i, prediction, lower, upper) of each left-out point; not saved
+
+    @property
+    def slope_se(self) -> float:
+        return math.sqrt(self.cov[1][1])
+
+    def predict(self, x: float, x_se: float = 0.0, level: float = LEVEL) -> tuple[float, float, float]:
+        """(prediction, lower, upper) for a new observation at x measured with standard error x_se."""
+        from scipy import stats
+
+        x0 = np.array([1.0, x])
+        mean = self.intercept + self.slope * x
+        var = float(x0 @ np.asarray(self.cov) @ x0) + self.scale + (self.slope * x_se) ** 2
+        half = stats.t.ppf(0.5 + level / 2, self.df_resid) * math.sqrt(var)
+        return mean, mean - half, mean + half
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "loo_points"}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "LineFit":
+        return cls(**{k: tuple(v) if k.endswith("_ci") else v for k, v in values.items()})
+
+
+def _ols(x, y, min_points: int):
+    import statsmodels.api as sm
+
+    if len(x) < min_points or np.ptp(x) == 0:
+        return None
+    return sm.OLS(y, sm.add_constant(x)).fit(cov_type="HC3", use_t=True)
+
+
+def line(x, y) -> LineFit | None:
+    """The OLS + HC3 line alone (no bootstrap or leave-one-out); None below 3 points or constant x."""
+    fit = _ols(np.asarray(x, float), np.asarray(y, float), 3)
+    if fit is None:
+        return None
+    nan2 = (math.nan, math.nan)
+    return LineFit(len(x), float(fit.params[0]), float(fit.params[1]), fit.cov_params().tolist(), float(fit.scale),
+                   int(fit.df_resid), float(fit.rsquared), math.nan, math.nan, nan2, nan2, nan2, math.nan, math.nan)
+
+
+def leave_one_out(x, y, se) -> list[tuple[int, float, float, float]]:
+    """(i, prediction, lower, upper) for each point predicted from a line through the others,
+    its interval carrying its own λ̂ error; the one routine behind LOO errors and tables."""
+    x, y, se = np.asarray(x, float), np.asarray(y, float), llc_errors(se)
+    rows = []
+    for i in range(len(x)):
+        keep = np.arange(len(x)) != i
+        rest = line(x[keep], y[keep])
+        if rest is not None:
+            rows.append((i, *rest.predict(x[i], float(se[i]))))
+    return rows
+
+
+def fit_line(x, y, x_se=None, seed: int = 0) -> LineFit | None:
+    """OLS of y on x with HC3 errors, bootstrap and leave-one-out; None with < 4 points or constant x."""
+    from scipy import stats
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    se = llc_errors(np.zeros_like(x) if x_se is None else x_se)
+    fit = _ols(x, y, 4)
+    if fit is None:
+        return None
+    ci = fit.conf_int(1 - LEVEL)
+    constant_y = np.ptp(y) == 0
+    loo = leave_one_out(x, y, se)
+    errors = [mean - y[i] for i, mean, _, _ in loo]
+    return LineFit(
+        n=len(x), intercept=float(fit.params[0]), slope=float(fit.params[1]), cov=fit.cov_params().tolist(),
+        scale=float(fit.scale), df_resid=int(fit.df_resid), r_squared=float(fit.rsquared),
+        pearson_r=math.nan if constant_y else float(stats.pearsonr(x, y)[0]),
+        spearman_rho=math.nan if constant_y else float(stats.spearmanr(x, y)[0]),
+        slope_ci=tuple(map(float, ci[1])), intercept_ci=tuple(map(float, ci[0])),
+        bootstrap_slope_ci=_bootstrap_slope(x, y, se, seed),
+        loo_rmse=float(np.sqrt(np.mean(np.square(errors)))) if errors else math.nan,
+        loo_coverage=float(np.mean([low <= y[i] <= high for i, _, low, high in loo])) if loo else math.nan,
+        loo_points=loo)
+
+
+def _bootstrap_slope(x, y, se, seed: int) -> tuple:
+    """Percentile interval of the OLS slope over checkpoints resampled with replacement, each
+    λ̂ redrawn from N(λ̂, se²)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(x), size=(BOOTSTRAP_DRAWS, len(x)))
+    xs = x[picks] + rng.standard_normal(picks.shape) * se[picks]
+    ys = y[picks]
+    xc, yc = xs - xs.mean(1, keepdims=True), ys - ys.mean(1, keepdims=True)
+    var = (xc * xc).sum(1)
+    slopes = (xc * yc).sum(1)[var > 0] / var[var > 0]
+    if len(slopes) < BOOTSTRAP_DRAWS // 2:
+        return (math.nan, math.nan)
+    tail = (1 - LEVEL) / 2 * 100
+    return tuple(float(v) for v in np.percentile(slopes, [tail, 100 - tail]))

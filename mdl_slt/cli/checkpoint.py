@@ -1,0 +1,109 @@
+"""One-shot commands on one checkpoint: `critical` (its critical compression per ε) and `predict`
+(its critical compression from its LLC and a saved fit, optionally measured beside it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mdl_slt.cli.app import EMBEDDED, EXPERIMENT_HELP, SET_HELP, app, experiment, home, load, print_json, state
+from mdl_slt.errors import UserError
+
+
+@app.command("predict")
+def predict(fit: Path = typer.Option(..., "--fit", help="Fit file written by `mdl-slt report` (<report>-fit.json)."),
+            model: str = typer.Option(..., "--model", help="Checkpoint to predict: MODEL_ID@REVISION or a directory."),
+            verify: bool = typer.Option(False, help="Also measure the critical compression and print both."),
+            experiment_file: Optional[Path] = typer.Option(None, "--experiment", help="Measure with this experiment "
+                                                           "file's settings instead of the fit's own."),
+            set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+            as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    """Predict a checkpoint's critical compression from its LLC, estimated with the fit's own settings."""
+    from mdl_slt.predict import predict_checkpoint
+
+    chosen = experiment(experiment_file, set_)
+    found = predict_checkpoint(fit, model, chosen, home(), experiment_file is not None, verify, state["device"])
+    llc = found.llc
+    if as_json:
+        print_json({"ref": str(found.ref), "llc_mean": llc.llc_mean, "llc_std_error": llc.llc_std_error,
+                    "r_hat": llc.r_hat, "fit": str(fit), "settings_differ_from_fit": found.settings_differ,
+                    "predictions": found.rows})
+        return
+    print(f"{found.ref}: λ̂ = {llc.llc_mean:.2f} ± {llc.llc_std_error:.2f} (R̂ {llc.r_hat:.2f}); "
+          f"predicted critical compression, 95% prediction intervals, from {fit}")
+    if found.settings_differ:
+        print(f"  note: measured with settings that differ from the fit's ({', '.join(found.settings_differ)}): the "
+              "fit's lines hold for its own settings")
+    for row in found.rows:
+        line = (f"  {row['compressor']:10s} ε={row['epsilon']:<6g} {row['predicted']:7.3f}  "
+                f"[{row['lower']:.3f}, {row['upper']:.3f}]  ({row['basis']} line)")
+        if verify:
+            value = row["measured"]
+            line += f"   measured {value:.3f} {'inside' if row['inside'] else 'OUTSIDE'}" if value is not None \
+                else "   measured: beyond the knob's range"
+        print(line)
+
+
+@app.command("critical", context_settings={"allow_extra_args": True},
+             help=f"Find the critical compression of one checkpoint at each tolerance ε. {EMBEDDED}")
+def critical(ctx: typer.Context,
+             ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local directory."),
+             experiment_file: Optional[Path] = typer.Option(None, "--experiment", help=EXPERIMENT_HELP),
+             set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+             compressor: Optional[str] = typer.Option(None, help="An entry id of the experiment, or a registered "
+                                                                 "compressor (`mdl-slt compressors`) [default: the "
+                                                                 "experiment's first entry, else rtn]."),
+             option: list[str] = typer.Option([], help="Compressor option KEY=VALUE, repeatable "
+                                                       "(e.g. --option granularity=channel)."),
+             epsilon: list[float] = typer.Option([], help="Tolerances ε (nats/token): --epsilon E [E ...] "
+                                                          "[default: the experiment's, else 0.02 0.05 0.1]."),
+             precision: Optional[float] = typer.Option(None, help="Search precision in the knob's units "
+                                                                  "[default: the entry's, else the knob's own]."),
+             as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    from mdl_slt.critical import CompressorEntry
+    from mdl_slt.experiment import parse_assignment
+    from mdl_slt.measure import measure_entry
+
+    extra = []
+    for arg in ctx.args:
+        try:
+            extra.append(float(arg))
+        except ValueError:
+            raise UserError(f"unexpected argument {arg!r}: tolerances follow --epsilon as numbers") from None
+    chosen = experiment(experiment_file, set_)
+    epsilons = sorted(set(epsilon) | set(extra)) or chosen.critical.epsilons
+    if any(not e > 0 for e in epsilons):
+        raise UserError("every --epsilon must be a positive loss increase in nats/token")
+    entries = {e.key: e for e in chosen.critical.compressors}
+    entry = entries.get(compressor or chosen.critical.compressors[0].key) or CompressorEntry(name=compressor)
+    options = {**entry.options, **dict(parse_assignment(o, "--option", "KEY=VALUE", "granularity=channel")
+                                       for o in option)}
+    entry = CompressorEntry(id=entry.key, name=entry.name, options=options,
+                            precision=precision if precision is not None else entry.precision)
+    entry.build()  # a bad option is refused before the checkpoint loads
+    ckpt, tokens = load(ref, chosen)
+    found = measure_entry(ckpt, tokens, entry, epsilons, chosen.critical.numerics)
+    points = [{"epsilon": p["epsilon"], found.knob_name: p["knob"], "interpolated": p["interpolated"],
+               "beyond": p["beyond"], "loss": p["loss"], "description_length_bits": p["bits"],
+               "entropy_coded_bits": p["bits_entropy"], "monotone": p["monotone"], "wide": p["wide"]}
+              for p in found.points()]
+    payload = {"ref": str(ckpt.ref), "step": ckpt.step, "tokens_seen": ckpt.tokens_seen, "compressor": entry.key,
+               "method": entry.name, "options": options, "knob": found.knob_name, "base_loss": found.base_loss,
+               "uncompressed_bits": found.uncompressed_bits, "evaluations": found.search.num_evaluations,
+               "nonfinite": found.search.nonfinite, "elapsed_s": found.elapsed_s, "critical": points}
+    if as_json:
+        print_json(payload)
+        return
+    print(f"{ckpt.ref}: base loss {found.base_loss:.4f} nats/token, {found.uncompressed_bits / 8e3:,.1f} kB "
+          f"uncompressed; {found.search.num_evaluations} loss evaluations")
+    for p in points:
+        value = p[found.knob_name]
+        if value is None:
+            print(f"  ε={p['epsilon']:g}: not reached even at {found.knob_name} = {p['beyond']:g}")
+            continue
+        flag = "" if p["monotone"] else "  (non-monotone curve: treat with care)"
+        print(f"  ε={p['epsilon']:g}: {found.knob_name} = {value:.3f} (interpolated {p['interpolated']:.3f}), "
+              f"loss {p['loss']:.4f}, {p['description_length_bits'] / 8e3:,.1f} kB "
+              f"({p['entropy_coded_bits'] / 8e3:,.1f} kB entropy-coded){flag}")

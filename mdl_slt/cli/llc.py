@@ -1,0 +1,160 @@
+"""`mdl-slt llc`: estimate one checkpoint's LLC (`llc estimate REF`, or just `llc REF`), re-estimate
+a store's traces without sampling (`llc reestimate STORE`), sweep step size × nβ (`llc calibrate REF`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typer.core import TyperGroup
+
+from mdl_slt.cli.app import EMBEDDED, EXPERIMENT_HELP, SET_HELP, app, console, experiment, load, print_json
+from mdl_slt.errors import UserError, first_problem
+
+
+class _EstimateByDefault(TyperGroup):
+    """`mdl-slt llc REF` is `mdl-slt llc estimate REF`: a first argument that names no subcommand
+    (nor an option) is a checkpoint."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["estimate", *args]
+        return super().parse_args(ctx, args)
+
+
+llc_app = typer.Typer(cls=_EstimateByDefault, no_args_is_help=True,
+                      help="The LLC of one checkpoint (`mdl-slt llc REF` = `mdl-slt llc estimate REF`), a store's "
+                           "traces re-estimated, or a step size × nβ sweep.")
+app.add_typer(llc_app, name="llc")
+
+STEP_HELP = ("A number, or auto (the paper's step for a Pythia size, else ε·(nβ·λ_max + γ) = 0.3) [default: the "
+             "experiment's, else 3e-4].")
+
+
+def _number_or_auto(text: str | None, flag: str):
+    if text is None or text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{flag} takes a number or 'auto', got {text!r}") from None
+
+
+def _settings(chosen, **flags):
+    """The experiment's sampler settings with every flag given on the command line on top."""
+    from pydantic import ValidationError
+
+    from mdl_slt.llc.config import LLCConfig
+
+    given = {k: v for k, v in flags.items() if v is not None and v != []}
+    try:
+        return LLCConfig.model_validate({**chosen.llc.model_dump(exclude_unset=True), **given})
+    except ValidationError as error:
+        where, first = first_problem(error)
+        raise UserError(f"--{where.split('.')[0].replace('_', '-')}: {first['msg']}") from None
+
+
+SAMPLER_FLAGS = dict(
+    sampler=typer.Option(None, help="sgld, rmsprop or baoab [default: the experiment's, else sgld]."),
+    step_size=typer.Option(None, help=STEP_HELP),
+    n_beta=typer.Option(None, help="A number, or auto (n/log n) [default: the experiment's, else 30]."),
+    num_draws=typer.Option(None, help="Draws per chain [default: auto, sampled in blocks until R̂ ≤ 1.05, "
+                                      "ESS ≥ 100 and 4 relaxation times]."),
+)
+
+
+@llc_app.command("estimate", help=f"Estimate the LLC of one checkpoint by sampling. {EMBEDDED}")
+def estimate(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local directory."),
+             experiment_file: Optional[Path] = typer.Option(None, "--experiment", help=EXPERIMENT_HELP),
+             set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+             as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+             sampler: Optional[str] = SAMPLER_FLAGS["sampler"], step_size: Optional[str] = SAMPLER_FLAGS["step_size"],
+             n_beta: Optional[str] = SAMPLER_FLAGS["n_beta"],
+             localization: Optional[float] = typer.Option(None), num_chains: Optional[int] = typer.Option(None),
+             num_draws: Optional[int] = SAMPLER_FLAGS["num_draws"],
+             num_burnin: Optional[int] = typer.Option(None, help="Burn-in steps [default: auto, from the trace]."),
+             batch_size: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
+             parameters: list[str] = typer.Option([], help="Sample only parameters matching these globs "
+                                                           "(component LLC), e.g. 'gpt_neox.layers.0.attention.*'."),
+             thinning: Optional[int] = typer.Option(None, min=1, help="Keep every k-th draw."),
+             trace: bool = typer.Option(False, help="Include the loss trace (chains × draws).")):
+    from mdl_slt.measure import measure_llc
+
+    chosen = experiment(experiment_file, set_)
+    config = _settings(chosen, sampler=sampler, step_size=_number_or_auto(step_size, "--step-size"),
+                       n_beta=_number_or_auto(n_beta, "--n-beta"), localization=localization, num_chains=num_chains,
+                       num_draws=num_draws, num_burnin=num_burnin, batch_size=batch_size, seed=seed,
+                       parameters=parameters or None, thinning=thinning)
+    ckpt, tokens = load(ref, chosen)
+    result = measure_llc(ckpt, tokens, config)
+    payload = {"ref": str(ckpt.ref), "step": ckpt.step, "tokens_seen": ckpt.tokens_seen,
+               "checkpoint_params": ckpt.num_params, **result.to_dict()}
+    if not trace:
+        payload.pop("loss_trace")
+    if as_json:
+        print_json(payload)
+        return
+    flags = f"diverged chains {result.diverged_chains} (try step {result.suggested_step_size:g})" \
+        if result.diverged_chains else "no divergence"
+    print(f"{ckpt.ref}: λ̂ = {result.llc_mean:.2f} ± {result.llc_std_error:.2f} (s.e.), {config.num_chains} chains; "
+          f"R̂ {result.r_hat:.3f}, ESS {result.ess:.0f}; L(w*) = {result.init_loss:.4f}; {flags}"
+          f"{'; NEGATIVE: w* is not a local minimum or the step is too large' if result.negative else ''}")
+
+
+@llc_app.command("reestimate")
+def reestimate(store: Path = typer.Argument(..., help="Results store (SQLite) written by `mdl-slt run`."),
+               num_burnin: Optional[int] = typer.Option(None, help="Burn-in steps [default: each trace's own]."),
+               thinning: Optional[int] = typer.Option(None, min=1, help="Keep every k-th draw [default: the "
+                                                                        "trace's own]."),
+               model: Optional[str] = typer.Option(None, "--model", help="Only this model's checkpoints."),
+               as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    """λ̂ of every stored trace with another burn-in or thinning (or its own), without sampling."""
+    from mdl_slt.llc.trace import reestimate_store
+
+    rows = reestimate_store(store, num_burnin, thinning, model)
+    if as_json:
+        print_json({"store": str(store), "checkpoints": rows})
+        return
+    print(f"{'checkpoint':42s} {'stored λ̂':>9s} {'λ̂':>8s} {'s.e.':>6s} {'R̂':>6s} {'ESS':>6s} {'burn-in':>8s}")
+    for r in rows:
+        print(f"{r['model'] + '@' + str(r['revision']):42s} {r['stored_llc_mean']:9.2f} {r['llc_mean']:8.2f} "
+              f"{r['llc_std_error']:6.2f} {r['r_hat']:6.3f} {r['ess']:6.0f} {r['burnin']:8d}")
+
+
+@llc_app.command("calibrate", help=f"Sweep step size × nβ on one checkpoint and recommend a setting. {EMBEDDED}")
+def calibrate(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local directory."),
+              experiment_file: Optional[Path] = typer.Option(None, "--experiment", help=EXPERIMENT_HELP),
+              set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+              as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+              sampler: Optional[str] = SAMPLER_FLAGS["sampler"],
+              localization: Optional[float] = typer.Option(None), num_chains: Optional[int] = typer.Option(None),
+              num_draws: Optional[int] = SAMPLER_FLAGS["num_draws"],
+              num_burnin: Optional[int] = typer.Option(None, help="Burn-in steps [default: auto, from the trace]."),
+              batch_size: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
+              parameters: list[str] = typer.Option([], help="Sample only parameters matching these globs."),
+              plot: Path = typer.Option(Path("llc-calibration.png"), help="Where to draw the sweep.")):
+    from rich.progress import Progress
+
+    from mdl_slt.llc.calibrate import N_BETAS, STEP_SIZES, as_rows, plot_sweep, recommend, run_sweep
+
+    chosen = experiment(experiment_file, set_)
+    base = _settings(chosen, sampler=sampler, localization=localization, num_chains=num_chains, num_draws=num_draws,
+                     num_burnin=num_burnin, batch_size=batch_size, seed=seed, parameters=parameters or None)
+    ckpt, tokens = load(ref, chosen)
+    with Progress(console=console, transient=True) as bars:
+        task = bars.add_task("calibrating", total=len(STEP_SIZES) * len(N_BETAS))
+        settings = run_sweep(ckpt.model, tokens.train, base, progress=lambda: bars.advance(task))
+    best = recommend(settings)
+    plot_sweep(settings, best, plot)
+    if as_json:
+        print_json({"ref": str(ckpt.ref), "settings": as_rows(settings), "plot": str(plot),
+                    "recommended": None if best is None else {"step_size": best.step_size, "n_beta": best.n_beta}})
+        return
+    print(f"{'nβ':>6} {'step':>8} {'λ̂':>9} {'s.e.':>7} {'R̂':>6} {'drift':>6}  stable")
+    for s in settings:
+        print(f"{s.n_beta:6g} {s.step_size:8.0e} {s.llc_mean:9.2f} {s.llc_std_error:7.2f} {s.r_hat:6.2f} "
+              f"{s.drift:6.2f}  {'yes' if s.stable else 'no' + (f' ({s.diverged} diverged)' if s.diverged else '')}")
+    if best is None:
+        raise UserError("no stable setting in the sweep: lower the step sizes, or raise --num-draws")
+    print(f"recommended: step_size {best.step_size:g}, n_beta {best.n_beta:g} (λ̂ {best.llc_mean:.2f}); plot {plot}")

@@ -1,0 +1,150 @@
+"""Commands over experiments and stores: run, validate, status, report; the suite; the registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mdl_slt.cli.app import SET_HELP, app, console, experiment, home
+from mdl_slt.errors import UserError
+
+suite_app = typer.Typer(no_args_is_help=True, help="The embedded micro-Pythia suite.")
+app.add_typer(suite_app, name="suite")
+
+
+@suite_app.command("build")
+def suite_build(force: bool = typer.Option(False, help="Rebuild even if built."),
+                workers: int = typer.Option(2, min=1, help="Models trained in parallel, one thread each.")):
+    """Download the corpus, train the tokenizer and the micro-Pythia models, save every checkpoint."""
+    from mdl_slt.suite import SuiteSpec, build_suite
+
+    manifest = build_suite(home(), SuiteSpec(), workers=workers, force=force, console=console)
+    for model, revisions in manifest["models"].items():
+        print(f"{model}: {len(revisions)} checkpoints ({revisions[0]} … {revisions[-1]})")
+
+
+@suite_app.command("list")
+def suite_list():
+    """List the suite's models and checkpoints (hub-cache revisions)."""
+    from mdl_slt.home import hub_cache
+    from mdl_slt.hubcache import list_revisions
+    from mdl_slt.suite import SuiteSpec
+
+    spec = SuiteSpec()
+    for model in spec.models:
+        revisions = list_revisions(hub_cache(home()), spec.model_id(model))
+        print(f"{spec.model_id(model)}: {', '.join(revisions) if revisions else 'not built (mdl-slt suite build)'}")
+
+
+@app.command("compressors")
+def list_compressors():
+    """List the registered compressors and their knobs."""
+    import compressors
+
+    for name in compressors.names():
+        method = compressors.get(name)
+        k = method.knob
+        print(f"{name:11s} {(type(method).__doc__ or '').strip().splitlines()[0]}\n"
+              f"{'':11s} knob {k.name} in [{k.low:g}, {k.high:g}]{' ' + k.unit if k.unit else ''}, "
+              f"{k.more_compression} compresses more, {k.identity:g} = none; {k.description}")
+
+
+@app.command("run")
+def run(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)."),
+        set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+        executor: Optional[str] = typer.Option(None, help="local | ray [default: the file's, else local]."),
+        address: Optional[str] = typer.Option(None, help="Ray cluster address HOST:PORT [default: a Ray "
+                                                         "instance on this machine].")):
+    """Run an experiment: every checkpoint's base loss, LLC and critical compression; then its report."""
+    from mdl_slt.report import write_report
+    from mdl_slt.runner import run_experiment
+
+    chosen = experiment(experiment_file, set_, executor=executor, address=address)
+    summary = run_experiment(chosen, home(), console)
+    console.print(f"{summary.units} checkpoints: {summary.measured} measured, {summary.skipped} already stored, "
+                  f"{summary.failed_units} failed ({len(summary.failures)} tasks), in {summary.elapsed_s:.0f} s; "
+                  f"store {chosen.store}, log {summary.log}", highlight=False)
+    if chosen.report is not None and summary.measured + summary.skipped > 0:
+        written = write_report(chosen.store, chosen.report)
+        console.print(f"report {written['pdf']} ({written['pages']} pages) and CSV beside it", highlight=False)
+    if summary.failures:
+        raise typer.Exit(1)
+
+
+@app.command("validate")
+def validate(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)."),
+             set_: list[str] = typer.Option([], "--set", help=SET_HELP)):
+    """Check an experiment file and print its plan and estimated cost, without running anything."""
+    from mdl_slt.plan import estimated_cost, plan
+
+    chosen = experiment(experiment_file, set_)
+    units = plan(chosen, home())
+    by_model: dict[str, list[str]] = {}
+    for unit in units:
+        by_model.setdefault(unit.ref.model_id, []).append(unit.ref.revision or "(directory)")
+    print(f"experiment {chosen.name}: {len(units)} checkpoints → store {chosen.store}"
+          + (f", report {chosen.report}" if chosen.report else ""))
+    for model, revisions in by_model.items():
+        print(f"  {model}: {len(revisions)} ({revisions[0]} … {revisions[-1]})")
+    entries = ", ".join(f"critical:{e.key}" for e in chosen.critical.compressors)
+    print(f"tasks per checkpoint: base_loss, llc, {entries}")
+    llc, cost = chosen.llc, estimated_cost(chosen, units)
+    print(f"cost: at most {cost.sgld_steps:,} SGLD steps ({llc.num_chains} chains × {llc.budget_text} per "
+          f"checkpoint), at most {cost.evaluations:,} loss evaluations of {chosen.data.eval_sequences} × "
+          f"{chosen.data.context_length} tokens" + (f"; also {'; '.join(cost.notes)}" if cost.notes else ""))
+    if chosen.executor == "ray":
+        print(f"executor: Ray at {chosen.address or 'a local instance'}, each checkpoint asking for "
+              f"{chosen.threads} CPU(s) and {chosen.gpus_per_unit:g} GPU(s)")
+    else:
+        print(f"executor: local, {chosen.workers} worker(s) × {chosen.threads} thread(s)")
+
+
+def _stored_experiment(db):
+    from pydantic import ValidationError
+
+    from mdl_slt.experiment import Experiment
+
+    config = db.last_config()
+    if config is None:
+        raise UserError(f"{db.path} records no run yet: start one with `mdl-slt run FILE.yaml`")
+    try:
+        return Experiment.model_validate(config)
+    except (ValidationError, UserError):
+        raise UserError(f"{db.path} was written by another version of mdl-slt: rerun its experiment") from None
+
+
+@app.command("status")
+def status(store: Path = typer.Argument(..., help="Results store (SQLite) written by `mdl-slt run`.")):
+    """Show done / failed / pending for every checkpoint of the store's experiment."""
+    from mdl_slt.runner import unit_status
+    from mdl_slt.store import open_existing
+
+    with open_existing(store) as db:
+        stored = _stored_experiment(db)
+        rows = unit_status(stored, home(), db)
+    for unit, state, detail in rows:
+        print(f"{state:8s} {unit}" + (f"  {detail}" if detail else ""))
+    counts = {s: sum(1 for _, st, _ in rows if st == s) for s in ("done", "failed", "pending")}
+    print(f"{stored.name}: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending "
+          f"of {len(rows)}")
+
+
+@app.command("report")
+def report(store: Path = typer.Argument(..., help="Results store (SQLite) written by `mdl-slt run`."),
+           output: Optional[Path] = typer.Option(None, "-o", "--output", help="PDF file to write [default: the "
+                                                                              "experiment's `report`, else STORE.pdf]."),
+           min_step: Optional[int] = typer.Option(None, help="Fit checkpoints at or after this step instead of "
+                                                             "the experiment's analysis window."),
+           window: Optional[float] = typer.Option(None, help="Window fraction of the loss fall [default: the "
+                                                             "experiment's `analysis.window`]."),
+           critical: Optional[str] = typer.Option(None, help="interpolated | bracket: the critical value fitted "
+                                                             "[default: the experiment's, else interpolated].")):
+    """Write the PDF report, CSV tables and fit file for a store, with its experiment's analysis settings."""
+    from mdl_slt.report import write_report
+
+    if critical not in (None, "interpolated", "bracket"):
+        raise UserError(f"--critical {critical!r}: use interpolated or bracket")
+    written = write_report(store, output, {"min_step": min_step, "window": window, "critical": critical})
+    print(f"{written['pdf']}: {written['pages']} pages; tables {', '.join(written['csv'])}")

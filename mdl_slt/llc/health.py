@@ -1,0 +1,62 @@
+"""Divergence checks, every CHECK_EVERY steps on each chain's window mean, against scales that mean
+something for the model: a non-finite loss; a mean minibatch loss above that of a uniform
+prediction, ln V (a language model that far from w* is destroyed; judged where w* itself is at
+least half a nat better than uniform, so not for barely trained checkpoints); nβ·(L − L*) above
+`runaway`·d (8× a regular model's λ); or above `jump` × the larger of the other chains' median
+level and the chain's own earlier median level (each floored at 1). A diverged chain is stopped
+(vmapped: held at w*), excluded and named; when all diverge, one error with a smaller step to try.
+"""
+
+from __future__ import annotations
+
+CHECK_EVERY = 25  # steps between divergence checks (each costs one host synchronisation)
+UNIFORM_MARGIN = 0.5  # nats: the uniform-prediction check needs w* this much better than uniform
+
+
+class Health:
+    """Divergence checks on each chain's window means (see the module docstring)."""
+
+    def __init__(self, config, n_beta: float, init_loss: float, uniform: float | None, d: int):
+        self.n_beta, self.init_loss = n_beta, init_loss
+        self.uniform = uniform if uniform is not None and init_loss < uniform - UNIFORM_MARGIN else None
+        self.limit, self.jump = config.runaway * d, config.jump
+        self.history: list[list[float]] = [[] for _ in range(config.num_chains)]
+        self.stopped: dict[int, tuple[int, str]] = {}  # chain → (steps taken, why)
+
+    def active(self, chain: int) -> bool:
+        return chain not in self.stopped
+
+    def any_active(self, chains: int) -> bool:
+        return len(self.stopped) < chains
+
+    def check(self, traces, upto: int, chains) -> list[int]:
+        """Judge `chains` on the window of CHECK_EVERY steps ending at `upto`; return those newly stopped."""
+        import numpy as np
+
+        window = traces[:, upto - CHECK_EVERY:upto].double().cpu().numpy()
+        with np.errstate(invalid="ignore"):
+            means = window.mean(axis=1)
+        levels = self.n_beta * (means - self.init_loss)
+        ready = [c for c in range(len(window)) if self.active(c) and np.isfinite(window[c]).all()]
+        stopped = []
+        for c in chains:
+            if not self.active(c):
+                continue
+            others, own = [levels[o] for o in ready if o != c], self.history[c]
+            reference = max(1.0, float(np.median(others)) if others else 1.0,
+                            float(np.median(own)) if len(own) >= 2 else 1.0)
+            why = None
+            if not np.isfinite(window[c]).all():
+                why = "its loss became non-finite"
+            elif self.uniform is not None and means[c] > self.uniform:
+                why = f"its loss ({means[c]:.2f} nats) rose above a uniform prediction's ({self.uniform:.2f})"
+            elif levels[c] > self.limit:
+                why = f"nβ·(L − L*) = {levels[c]:.3g} passed {self.limit:.3g} (runaway × d)"
+            elif (others or len(own) >= 2) and levels[c] > self.jump * reference:
+                why = f"nβ·(L − L*) = {levels[c]:.3g} jumped past {self.jump:g}× the other chains' and its own level"
+            if why is None:
+                self.history[c].append(float(levels[c]))
+            else:
+                self.stopped[c] = (upto, f"{why} by step {upto}")
+                stopped.append(c)
+        return stopped
