@@ -68,6 +68,43 @@ def quiet_transformers() -> None:
     huggingface_hub.utils.logging.set_verbosity_error()
 
 
+def checkpoint_identity(ref: CheckpointRef, home: Path) -> str | None:
+    """What names a checkpoint's bytes, without loading it: for a local directory, `sha256:` of its
+    files' names and contents; for `ORG/NAME@REV`, the snapshot's commit hash in the first hub
+    cache that has the revision (the suite's, then the user's), else the hub's answer when it is
+    reachable; None when nothing can tell (the checkpoint cannot be loaded either)."""
+    import hashlib
+
+    if ref.is_local_dir:
+        digest = hashlib.sha256()
+        for path in sorted(p for p in Path(ref.model_id).iterdir() if p.is_file() and not p.name.startswith(".")):
+            content = hashlib.sha256()
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 24):
+                    content.update(chunk)
+            digest.update(f"{path.name}:{content.hexdigest()}\n".encode())
+        return f"sha256:{digest.hexdigest()}"
+    from huggingface_hub import constants
+
+    from mdl_slt.hubcache import repo_folder
+
+    revision = ref.revision or "main"
+    for cache in (hub_cache(home), Path(constants.HF_HUB_CACHE)):
+        repo = repo_folder(cache, ref.model_id)
+        if (repo / "refs" / revision).is_file():
+            return (repo / "refs" / revision).read_text().strip()
+        if (repo / "snapshots" / revision).is_dir():  # the revision is a commit hash
+            return revision
+    if hub_reachable():
+        from huggingface_hub import HfApi
+
+        try:
+            return HfApi().model_info(ref.model_id, revision=revision).sha
+        except Exception:  # noqa: BLE001  no such model or revision: loading it will say so
+            return None
+    return None
+
+
 def _sources(ref: CheckpointRef, home: Path):
     """Keyword sets for from_pretrained, cheapest first: the suite cache, the user's cache, the hub."""
     if ref.is_local_dir:

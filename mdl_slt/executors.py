@@ -4,17 +4,20 @@
 - a pool of worker processes (`workers: N`, or one per GPU on a machine with several);
 - Ray tasks on a cluster (`executor: ray`), each unit asking for `threads` CPUs and
   `gpus_per_unit` GPUs.
-Workers send each task's outcome the moment it is done (through a queue), so a unit that dies
-half-way still leaves its finished tasks in the store. A worker that dies outright fails the
-tasks it had not reported, with the reason.
+Units are taken from a source as workers free up (`claims.Claims`, which shares a store's work
+with other processes, or `Fixed`). Workers send each task's outcome the moment it is done
+(through a queue), so a unit that dies half-way still leaves its finished tasks in the store. A
+worker that dies outright fails the tasks it had not reported, with the reason.
 """
 
 from __future__ import annotations
 
 import queue as queues
+import time
 from pathlib import Path
 from typing import Iterator
 
+from mdl_slt.claims import WAIT
 from mdl_slt.errors import UserError, one_line
 from mdl_slt.experiment import Experiment
 from mdl_slt.measure import Outcome, measure_unit, reason
@@ -24,20 +27,39 @@ POLL_S = 0.2
 _OUTCOMES = None  # the worker's queue back to the writer, set by `_worker_init`
 
 
-def execute(pending: list[tuple[Unit, list[Task]]], experiment: Experiment, home: Path) -> Iterator[Outcome]:
-    """Run every pending unit's tasks; yield each task's outcome as it arrives."""
-    if not pending:
-        return
+def execute(source, experiment: Experiment, home: Path) -> Iterator[Outcome]:
+    """Run the units `source` hands out; yield each task's outcome as it arrives.
+
+    `source.next()` gives (unit, tasks) to run now, `claims.WAIT` while the units left are held by
+    other processes, or None when nothing is left; `len(source)`: the units it may still hand out
+    (`claims.Claims`, or `Fixed` for a given list)."""
     if experiment.executor == "ray":
-        yield from _on_ray(pending, experiment, home)
+        yield from _on_ray(source, experiment, home)
         return
     gpus = _local_gpus(experiment)
     workers = gpus if gpus > 1 else experiment.workers
-    if workers == 1 or len(pending) == 1:
-        for unit, tasks in pending:
+    if workers == 1 or len(source) <= 1:
+        while (item := source.next()) is not None:
+            if item == WAIT:
+                time.sleep(POLL_S * 5)
+                continue
+            unit, tasks = item
             yield from measure_unit(unit, experiment, home, tasks)
         return
-    yield from _in_pool(pending, experiment, home, min(workers, len(pending)), gpus)
+    yield from _in_pool(source, experiment, home, min(workers, len(source)), gpus)
+
+
+class Fixed:
+    """A given list of (unit, tasks) as a source, one after another."""
+
+    def __init__(self, pending: list[tuple[Unit, list[Task]]]):
+        self.pending = list(pending)
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def next(self):
+        return self.pending.pop(0) if self.pending else None
 
 
 def _local_gpus(experiment: Experiment) -> int:
@@ -70,15 +92,27 @@ def _send_outcomes(unit: Unit, experiment: Experiment, home: Path, tasks: list[T
     return count
 
 
-def _collect(get, running: dict, finished) -> Iterator[Outcome]:
-    """Writer side: yield outcomes from `get` until every running unit has reported every task.
+def _collect(source, submit, get, finished, slots: int) -> Iterator[Outcome]:
+    """Writer side: keep up to `slots` units running, taken from `source` as slots free, and yield
+    their outcomes until the source is empty and every running unit has reported every task.
 
-    `get(timeout)` returns the next outcome or None; `running`: handle → (unit, tasks);
-    `finished(handles)` → [(handle, error or None)] for units whose worker has returned. A unit
-    whose worker failed has its unreported tasks failed with that error.
+    `submit(unit, tasks)` starts a unit and returns its handle; `get(timeout)` returns the next
+    outcome or None; `finished(handles)` → [(handle, error or None)] for units whose worker has
+    returned. A unit whose worker failed has its unreported tasks failed with that error.
     """
-    waiting = {str(unit): {t.key: t for t in tasks} for unit, tasks in running.values()}
-    while any(waiting.values()):
+    running, waiting, exhausted = {}, {}, False
+    while True:
+        while not exhausted and len(running) < slots:
+            item = source.next()
+            if item is None:
+                exhausted = True
+            if item is None or item == WAIT:
+                break
+            unit, tasks = item
+            running[submit(unit, tasks)] = (unit, tasks)
+            waiting[str(unit)] = {t.key: t for t in tasks}
+        if exhausted and not running:
+            return
         outcome = get(POLL_S)
         if outcome is not None:
             waiting[outcome.unit].pop(outcome.task.key, None)
@@ -89,10 +123,10 @@ def _collect(get, running: dict, finished) -> Iterator[Outcome]:
             if error is not None:  # nothing more will come from a dead worker
                 for task in waiting[unit].values():
                     yield Outcome(unit, task, error=error)
-                waiting[unit] = {}
+            waiting[unit] = {}
 
 
-def _in_pool(pending, experiment: Experiment, home: Path, workers: int, gpus: int) -> Iterator[Outcome]:
+def _in_pool(source, experiment: Experiment, home: Path, workers: int, gpus: int) -> Iterator[Outcome]:
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
@@ -105,8 +139,9 @@ def _in_pool(pending, experiment: Experiment, home: Path, workers: int, gpus: in
             slots.put(gpu)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
                              initargs=(outcomes, slots)) as pool:
-        running = {pool.submit(_send_outcomes, unit, experiment, home, tasks): (unit, tasks)
-                   for unit, tasks in pending}
+
+        def submit(unit, tasks):
+            return pool.submit(_send_outcomes, unit, experiment, home, tasks)
 
         def finished(futures):
             done = []
@@ -122,12 +157,13 @@ def _in_pool(pending, experiment: Experiment, home: Path, workers: int, gpus: in
             except queues.Empty:
                 return None
 
-        yield from _collect(get, running, finished)
+        yield from _collect(source, submit, get, finished, workers)
 
 
-def _on_ray(pending, experiment: Experiment, home: Path) -> Iterator[Outcome]:
-    """Each unit a Ray task; outcomes come back through a Ray queue to this process. The home
-    (suite, token caches) must be on a filesystem every node sees."""
+def _on_ray(source, experiment: Experiment, home: Path) -> Iterator[Outcome]:
+    """Each unit a Ray task, as many running as the cluster has room for (its CPUs over `threads`);
+    outcomes come back through a Ray queue to this process. The home (suite, token caches) must
+    be on a filesystem every node sees."""
     try:
         import ray
         from ray.util.queue import Empty, Queue
@@ -143,7 +179,10 @@ def _on_ray(pending, experiment: Experiment, home: Path) -> Iterator[Outcome]:
         outcomes = Queue()
         task = ray.remote(_send_outcomes).options(num_cpus=experiment.threads, num_gpus=experiment.gpus_per_unit,
                                                   max_retries=0)
-        running = {task.remote(unit, experiment, home, tasks, outcomes): (unit, tasks) for unit, tasks in pending}
+        room = max(1, int(ray.cluster_resources().get("CPU", 1) // experiment.threads))
+
+        def submit(unit, tasks):
+            return task.remote(unit, experiment, home, tasks, outcomes)
 
         def finished(refs):
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
@@ -163,6 +202,6 @@ def _on_ray(pending, experiment: Experiment, home: Path) -> Iterator[Outcome]:
             except Empty:
                 return None
 
-        yield from _collect(get, running, finished)
+        yield from _collect(source, submit, get, finished, room)
     finally:
         ray.shutdown()

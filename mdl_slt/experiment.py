@@ -94,6 +94,8 @@ class Experiment(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto`: cuda when available, else cpu; "
                                                                       "resolved once per run, before any work")
     gpus_per_unit: float = Field(0, ge=0, description="ray: GPUs each checkpoint asks for (CPUs: `threads`)")
+    lease_s: float = Field(60.0, gt=0, description="processes sharing the store: a checkpoint claimed by one that "
+                                                   "stopped renewing its claim for this long is taken over")
     models: list[ModelEntry] = Field(min_length=1)
     data: DataConfig = DataConfig()
     llc: LLCConfig = LLCConfig()

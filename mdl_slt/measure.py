@@ -163,7 +163,7 @@ def measure_unit(unit: Unit, experiment, home: Path, tasks: list[Task]) -> Itera
     common = dict(model=unit.ref.model_id, revision=unit.ref.revision, num_params=ckpt.num_params,
                   step=unit.step if unit.step is not None else ckpt.step,
                   tokens_seen=unit.tokens_seen if unit.tokens_seen is not None else ckpt.tokens_seen,
-                  experiment=experiment.name, device=experiment.device)
+                  experiment=experiment.name, device=experiment.device, checkpoint_id=unit.identity)
     entries = {e.key: e for e in experiment.critical.compressors}
     numerics = experiment.critical.numerics
     base_loss = None

@@ -19,11 +19,11 @@ another, and rows measured on a CPU never merge with rows measured under bf16 on
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from mdl_slt import pythia
-from mdl_slt.checkpoints import CheckpointRef
+from mdl_slt.checkpoints import CheckpointRef, checkpoint_identity
 from mdl_slt.errors import UserError
 from mdl_slt.experiment import Experiment
 from mdl_slt.home import hub_cache
@@ -31,11 +31,11 @@ from mdl_slt.hubcache import list_revisions
 from mdl_slt.keys import config_hash, task_key
 from mdl_slt.revisions import compile_pattern, hub_revisions, parse, training_position
 
-# Bumped whenever a change to the code changes what a measurement returns (rtn's even level
-# counts in 0.2; per-task keys, numerics and the LLC trace in 0.3; the range fit's larger sample,
-# exact on groups up to 69,632 weights, in 5), so stores never mix results of different methods
-# under one key.
-MEASUREMENT_VERSION = 5
+# Bumped whenever a change to the code changes what a measurement returns or how it is keyed
+# (rtn's even level counts in 0.2; per-task keys, numerics and the LLC trace in 0.3; the range
+# fit's larger sample, exact on groups up to 69,632 weights, in 5; checkpoint identities in the
+# keys in 6), so stores never mix results of different methods under one key.
+MEASUREMENT_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class Unit:
     ref: CheckpointRef
     step: int | None = None  # what the revision's name says; else the checkpoint's own metadata
     tokens_seen: int | None = None
+    identity: str | None = None  # what names its bytes (`checkpoints.checkpoint_identity`)
 
     def __str__(self) -> str:
         return str(self.ref)
@@ -133,7 +134,8 @@ class Tasks:
                 continue
             unit = max(enumerate(own), key=lambda item: (-1 if item[1].step is None else item[1].step, item[0]))[1]
             hashed = self.step_size[model][1]
-            found.append((unit, Task("step_size", "step_size", hashed, task_key("step_size", model, None, hashed))))
+            found.append((unit, Task("step_size", "step_size", hashed,
+                                     task_key("step_size", model, None, unit.identity, hashed))))
         return found
 
     def for_unit(self, unit: Unit) -> list[Task]:
@@ -142,15 +144,15 @@ class Tasks:
         for name, (kind, _) in self.settings.items():
             found = self.llc_by_model[ref.model_id][1] if kind == "llc" and ref.model_id in self.llc_by_model \
                 else self.hashes[name]
-            tasks.append(Task(name, kind, found, task_key(name, ref.model_id, ref.revision, found),
+            tasks.append(Task(name, kind, found, task_key(name, ref.model_id, ref.revision, unit.identity, found),
                               name.partition(":")[2] or None))
         return tasks
 
 
 def plan(experiment: Experiment, home: Path) -> list[Unit]:
-    """One unit per (model, revision); `all` means every revision in the cache, or, for a suite
-    model not built yet, every revision the suite will have; a hub schedule lists the
-    repository's revisions and keeps those whose names give a step in range."""
+    """One unit per (model, revision), with the identity of its bytes; `all` means every revision
+    in the cache, or, for a suite model not built yet, every revision the suite will have; a hub
+    schedule lists the repository's revisions and keeps those whose names give a step in range."""
     from mdl_slt.suite import SuiteSpec
 
     spec = SuiteSpec()
@@ -180,7 +182,7 @@ def plan(experiment: Experiment, home: Path) -> list[Unit]:
         for revision in revisions:
             pythia.check_revision(entry.id, revision)
         units.extend(unit_of(entry, r) for r in revisions)
-    return units
+    return [replace(u, identity=checkpoint_identity(u.ref, home)) for u in units]
 
 
 def unit_of(entry, revision: str) -> Unit:

@@ -189,10 +189,11 @@ def _settings_page(pdf, a: Analysis) -> None:
     pdf.ln(2)
     if len(a.left_out):
         total = int(a.left_out.rows.sum())
-        groups = "; ".join(f"{int(r.rows)} {r.task} rows of {r.experiment} (config {r.config_hash})"
+        groups = "; ".join(f"{int(r.rows)} {r.task} rows of {r.experiment} (config {r.config_hash}: {r.why})"
                            for r in a.left_out.itertuples())
-        _paragraph(pdf, f"Left out: {total} rows of the store measured with other settings or by other experiments "
-                        f"({groups}); they are in the store and in the left-out CSV, not in any fit.", 8, 4)
+        _paragraph(pdf, f"Left out: {total} rows of the store measured with other settings, by other experiments or "
+                        f"on older bytes of a checkpoint ({groups}); they are in the store and in the left-out CSV, "
+                        "not in any fit.", 8, 4)
     else:
         _paragraph(pdf, "Every row of the store belongs to this experiment's settings: none left out.", 8, 4)
 

@@ -1,7 +1,8 @@
 """Running an experiment: plan → executor → store, resumable, with progress and a log.
 
 The device is resolved first (it is part of every task's identity), the suite built if the
-experiment names it, then every task not yet done in the store is handed to the executor. Each
+experiment names it, then every task not yet done in the store is handed to the executor, unit
+by unit as each is claimed (`claims`): processes sharing one store share its work. Each
 outcome is written the moment it arrives, one transaction per task; failures are recorded with
 their reason and the rest goes on. A rerun measures only what is missing or failed.
 """
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mdl_slt.claims import Claims
 from mdl_slt.errors import UserError
 from mdl_slt.executors import execute
 from mdl_slt.experiment import Experiment
@@ -34,6 +36,8 @@ class RunSummary:
         return len({unit for unit, _, _ in self.failures})
     log: Path | None = None
     experiment: Experiment | None = None  # as run, its device resolved
+    by_others: int = 0  # units measured by other processes on the same store meanwhile
+    last: bool = True  # this process finished last of those sharing the store: it writes the report
 
 
 def run_log(store: Path):
@@ -79,15 +83,21 @@ def step_sizes(experiment: Experiment, units, home: Path, store: Store, console)
     for unit, _ in pending:
         console.print(f"choosing the SGLD step size of {unit.ref.model_id} at {unit.ref.revision or unit.ref.model_id}…",
                       highlight=False)
-    for outcome in execute(pending, experiment, home):
-        task = outcome.task
-        if outcome.error is not None:
-            store.fail_task(task.key, outcome.unit, task.name, task.config_hash, outcome.error)
-            raise UserError(f"choosing the step size of {outcome.unit} failed: {outcome.error}")
-        store.write_task(task.key, outcome.unit, task.name, task.config_hash, outcome.records)
-    chosen = dict(experiment.llc_steps)
+    with Claims(store, pending, experiment.lease_s) as claims:
+        for outcome in execute(claims, experiment, home):
+            task = outcome.task
+            if outcome.error is None:
+                store.write_task(task.key, outcome.unit, task.name, task.config_hash, outcome.records)
+            else:
+                store.fail_task(task.key, outcome.unit, task.name, task.config_hash, outcome.error)
+            claims.release(outcome.unit)
+        claims.finish()
+    chosen, states = dict(experiment.llc_steps), store.task_states()
     for unit, task in chosen_at:
-        chosen[unit.ref.model_id] = store.detail(task.key)["step_size"]
+        found = store.detail(task.key)
+        if found is None:
+            raise UserError(f"choosing the step size of {unit} failed: {states.get(task.key, ('', 'unknown'))[1]}")
+        chosen[unit.ref.model_id] = found["step_size"]
     return experiment.model_copy(update={"llc_steps": chosen})
 
 
@@ -100,6 +110,7 @@ def run_experiment(experiment: Experiment, home: Path, console) -> RunSummary:
     summary = RunSummary(units=len(units), experiment=experiment)
     with Store(experiment.store) as store:
         log, summary.log = run_log(experiment.store)
+        store.record_checkpoints([(str(u), u.ref.model_id, u.ref.revision, u.identity) for u in units])
         experiment = summary.experiment = step_sizes(experiment, units, home, store, console)
         tasks = Tasks(experiment)
         store.log_run(experiment.name, experiment.model_dump(mode="json"))
@@ -110,10 +121,11 @@ def run_experiment(experiment: Experiment, home: Path, console) -> RunSummary:
         summary.skipped = len(units) - len(pending)
         log.info(f"run {experiment.name} on {experiment.device}: {len(units)} checkpoints, {len(pending)} to measure, "
                  f"{experiment.workers} worker(s)")
-        left = {str(u): len(todo) for u, todo in pending}
         failed: dict[str, list[str]] = {}
-        with tracking(console, "checkpoints", len(units), summary.skipped) as tracker:
-            for outcome in execute(pending, experiment, home):
+        with tracking(console, "checkpoints", len(units), summary.skipped) as tracker, \
+                Claims(store, pending, experiment.lease_s) as claims:
+            left = claims.handed
+            for outcome in execute(claims, experiment, home):
                 task = outcome.task
                 if outcome.error is None:
                     store.write_task(task.key, outcome.unit, task.name, task.config_hash, outcome.records,
@@ -127,6 +139,7 @@ def run_experiment(experiment: Experiment, home: Path, console) -> RunSummary:
                     log.info(f"failed {outcome.unit} {task.name}: {outcome.error}")
                 left[outcome.unit] -= 1
                 if not left[outcome.unit]:
+                    claims.release(outcome.unit)
                     if outcome.unit in failed:
                         console.print(f"failed {outcome.unit} {grouped(failed[outcome.unit])}", markup=False,
                                       highlight=False)
@@ -134,6 +147,8 @@ def run_experiment(experiment: Experiment, home: Path, console) -> RunSummary:
                     else:
                         summary.measured += 1
                         tracker.step(f"done {outcome.unit}")
+            summary.last = claims.finish()
+        summary.by_others = len(pending) - summary.measured - summary.failed_units
     summary.elapsed_s = time.perf_counter() - start
     log.info(f"finished: {summary.measured} measured, {summary.skipped} already stored, "
              f"{summary.failed_units} failed ({len(summary.failures)} tasks), in {summary.elapsed_s:.0f} s")

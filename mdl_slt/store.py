@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +28,7 @@ from mdl_slt.keys import row_key
 COLUMNS = {
     "key": "TEXT PRIMARY KEY",
     "task_key": "TEXT",
+    "checkpoint_id": "TEXT",  # what names the measured checkpoint's bytes
     "experiment": "TEXT",
     "task": "TEXT NOT NULL",  # base_loss | llc | loss_curve | critical
     "model": "TEXT NOT NULL",
@@ -60,6 +62,8 @@ TABLES = {
     "configs": "hash TEXT PRIMARY KEY, kind TEXT, settings TEXT",
     "traces": "key TEXT PRIMARY KEY, data BLOB",
     "runs": "started_at TEXT, experiment TEXT, config TEXT",
+    "checkpoints": "ref TEXT PRIMARY KEY, model TEXT, revision TEXT, identity TEXT, at TEXT",
+    "claims": "unit TEXT PRIMARY KEY, holder TEXT, expires REAL",
 }
 
 
@@ -70,6 +74,7 @@ class Record:
     revision: str | None
     task_key: str
     config_hash: str
+    checkpoint_id: str | None = None
     step: int | None = None
     num_params: int | None = None
     tokens_seen: int | None = None
@@ -99,8 +104,8 @@ class Record:
         return row_key(self.task_key, self.task, self.knob if self.task == "loss_curve" else None, self.epsilon)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 class Store:
@@ -137,11 +142,11 @@ class Store:
         """Store a finished task in one transaction: its rows, its `tasks` row (done), its trace."""
         from mdl_slt import __version__
 
-        now = _now()
+        stamp = now()
         rows = []
         for r in records:
             values = {c: getattr(r, c, None) for c in COLUMNS}
-            values.update(key=r.key, detail=json.dumps(r.detail), package_version=__version__, created_at=now)
+            values.update(key=r.key, detail=json.dumps(r.detail), package_version=__version__, created_at=stamp)
             rows.append(tuple(values[c] for c in COLUMNS))
         with self.db:
             self.db.executemany(
@@ -149,14 +154,14 @@ class Store:
             if trace is not None:
                 self.db.execute("INSERT OR REPLACE INTO traces VALUES (?, ?)", (key, trace))
             self.db.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, 'done', NULL, ?, ?)",
-                            (key, unit, task, config_hash, len(rows), now))
+                            (key, unit, task, config_hash, len(rows), stamp))
 
     def fail_task(self, key: str, unit: str, task: str, config_hash: str, reason: str) -> None:
         """Remember why a task failed (the latest reason); a done task stays done."""
         with self.db:
             self.db.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, 'failed', ?, 0, ?) ON CONFLICT(key) DO UPDATE "
                             "SET reason = excluded.reason, at = excluded.at WHERE status = 'failed'",
-                            (key, unit, task, config_hash, reason, _now()))
+                            (key, unit, task, config_hash, reason, now()))
 
     def task_states(self) -> dict[str, tuple[str, str | None]]:
         """task key → (done | failed, reason)."""
@@ -164,6 +169,49 @@ class Store:
 
     def done(self) -> set[str]:
         return {k for (k,) in self.db.execute("SELECT key FROM tasks WHERE status = 'done'")}
+
+    def settled_since(self, since: str) -> set[str]:
+        """Tasks done, or failed at or after `since` (an ISO time): nothing more to try in this run."""
+        return {k for (k,) in self.db.execute("SELECT key FROM tasks WHERE status = 'done' OR at >= ?", (since,))}
+
+    def claim(self, unit: str, holder: str, lease_s: float) -> bool:
+        """Take `unit` for `holder` (or extend its own claim) unless another holder's lease is live;
+        one statement, so of two processes claiming at once exactly one wins."""
+        clock = time.time()
+        with self.db:
+            taken = self.db.execute("INSERT INTO claims VALUES (?, ?, ?) ON CONFLICT(unit) DO UPDATE SET "
+                                    "holder = excluded.holder, expires = excluded.expires "
+                                    "WHERE claims.expires < ? OR claims.holder = excluded.holder",
+                                    (unit, holder, clock + lease_s, clock))
+        return taken.rowcount == 1
+
+    def release(self, unit: str, holder: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM claims WHERE unit = ? AND holder = ?", (unit, holder))
+
+    def finish_claims(self, holder: str) -> bool:
+        """Release all of `holder`'s claims; True when no other holder's lease is live, decided in
+        one exclusive transaction, so of processes finishing together exactly one is last."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("DELETE FROM claims WHERE holder = ?", (holder,))
+            others = self.db.execute("SELECT COUNT(*) FROM claims WHERE expires >= ?", (time.time(),)).fetchone()[0]
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return others == 0
+
+    def record_checkpoints(self, checkpoints: list[tuple[str, str, str | None, str | None]]) -> None:
+        """The bytes each checkpoint (ref, model, revision, identity) has now: what a fit uses."""
+        stamp = now()
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+                                [(*c, stamp) for c in checkpoints])
+
+    def checkpoints(self) -> dict[tuple[str, str | None], str | None]:
+        """(model, revision) → the identity of its bytes at the latest run."""
+        return {(m, r): i for m, r, i in self.db.execute("SELECT model, revision, identity FROM checkpoints")}
 
     def detail(self, task_key: str) -> dict | None:
         """The `detail` of a task's first row; None when the task wrote none."""
@@ -197,7 +245,7 @@ class Store:
 
     def log_run(self, experiment: str, config: dict) -> None:
         with self.db:
-            self.db.execute("INSERT INTO runs VALUES (?, ?, ?)", (_now(), experiment, json.dumps(config, sort_keys=True)))
+            self.db.execute("INSERT INTO runs VALUES (?, ?, ?)", (now(), experiment, json.dumps(config, sort_keys=True)))
 
     def table(self):
         """All records as a pandas DataFrame, `detail` decoded."""

@@ -176,3 +176,20 @@ def test_rows_of_other_settings_are_left_out_and_named():
     kept, left = select(pd.concat([ours, older]), config.model_dump(mode="json"))
     assert len(kept) == 3 and set(kept.config_hash) == set(hashes.values())
     assert left.rows.sum() == 3 and set(left.experiment) == {"earlier"} and set(left.config_hash) == {"old"}
+
+
+def test_rows_of_older_bytes_of_a_checkpoint_are_left_out_and_named():
+    """A checkpoint rebuilt with other bytes is measured again under a new key; its old rows stay in
+    the store but no fit uses them."""
+    from mdl_slt.experiment import Experiment
+    from mdl_slt.plan import Tasks
+
+    config = Experiment.model_validate({"name": "x", "store": "s", "models": [{"id": "m"}], "device": "cpu"})
+    hashes = [Tasks(config).hashes[k] for k in ("llc", "base_loss", "critical:rtn")]
+    old = records_of({1: "fp32"}).assign(config_hash=hashes, checkpoint_id="aaa")
+    new = records_of({1: "fp32"}).assign(config_hash=hashes, checkpoint_id="bbb", key=["n1", "n2", "n3"])
+    kept, left = select(pd.concat([old, new]), config.model_dump(mode="json"), {("m", "step1"): "bbb"})
+    assert set(kept.checkpoint_id) == {"bbb"} and len(kept) == 3
+    assert left.rows.sum() == 3 and set(left.why) == {"older bytes of the checkpoint"}
+    kept, _ = select(pd.concat([old, new]), config.model_dump(mode="json"), {("other", "step1"): "bbb"})
+    assert len(kept) == 6  # a checkpoint the latest run did not plan keeps its rows

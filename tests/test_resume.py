@@ -271,3 +271,99 @@ def test_a_run_over_local_model_directories_writes_its_report(tiny_suite, tmp_pa
     done = run_cli("run", path, home=home)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "local.pdf").read_bytes().startswith(b"%PDF") and "report" in done.stderr
+
+
+def test_a_checkpoint_rebuilt_with_other_bytes_is_measured_again(tiny_suite, tmp_path):
+    """Keys follow the bytes: a revision whose snapshot changed (a suite rebuilt, a hub `main` that
+    moved) is measured again on the rerun, its old rows kept apart and never fitted."""
+    import shutil
+    import tempfile
+
+    import torch
+
+    from mdl_slt.checkpoints import load_checkpoint
+    from mdl_slt.hubcache import write_snapshot
+
+    home = tmp_path / "home"
+    shutil.copytree(tiny_suite[0], home, symlinks=True)
+    path = write(tmp_path, "rebuilt", "[step24]")
+    first = run_cli("run", path, home=home)
+    assert first.returncode == 0, first.stderr
+    again = run_cli("run", path, home=home)
+    assert "0 measured, 1 already stored" in " ".join(again.stderr.split())  # same bytes: nothing to do
+
+    model = load_checkpoint("mdl-slt/tiny-a@step24", home).model
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.9)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        snapshot = home / "hub" / "models--mdl-slt--tiny-a" / "snapshots"
+        old = (home / "hub" / "models--mdl-slt--tiny-a" / "refs" / "step24").read_text()
+        for item in (snapshot / old).iterdir():
+            if not (Path(tmp) / item.name).exists():
+                shutil.copy(item, Path(tmp) / item.name)
+        new = write_snapshot(home / "hub", "mdl-slt/tiny-a", "step24", Path(tmp))
+    assert new != old
+    rerun = run_cli("run", path, home=home)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 measured, 0 already stored" in " ".join(rerun.stderr.split())
+    with sqlite3.connect(tmp_path / "rebuilt.sqlite") as db:
+        llc = dict(db.execute("SELECT checkpoint_id, llc_mean FROM records WHERE task = 'llc'").fetchall())
+    assert set(llc) == {old, new} and llc[old] != llc[new]
+    from mdl_slt.analysis import analyse
+
+    found = analyse(tmp_path / "rebuilt.sqlite")
+    assert set(found.records.checkpoint_id) == {new}  # only the new bytes are fitted
+    assert set(found.left_out.why) == {"older bytes of the checkpoint"}
+
+
+def test_processes_sharing_a_store_measure_each_task_once_and_take_over_from_a_killed_one(tiny_suite, tmp_path):
+    """Two `mdl-slt run` of one experiment on one store (a job array) claim checkpoints: together
+    they give the single process's records, each task measured once and the report written once;
+    when one is killed mid-task, the other takes its checkpoint over after the lease lapses."""
+    home, _ = tiny_suite
+    revisions = "[step1, step4, step8, step24]"
+    single = write(tmp_path, "single", revisions)
+    assert run_cli("run", single, home=home).returncode == 0
+    expected = records(tmp_path / "single.sqlite")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MDL_SLT_HOME": str(home)}
+
+    def start(name):
+        return subprocess.Popen([sys.executable, "-m", "mdl_slt.cli", "run", str(tmp_path / f"{name}.yaml")], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    for name in ("shared", "killed"):
+        write(tmp_path, name, revisions).write_text((tmp_path / f"{name}.yaml").read_text().replace(
+            "name: resume", f"name: resume\nlease_s: 3\nreport: {tmp_path}/{name}.pdf"))
+    first, second = start("shared"), start("shared")
+    said = [p.communicate(timeout=300)[1] for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], said
+    assert records(tmp_path / "shared.sqlite") == expected
+    log = (tmp_path / "shared.log").read_text()
+    assert log.count(" base_loss\n") == 4 and log.count(" llc\n") == 4  # every task once, by one of the two
+    measured = [int(" ".join(s.split()).split(" measured, ")[0].split()[-1]) for s in said]
+    assert sum(measured) == 4 and all(measured), said  # both took part
+    assert sum("report " in s for s in said) == 1, said  # written once, by the last to finish
+
+    victim, survivor = start("killed"), start("killed")
+    store = tmp_path / "killed.sqlite"
+
+    def measuring(process):
+        """Whether `process` holds the claim of a checkpoint it is measuring."""
+        try:
+            with sqlite3.connect(store) as db:
+                return any(db.execute("SELECT 1 FROM claims WHERE holder LIKE ? AND unit NOT LIKE 'process %'",
+                                      (f"%:{process.pid}:%",)))
+        except sqlite3.OperationalError:  # no store or no claims table yet
+            return False
+
+    deadline = time.time() + 120
+    while time.time() < deadline and victim.poll() is None and not measuring(victim):
+        time.sleep(0.05)
+    assert victim.poll() is None and measuring(victim), "the run finished before it could be killed"
+    victim.kill()
+    victim.wait()
+    _, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, err
+    assert records(store) == expected  # the killed process's checkpoint was taken over and measured whole

@@ -232,6 +232,24 @@ def test_compiled_chains_agree_with_eager_ones_and_compile_once_per_model():
     assert list(model._mdl_slt_compiled.values()) == [first]  # another seed reuses the compiled gradient
 
 
+def test_compiled_chain_by_chain_gradient_gives_the_eager_chains_and_serves_every_checkpoint(tiny_suite, tiny_tokens):
+    """`compile: true` on a transformers model on a CPU: the chain-by-chain runner's compiled
+    gradient gives the eager runner's chains, and one compilation serves every checkpoint of the
+    architecture (their tensors are passed in, not baked in)."""
+    from mdl_slt.checkpoints import load_checkpoint
+    from mdl_slt.llc import chains
+
+    home, _ = tiny_suite
+    config = LLCConfig(step_size=1e-4, num_chains=2, num_draws=30, num_burnin=10, batch_size=8)
+    late, early = (load_checkpoint(f"mdl-slt/tiny-b@{r}", home).model for r in ("step24", "step8"))
+    compiled = {**config.model_dump(), "compile": True}
+    for model in (late, early):
+        eager = estimate_llc(model, tiny_tokens.train, config)
+        found = estimate_llc(model, tiny_tokens.train, LLCConfig(**compiled))
+        assert not found.vectorized and found.llc_per_chain == pytest.approx(eager.llc_per_chain, rel=1e-3)
+    assert len([key for key in chains._COMPILED if key[0] == type(late).__qualname__]) == 1
+
+
 def test_rmsprop_sampler_recovers_d_over_2():
     model, data, loss = regression()
     config = LLCConfig(sampler="rmsprop", step_size=2e-5, n_beta=1000.0, localization=1.0, num_chains=4,

@@ -19,7 +19,7 @@ def rows(key):
 
 def test_a_task_is_written_whole_and_idempotently(tmp_path):
     path = tmp_path / "r.sqlite"
-    key = task_key("llc", "m", "step1", "h")
+    key = task_key("llc", "m", "step1", "c0ffee", "h")
     with Store(path) as store:
         store.write_task(key, "m@step1", "llc", "h", rows(key), trace=b"\x00\x01")
         store.write_task(key, "m@step1", "llc", "h", rows(key))  # again: ignored, not duplicated
@@ -33,7 +33,7 @@ def test_a_task_is_written_whole_and_idempotently(tmp_path):
 
 
 def test_failures_are_remembered_until_the_task_is_done(tmp_path):
-    key = task_key("critical:gptq", "m", "step1", "h")
+    key = task_key("critical:gptq", "m", "step1", "c0ffee", "h")
     with Store(tmp_path / "r.sqlite") as store:
         store.fail_task(key, "m@step1", "critical:gptq", "h", "out of memory")
         store.fail_task(key, "m@step1", "critical:gptq", "h", "out of memory again")

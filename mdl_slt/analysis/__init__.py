@@ -67,12 +67,12 @@ def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
     from mdl_slt.store import open_existing
 
     with open_existing(store_path) as store:
-        records, config, configs = store.table(), store.last_config(), store.configs()
+        records, config, configs, identities = store.table(), store.last_config(), store.configs(), store.checkpoints()
     if config is None or records.empty:
         raise UserError(f"{store_path} holds no measurements yet: run the experiment first")
     experiment = Experiment.model_validate(config)
     settings = experiment.analysis.model_copy(update={k: v for k, v in (overrides or {}).items() if v is not None})
-    records, left_out = select(records, config)
+    records, left_out = select(records, config, identities)
     if not (records.task == "critical").any() or not (records.task == "llc").any():
         raise UserError(f"{store_path} holds no complete measurements of its experiment yet: run it first")
     table = measurements(records, settings.critical)

@@ -23,16 +23,24 @@ LN2 = math.log(2)
 GROUP = ["model", "compressor", "epsilon"]
 
 
-def select(records: pd.DataFrame, experiment: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rows of the experiment's tasks, one line per other configuration left out: its task,
-    config hash, experiment, models and row count)."""
+def select(records: pd.DataFrame, experiment: dict, identities: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows of the experiment's tasks measured on the checkpoints' current bytes, one line per
+    group left out: its task, config hash, why, experiment, models and row count). `identities`:
+    (model, revision) → the identity of the bytes the latest run planned (`Store.checkpoints`);
+    rows of older bytes of a checkpoint are left out and named."""
     from mdl_slt.experiment import Experiment
     from mdl_slt.plan import Tasks
 
     hashes = Tasks(Experiment.model_validate(experiment)).all_hashes
-    keep = records.config_hash.isin(hashes)
-    rest = records[~keep]
-    left = (rest.groupby(["task", "config_hash"], dropna=False)
+    settings = records.config_hash.isin(hashes).to_numpy()
+    current = np.ones(len(records), bool)
+    if identities:
+        current = np.array([c == identities.get((m, None if pd.isna(r) else r), c) for m, r, c
+                            in zip(records.model, records.revision, records.checkpoint_id)], bool)
+    keep = settings & current
+    rest = records[~keep].assign(why=np.where(settings[~keep], "older bytes of the checkpoint",
+                                              "other settings or experiment"))
+    left = (rest.groupby(["task", "config_hash", "why"], dropna=False)
             .agg(experiment=("experiment", "first"), models=("model", "nunique"), rows=("key", "size"),
                  created=("created_at", "max")).reset_index())
     return records[keep], left

@@ -63,10 +63,14 @@ def run(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)
 
     chosen = experiment(experiment_file, set_, executor=executor, address=address)
     summary = run_experiment(chosen, home(), console)
-    console.print(f"{summary.units} checkpoints: {summary.measured} measured, {summary.skipped} already stored, "
-                  f"{summary.failed_units} failed ({len(summary.failures)} tasks), in {summary.elapsed_s:.0f} s; "
-                  f"store {chosen.store}, log {summary.log}", highlight=False)
-    if chosen.report is not None and summary.measured + summary.skipped > 0:
+    others = f", {summary.by_others} measured by other processes" if summary.by_others else ""
+    console.print(f"{summary.units} checkpoints: {summary.measured} measured, {summary.skipped} already stored"
+                  f"{others}, {summary.failed_units} failed ({len(summary.failures)} tasks), in {summary.elapsed_s:.0f} "
+                  f"s; store {chosen.store}, log {summary.log}", highlight=False)
+    if not summary.last:
+        console.print("other processes are still measuring this store: the last to finish writes the report",
+                      highlight=False)
+    elif chosen.report is not None and summary.measured + summary.skipped + summary.by_others > 0:
         written = write_report(chosen.store, chosen.report)
         console.print(f"report {written['pdf']} ({written['pages']} pages) and CSV beside it", highlight=False)
     if summary.failures:

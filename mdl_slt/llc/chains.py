@@ -21,6 +21,22 @@ def generators(config, device):
     return [torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + c) for c in range(config.num_chains)]
 
 
+def loss_module(model, loss_fn):
+    """`loss_fn(model, batch)` as a module holding the model as `model`, for `functional_call`
+    with parameters named `model.<name>`."""
+    import torch
+
+    class LossOf(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, batch):
+            return loss_fn(self.model, batch)
+
+    return LossOf()
+
+
 class Vectorized:
     """All chains at once: vmap of grad-and-value over stacked parameters and per-chain batches."""
 
@@ -28,21 +44,13 @@ class Vectorized:
         import torch
         from torch.func import functional_call, grad_and_value, vmap
 
-        class LossOf(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
-
-            def forward(self, batch):
-                return loss_fn(self.model, batch)
-
-        wrapper = LossOf()
+        wrapper = loss_module(model, loss_fn)
 
         def loss_single(params, batch):
             return functional_call(wrapper, {f"model.{n}": p for n, p in zip(names, params)}, (batch,))
 
         self.step_fn = vmap(grad_and_value(loss_single), in_dims=(0, 0), randomness="error")
-        if config.compile:  # compiled once per model, loss and chains; later estimates on it (seeds) reuse it
+        if config.compile:  # compiled once per model, loss and chains; later estimates on it reuse it
             cache = model.__dict__.setdefault("_mdl_slt_compiled", {})
             key = (loss_fn, tuple(names), config.num_chains)
             if key not in cache:
@@ -72,17 +80,72 @@ class Vectorized:
                     return
 
 
+_COMPILED: dict = {}  # (architecture, sampled parameters, loss, device) → compiled gradient, for this process
+
+
+def compiled_gradient(model, names: list[str], loss_fn):
+    """(∇ of the loss at the sampled parameters, the loss) as a function of (sampled, the other
+    parameters and buffers, batch), torch.compile'd once per process for each architecture (class
+    and configuration), sampled parameters, loss and device: every checkpoint and chain of that
+    architecture reuses it, its tensors passed in, never baked in."""
+    import functools
+    import json
+
+    import torch
+    from torch.func import functional_call, grad_and_value
+
+    config = getattr(model, "config", None)
+    shape = json.dumps({k: v for k, v in config.to_dict().items()
+                        if k not in ("_name_or_path", "transformers_version", "_commit_hash")},
+                       sort_keys=True, default=str) if config is not None else id(model)
+    loss = (loss_fn.func, tuple(sorted(loss_fn.keywords.items()))) if isinstance(loss_fn, functools.partial) else loss_fn
+    key = (type(model).__qualname__, shape, tuple(names), loss, str(next(model.parameters()).device))
+    if key not in _COMPILED:
+        import copy
+
+        template = copy.deepcopy(model)  # its own tensors are replaced at every call; its code is traced
+        if hasattr(template, "set_attn_implementation") and getattr(config, "_attn_implementation", None) != "eager":
+            template.set_attn_implementation("eager")  # fused CPU attention has no compilable backward
+
+        wrapper = loss_module(template, loss_fn)
+
+        def value(sampled, rest, batch):
+            return functional_call(wrapper, {**rest, **sampled}, (batch,))
+
+        _COMPILED[key] = torch.compile(grad_and_value(value))
+    return _COMPILED[key]
+
+
 class Sequential:
     """One chain after another on the model's own parameters; between blocks each chain's
     parameters (and RMSProp moments or BAOAB momenta) are kept in host memory, so chains can be
-    extended block by block while the device holds one chain's state at a time."""
+    extended block by block while the device holds one chain's state at a time. With `compiled`,
+    each step's gradient comes from `compiled_gradient`."""
 
-    def __init__(self, model, params, anchor, data, loss_fn, config, n_beta):
+    def __init__(self, model, params, anchor, data, loss_fn, config, n_beta, compiled: bool = False):
         self.model, self.params, self.anchor, self.data, self.loss_fn = model, params, anchor, data, loss_fn
         self.config = config
         self.update = SAMPLERS[config.sampler]([a[0] for a in anchor], config, n_beta)
         self.gens = generators(config, anchor[0].device)
         self.states: list = [None] * config.num_chains  # (parameters, sampler state, step count) per chain
+        self.gradient = None
+        if compiled:
+            named = dict(model.named_parameters())
+            self.names = [n for n, p in named.items() if any(p is q for q in params)]
+            self.gradient = compiled_gradient(model, self.names, loss_fn)
+            self.rest = {f"model.{n}": t.detach() for n, t in [*model.named_parameters(), *model.named_buffers()]
+                         if n not in self.names}
+            self.sampled = {f"model.{n}": named[n].detach() for n in self.names}  # views the update writes into
+
+    def _gradient(self, batch):
+        """(loss, gradients in the order of the sampled parameters)."""
+        import torch
+
+        if self.gradient is None:
+            loss = self.loss_fn(self.model, batch)
+            return loss, torch.autograd.grad(loss, self.params)
+        grads, loss = self.gradient(self.sampled, self.rest, batch)
+        return loss, [grads[f"model.{n}"] for n in self.names]
 
     def advance(self, start: int, stop: int, traces, health: Health) -> None:
         import torch
@@ -100,8 +163,7 @@ class Sequential:
             self.update.aux, self.update.t = aux, state[2] if state else 0
             picks = minibatches(size, self.config.batch_size, stop - start, gen)
             for t in range(start, stop):
-                loss = self.loss_fn(self.model, pick(self.data, picks[t - start]))
-                grads = torch.autograd.grad(loss, self.params)
+                loss, grads = self._gradient(pick(self.data, picks[t - start]))
                 traces[chain, t] = loss.detach()
                 self.update.step(views, [g.unsqueeze(0) for g in grads], [gen])
                 if (t + 1) % CHECK_EVERY == 0 and health.check(traces, t + 1, [chain]):

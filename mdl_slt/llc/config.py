@@ -51,9 +51,11 @@ class LLCConfig(*(sampler.Settings for sampler in SAMPLERS.values())):
     vectorize: Literal["auto", "always", "never"] = Field(
         "auto", description="run chains together with torch.func.vmap: `auto` does for plain torch modules "
                             "and for transformers models on CUDA (eager attention), not for those on CPU")
-    compile: bool = Field(False, description="torch.compile the vmapped chains' gradient: about 15 s to compile on "
-                                             "a CPU once per model, then several times faster per step on small models (README); "
-                                             "worth it for long runs")
+    compile: bool = Field(False, description="torch.compile each step's gradient: the vmapped chains' once per "
+                                             "model, the chain-by-chain runner's once per architecture and process "
+                                             "(reused by every checkpoint and chain); about 25 s to compile on a CPU. "
+                                             "On the suite's models on a CPU it paid only on the smallest "
+                                             "(bench/chain_step.py, README)")
     runaway: float = Field(4.0, gt=0, description="divergence: window means of nβ·(L − L*) above this × d")
     jump: float = Field(10.0, gt=1, description="divergence: window means of nβ·(L − L*) above this × the other "
                                                 "chains' and the chain's own earlier level")

@@ -143,7 +143,8 @@ def sample(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | Non
         checkpointing(model, config.gradient_checkpointing)
         with eager_attention(model) if vectorized else nullcontext():
             runner = (Vectorized(model, names, anchor, data, loss_fn, config, n_beta) if vectorized else
-                      Sequential(model, params, anchor, data, loss_fn, config, n_beta))
+                      Sequential(model, params, anchor, data, loss_fn, config, n_beta,
+                                 config.compile and not config.gradient_checkpointing))
             steps = 0
             while steps < budget and health.any_active(config.num_chains):
                 stop = budget if config.fixed_steps else min(budget, steps + config.block)
