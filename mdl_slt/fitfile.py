@@ -35,19 +35,21 @@ def versions() -> dict:
     return found
 
 
-def build_fit_file(lines: dict, pooled: dict, configs: dict, analysis: dict, experiment: str, store: Path) -> dict:
-    """The payload of a fit file from the analysis's per-size lines and pooled λ̂/d lines (as
-    `fits.fit_lines` and `fits.pooled_lines` give them) and the store's configs (config hash →
-    {kind, settings})."""
+def build_fit_file(lines: dict, pooled: dict, configs: dict, analysis: dict, experiment: str, store: Path,
+                   loss_lines: dict | None = None) -> dict:
+    """The payload of a fit file from the analysis's per-size lines, pooled λ̂/d lines and lines on
+    the held-out loss (as `fits.fit_lines`, `fits.pooled_lines` and `fits.loss_lines` give them)
+    and the store's configs (config hash → {kind, settings})."""
     saved, used = [], set()
     for key, (fit, group) in lines.items():
         if fit is None:
             continue
         llc, critical = group.llc_config.iloc[0], group.critical_config.iloc[0]
         used |= {llc, critical}
+        loss_fit = (loss_lines or {}).get(key, (None,))[0]
         saved.append({**dict(zip(GROUP, key)), "method": group.method.iloc[0], "llc_config": llc,
                       "critical_config": critical, "steps": sorted(int(s) for s in group.step.dropna()),
-                      "fit": fit.to_dict()})
+                      "fit": fit.to_dict(), **({"loss_fit": loss_fit.to_dict()} if loss_fit is not None else {})})
     per_param = [{"compressor": key[0], "epsilon": key[1], "models": sorted(group.model.unique()),
                   "llc_config": group.llc_config.iloc[0], "fit": fit.to_dict()} for key, (fit, group) in pooled.items()]
     return {"format": FORMAT, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -64,6 +66,11 @@ class Prediction:
     lower: float
     upper: float
     basis: str  # "model" (this size's line) or "λ/d" (the pooled line across sizes)
+    loo_rmse: float | None = None  # the line's leave-one-checkpoint-out error
+    loss_predicted: float | None = None  # from the line on the held-out loss instead (this size only)
+    loss_lower: float | None = None
+    loss_upper: float | None = None
+    loss_loo_rmse: float | None = None
 
 
 class FitFile:
@@ -102,9 +109,11 @@ class FitFile:
                                            "epsilons": settings["epsilons"], "numerics": settings["numerics"]}
         return {"data": first["data"], "llc": first["llc"], "device": first["device"], "compressors": entries}
 
-    def predict(self, model: str, llc: float, llc_se: float, num_params: int) -> list[Prediction]:
+    def predict(self, model: str, llc: float, llc_se: float, num_params: int,
+                base_loss: float | None = None) -> list[Prediction]:
         """Critical compression for every (compressor, ε): this size's line when the fit has one,
-        else the pooled line on λ̂/d."""
+        else the pooled line on λ̂/d; with the checkpoint's held-out loss, also the prediction of
+        the same size's line on the loss, so λ̂ is seen against the baseline it must beat."""
         own = [line for line in self.payload["lines"] if line["model"] == model]
         if own:
             chosen = [(line, llc, llc_se, "model") for line in own]
@@ -116,6 +125,11 @@ class FitFile:
                             f"it covers {', '.join(known) or 'no model'}")
         predictions = []
         for line, x, x_se, basis in chosen:
-            mean, low, high = LineFit.from_dict(line["fit"]).predict(x, x_se)
-            predictions.append(Prediction(line["compressor"], line["epsilon"], mean, low, high, basis))
+            fit = LineFit.from_dict(line["fit"])
+            found = Prediction(line["compressor"], line["epsilon"], *fit.predict(x, x_se), basis, fit.loo_rmse)
+            if base_loss is not None and basis == "model" and "loss_fit" in line:
+                on_loss = LineFit.from_dict(line["loss_fit"])
+                found.loss_predicted, found.loss_lower, found.loss_upper = on_loss.predict(base_loss)
+                found.loss_loo_rmse = on_loss.loo_rmse
+            predictions.append(found)
         return sorted(predictions, key=lambda p: (p.compressor, p.epsilon))

@@ -1,5 +1,7 @@
 """`predict`: a new checkpoint's critical compression from its LLC and a saved fit, and, with
-`verify`, the critical compression measured beside it.
+`verify`, the critical compression measured beside it; beside each prediction from λ̂, the one
+from the same checkpoints' line on the held-out loss, with both lines' leave-one-out errors, so
+a user sees whether λ̂ earned its cost.
 
 The LLC is estimated with the fit's own data and sampler settings (or an experiment file's, whose
 differences from the fit's are named: the fit's lines hold for its own settings); verification
@@ -55,6 +57,7 @@ def predict_checkpoint(fit_path: Path, ref: str, experiment, home: Path, own_fil
     from mdl_slt.critical import CompressorEntry
     from mdl_slt.device import resolve_device
     from mdl_slt.fitfile import FitFile
+    from mdl_slt.lm_loss import evaluate_loss
     from mdl_slt.measure import load, measure_entry, measure_llc
 
     saved = FitFile.load(fit_path)
@@ -62,7 +65,10 @@ def predict_checkpoint(fit_path: Path, ref: str, experiment, home: Path, own_fil
     experiment, differ = with_fit_settings(experiment, fitted, own_file, device)
     ckpt, tokens = load(ref, experiment, home, resolve_device(experiment.device))
     result = measure_llc(ckpt, tokens, experiment.llc)
-    predictions = saved.predict(ckpt.ref.model_id, result.llc_mean, result.llc_std_error or 0.0, result.num_params)
+    numerics = next(iter(fitted["compressors"].values()), {}).get("numerics", "fp32")
+    base_loss = evaluate_loss(ckpt.model, tokens.eval, numerics=numerics)  # for the loss baseline's prediction
+    predictions = saved.predict(ckpt.ref.model_id, result.llc_mean, result.llc_std_error or 0.0, result.num_params,
+                                base_loss)
     measured = {}
     if verify:
         for key, entry in fitted["compressors"].items():

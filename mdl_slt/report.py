@@ -22,6 +22,7 @@ from mdl_slt.analysis import Analysis
 from mdl_slt.figures import short
 
 PAGE_WIDTH_MM = 277  # A4 landscape minus margins
+BEST = {"llc": "λ̂", "loss": "loss", "tokens": "tokens"}
 
 
 def _unicode_fonts(pdf) -> None:
@@ -142,21 +143,37 @@ def _answer_page(pdf, a: Analysis, stamp: str) -> None:
                      f"{', '.join(f'{m} {_g(s)}' for m, s in first.items())}). c* is the "
                      f"{'critical value interpolated in log ΔL between the bracketing evaluations' if a.settings.critical == 'interpolated' else 'passing end of the bracket'}."),
                8.5, 4.2)
+    base = a.baselines.set_index(["model", "compressor", "epsilon"]) if len(a.baselines) else None
+    if base is not None:
+        decided = base[base.best_out_of_sample.notna()]
+        _paragraph(pdf, (f"Does λ̂ say more than the loss? The same lines on the held-out loss and on log tokens seen, "
+                         f"over the same checkpoints: λ̂ predicts best out of sample in {int((decided.best_out_of_sample == 'llc').sum())} "
+                         f"of {len(decided)} fits (the loss in {int((decided.best_out_of_sample == 'loss').sum())}, "
+                         f"tokens seen in {int((decided.best_out_of_sample == 'tokens').sum())}); λ̂ adds to a line in "
+                         f"the loss at p < 0.05 in {int((decided.p_llc_beyond_loss < 0.05).sum())}; in "
+                         f"{int(decided.collinear.sum())} the two correlate beyond |r| = 0.9, and those checkpoints cannot "
+                         "separate them."), 8.5, 4.2)
     pdf.ln(1)
     rows = []
     for _, f in _in_order(a.fits, a).iterrows():
         fitted = "slope" in f and pd.notna(f.slope)
+        b = base.loc[(f.model, f.compressor, f.epsilon)] if base is not None else None
+        against = "–" if b is None or pd.isna(b.best_out_of_sample) else (
+            f"{BEST[b.best_out_of_sample]}; {_g(b.p_llc_beyond_loss, 2)}{' (r ' + format(b.r_llc_loss, '.2f') + ')' if b.collinear else ''}")
         rows.append([short(f.model), f.compressor, f"{f.epsilon:g}", str(int(f.n)),
                      f"{f.r_squared:.2f}" if fitted else "too few",
                      f"{f.slope:.3g} [{f.slope_ci_low:.3g}, {f.slope_ci_high:.3g}]" if fitted else "–",
-                     _g(f.loo_rmse) if fitted else "–", f"{f.converged_share:.0%}"])
-    _table(pdf, ["model", "method", "ε", "n", "R²", "slope β [95% CI]", "LOO error", "converged"], rows,
-           [40, 34, 14, 12, 18, 60, 24, 22], size=7.5 if len(rows) > 24 else 8.5)
+                     _g(f.loo_rmse) if fitted else "–", against, f"{f.converged_share:.0%}"])
+    _table(pdf, ["model", "method", "ε", "n", "R²", "slope β [95% CI]", "LOO error", "best LOO; p(λ̂ | loss)",
+                 "converged"], rows, [36, 30, 12, 10, 16, 64, 22, 60, 20], size=7.5 if len(rows) > 24 else 8.5)
     pdf.ln(1)
     _paragraph(pdf, "R²: of critical compression on λ̂; slope in knob units per unit of λ̂; LOO error: root-mean-square "
-                    "error of each checkpoint predicted from a line through the others (knob units); converged: share "
-                    "of the fitted checkpoints whose chains reached split R̂ ≤ 1.05 and the ESS target. Every fit, with "
-                    "and without the window, is in the appendix and in the CSV files beside this PDF.", 7, 3.6)
+                    "error of each checkpoint predicted from a line through the others (knob units); best LOO: the "
+                    "predictor (λ̂, the held-out loss, log tokens seen) with the smallest such error; p(λ̂ | loss): HC3 "
+                    "Wald test of λ̂'s coefficient in c* = α + β_L·L + β_λ·λ̂, with r(λ̂, L) where |r| > 0.9 (collinear); "
+                    "converged: share of the fitted checkpoints whose chains reached split R̂ ≤ 1.05 and the ESS target. "
+                    "Every fit, with and without the window, and every baseline are in the appendix and in the CSV files "
+                    "beside this PDF.", 7, 3.6)
 
 
 def _settings_page(pdf, a: Analysis) -> None:
@@ -222,6 +239,19 @@ def _appendix(pdf, a: Analysis) -> None:
             for s in ("", "_all") for k in ("n", "r_squared", "slope", "spearman_rho", "loo_rmse")])
     _table(pdf, ["model", "method", "ε", "n", "R²", "β", "ρ", "LOO", "n (all)", "R² (all)", "β (all)", "ρ (all)",
                  "LOO (all)"], rows, [34, 26, 12, 10, 16, 22, 16, 18, 16, 18, 22, 18, 20], 7)
+    if len(a.baselines):
+        pdf.add_page()
+        _heading(pdf, "Appendix: λ̂ against the loss and training progress, over the same checkpoints")
+        rows = []
+        for _, b in _in_order(a.baselines, a).iterrows():
+            rows.append([short(b.model), b.compressor, f"{b.epsilon:g}", str(int(b.n))]
+                        + [_g(b[f"{k}_{p}"]) for p in ("llc", "loss", "tokens") for k in ("r2", "loo")]
+                        + [_g(b.r_llc_loss, 2), _g(b.p_llc_beyond_loss, 2), _g(b.p_loss_beyond_llc, 2)])
+        _table(pdf, ["model", "method", "ε", "n", "R² λ̂", "LOO λ̂", "R² loss", "LOO loss", "R² tokens", "LOO tokens",
+                     "r(λ̂, L)", "p λ̂ | L", "p L | λ̂"], rows, [32, 26, 12, 10, 18, 20, 18, 20, 20, 22, 20, 20, 20], 7)
+        _paragraph(pdf, "Lines of c* on each predictor alone (OLS, HC3; LOO: leave-one-checkpoint-out RMSE in knob "
+                        "units); p λ̂ | L and p L | λ̂: HC3 Wald tests of each coefficient in c* = α + β_L·L + β_λ·λ̂. "
+                        "Where |r(λ̂, L)| > 0.9 the checkpoints cannot separate the two.", 7, 3.6)
     if "p_same_line" in a.pooled:
         pdf.ln(3)
         _heading(pdf, "Across sizes: does one line serve all?", 11)
@@ -250,13 +280,13 @@ def write_report(store_path: Path, output: Path | None = None, overrides: dict |
     output.parent.mkdir(parents=True, exist_ok=True)
     stem = output.with_suffix("")
     tables = {"records": a.records.drop(columns="detail"), "measurements": a.table.assign(in_window=a.inside),
-              "fits": a.fits, "fits-all": a.fits_all, "pooled": a.pooled, "eps-sweep": a.sweep, "predictions": a.loo,
+              "fits": a.fits, "fits-all": a.fits_all, "baselines": a.baselines, "pooled": a.pooled, "eps-sweep": a.sweep, "predictions": a.loo,
               "left-out": a.left_out}
     for name, frame in tables.items():
         frame.to_csv(f"{stem}-{name}.csv", index=False)
     fit_path = Path(f"{stem}-fit.json")
     fit_path.write_text(json.dumps(build_fit_file(a.lines, a.pooled_lines, a.configs, a.settings.model_dump(mode="json"),
-                                                  a.experiment.name, store_path), indent=1))
+                                                  a.experiment.name, store_path, a.loss_lines), indent=1))
 
     pdf = FPDF(orientation="L", unit="mm", format="A4")
     _unicode_fonts(pdf)

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mdl_slt.analysis.fits import eps_sweep, fit_lines, fit_relation, loo_predictions, pooled_fits, pooled_lines
+from mdl_slt.analysis.fits import (eps_sweep, fit_lines, fit_relation, loo_predictions, loss_lines, pooled_fits,
+                                   pooled_lines)
 from mdl_slt.analysis.lines import fit_line, llc_errors
 from mdl_slt.analysis.tables import llc_description_length, measurements, select, window
 from mdl_slt.errors import UserError
@@ -103,7 +104,10 @@ def test_eps_sweep_recovers_lambda_from_description_lengths():
 def test_fit_file_round_trip_and_predictions_for_known_and_new_sizes(tmp_path):
     table = synthetic(np.random.default_rng(5), {"small": (1.0, 0.05, 1000), "large": (1.0, 0.05 / 4, 4000)},
                       noise=0.01)
-    payload = build_fit_file(fit_lines(table), pooled_lines(table), CONFIGS, {"window": 0.9}, "synthetic", tmp_path / "x.sqlite")
+    table["base_loss"] = 4.0 - 0.02 * table.llc_mean  # a loss that falls as λ̂ rises, exactly
+    lines = fit_lines(table)
+    payload = build_fit_file(lines, pooled_lines(table), CONFIGS, {"window": 0.9}, "synthetic", tmp_path / "x.sqlite",
+                             loss_lines(lines))
     path = tmp_path / "fit.json"
     path.write_text(json.dumps(payload))
     saved = FitFile.load(path)
@@ -114,6 +118,10 @@ def test_fit_file_round_trip_and_predictions_for_known_and_new_sizes(tmp_path):
     direct = fit_line(table[table.model == "small"].llc_mean, table[table.model == "small"].critical_value)
     assert (small.predicted, small.lower, small.upper) == pytest.approx(direct.predict(40.0))
     assert small.basis == "model" and small.predicted == pytest.approx(1.0 + 0.05 * 40, abs=0.02)
+    assert small.loss_predicted is None  # without the checkpoint's loss, no baseline
+    (both,) = saved.predict("small", 40.0, 0.0, 1000, base_loss=4.0 - 0.02 * 40)
+    assert both.loss_predicted == pytest.approx(small.predicted, abs=1e-6)  # the loss here is λ̂ in other units
+    assert both.loss_loo_rmse == pytest.approx(both.loo_rmse, rel=1e-6)
     (new,) = saved.predict("medium", 80.0, 0.0, 2000)  # an unseen size: the λ/d line
     assert new.basis == "λ/d" and new.lower < 1.0 + 0.05 * 1000 * 80 / 2000 < new.upper
     path.write_text("{}")

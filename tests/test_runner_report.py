@@ -93,7 +93,7 @@ def test_report_renders_every_page_as_vector_figures_that_fill_it(finished_run, 
     pdf = work / "tiny.pdf"
     pages = _pages(pdf, tmp_path)
     figures = len(figure_pages(analyse(work / "tiny.sqlite")))
-    assert len(pages) == 2 + figures + 1  # answer, settings, the figures, appendix
+    assert len(pages) == 2 + figures + 2  # answer, settings, the figures, the appendix of fits and of baselines
     for number, page in enumerate(pages, 1):
         colour = (page.max(2).astype(int) - page.min(2)) > 40  # seaborn's palette; text pages are black on white
         width, height = _filled(page)
@@ -112,7 +112,13 @@ def test_report_renders_every_page_as_vector_figures_that_fill_it(finished_run, 
     assert len(fits) == 2  # tiny-a at both ε; tiny-b has too few checkpoints in the window
     for _, f in fits.iterrows():
         assert f"{f.r_squared:.2f} {f.slope:.3g} [{f.slope_ci_low:.3g}, {f.slope_ci_high:.3g}]" in answer
-    for name in ("records", "measurements", "fits", "fits-all", "pooled", "eps-sweep", "predictions", "left-out"):
+    baselines = pd.read_csv(work / "tiny-baselines.csv").set_index(["model", "compressor", "epsilon"])
+    for _, f in fits.iterrows():  # page 1 says, per fit, which predictor wins out of sample
+        best = baselines.loc[(f.model, f.compressor, f.epsilon)].best_out_of_sample
+        assert {"llc": "λ̂", "loss": "loss", "tokens": "tokens"}[best] + ";" in answer
+    assert "Does λ̂ say more than the loss?" in answer
+    for name in ("records", "measurements", "fits", "fits-all", "baselines", "pooled", "eps-sweep", "predictions",
+                 "left-out"):
         assert (work / f"tiny-{name}.csv").exists()
     done = run_cli("report", work / "tiny.sqlite", "-o", tmp_path / "again.pdf", home=home)
     assert done.returncode == 0 and f"{len(pages)} pages" in done.stdout

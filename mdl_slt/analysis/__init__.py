@@ -4,6 +4,8 @@
              the analysis window
     lines    a line by OLS with HC3 errors, its bootstrap, leave-one-out and prediction intervals
     fits     the lines per (model, compressor entry, ε), across sizes, ε sweeps, LOO predictions
+    baselines  each line beside the held-out loss and training progress: which predicts best out
+             of sample, whether λ̂ adds to the loss, whether the two can be told apart
 
 `analyse(store)` does all of it once; the report, its CSV tables and the fit file take its results.
 """
@@ -15,14 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mdl_slt.analysis.fits import (
-    eps_sweep,
-    fit_lines,
-    fit_relation,
-    loo_predictions,
-    pooled_fits,
-    pooled_lines,
-)
+from mdl_slt.analysis.baselines import baselines
+from mdl_slt.analysis.fits import (eps_sweep, fit_lines, fit_relation, loo_predictions, loss_lines, pooled_fits,
+                                   pooled_lines)
 from mdl_slt.analysis.tables import measurements, select, window
 from mdl_slt.errors import UserError
 
@@ -39,8 +36,10 @@ class Analysis:
     lines: dict  # (model, compressor, ε) → (LineFit or None, rows), inside the window
     lines_all: dict  # the same over every checkpoint
     pooled_lines: dict  # (compressor, ε) → (LineFit on λ̂/d, rows), across sizes, inside the window
+    loss_lines: dict  # the lines of `lines` on the held-out loss instead of λ̂
     fits: pd.DataFrame  # `lines` as a table
     fits_all: pd.DataFrame  # `lines_all` as a table
+    baselines: pd.DataFrame  # each line of `lines` beside the loss and training progress
     pooled: pd.DataFrame
     sweep: pd.DataFrame
     loo: pd.DataFrame
@@ -81,5 +80,7 @@ def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
     traces = stored(store_path, keys=set(records[records.task == "llc"].task_key))
     lines, lines_all = fit_lines(table, inside), fit_lines(table, everything)
     return Analysis(experiment, settings, records, table, inside, lines, lines_all, pooled_lines(table, inside),
-                    fit_relation(lines), fit_relation(lines_all), pooled_fits(table, inside), eps_sweep(table),
+                    loss_lines(lines),
+                    fit_relation(lines), fit_relation(lines_all), baselines(lines), pooled_fits(table, inside),
+                    eps_sweep(table),
                     loo_predictions(lines), left_out, configs, traces)

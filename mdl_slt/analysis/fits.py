@@ -117,3 +117,10 @@ def pooled_lines(table: pd.DataFrame, inside: pd.Series | None = None) -> dict:
         if fit is not None and group.model.nunique() >= 2:
             found[key] = (fit, group)
     return found
+
+
+def loss_lines(lines: dict) -> dict:
+    """(model, compressor, ε) → (LineFit of the critical value on the held-out base loss, rows),
+    over the checkpoints of each line of `fit_lines`: the baseline a prediction from λ̂ must beat."""
+    return {key: (fit_line(group.base_loss, group.critical_value), group) for key, (_, group) in lines.items()}
+

@@ -69,7 +69,9 @@ class LineFit:
         return cls(**{k: tuple(v) if k.endswith("_ci") else v for k, v in values.items()})
 
 
-def _ols(x, y, min_points: int):
+def ols(x, y, min_points: int):
+    """statsmodels' OLS of y on (1, x) with HC3 covariance and t intervals; None below
+    `min_points` points or for a constant x."""
     import statsmodels.api as sm
 
     if len(x) < min_points or np.ptp(x) == 0:
@@ -79,7 +81,7 @@ def _ols(x, y, min_points: int):
 
 def line(x, y) -> LineFit | None:
     """The OLS + HC3 line alone (no bootstrap or leave-one-out); None below 3 points or constant x."""
-    fit = _ols(np.asarray(x, float), np.asarray(y, float), 3)
+    fit = ols(np.asarray(x, float), np.asarray(y, float), 3)
     if fit is None:
         return None
     nan2 = (math.nan, math.nan)
@@ -106,7 +108,7 @@ def fit_line(x, y, x_se=None, seed: int = 0) -> LineFit | None:
 
     x, y = np.asarray(x, float), np.asarray(y, float)
     se = llc_errors(np.zeros_like(x) if x_se is None else x_se)
-    fit = _ols(x, y, 4)
+    fit = ols(x, y, 4)
     if fit is None:
         return None
     ci = fit.conf_int(1 - LEVEL)

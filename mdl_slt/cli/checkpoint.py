@@ -38,7 +38,10 @@ def predict(fit: Path = typer.Option(..., "--fit", help="Fit file written by `md
               "fit's lines hold for its own settings")
     for row in found.rows:
         line = (f"  {row['compressor']:10s} ε={row['epsilon']:<6g} {row['predicted']:7.3f}  "
-                f"[{row['lower']:.3f}, {row['upper']:.3f}]  ({row['basis']} line)")
+                f"[{row['lower']:.3f}, {row['upper']:.3f}]  ({row['basis']} line, LOO {row['loo_rmse']:.3g})")
+        if row["loss_predicted"] is not None:
+            line += (f"   loss line: {row['loss_predicted']:.3f} [{row['loss_lower']:.3f}, {row['loss_upper']:.3f}] "
+                     f"(LOO {row['loss_loo_rmse']:.3g})")
         if verify:
             value = row["measured"]
             line += f"   measured {value:.3f} {'inside' if row['inside'] else 'OUTSIDE'}" if value is not None \

@@ -1,0 +1,114 @@
+"""Does λ̂ say anything the loss does not? Every fit beside its baselines. Needs no torch.
+
+Along one training run the held-out loss falls, λ̂ rises and the critical compression moves, so
+any of them "predicts" the others. For each (model, compressor entry, ε), over the same
+checkpoints as the fit on λ̂, the line of the critical value on each predictor
+
+    llc     λ̂
+    loss    the held-out base loss L
+    tokens  log(1 + tokens seen), or log(1 + step) where tokens are unknown
+
+with its R², slope and 95% interval (OLS, HC3) and leave-one-checkpoint-out RMSE; the nested tests
+in c* = α + β_L·L + β_λ·λ̂,
+
+    λ̂ beyond the loss   H0: β_λ = 0        the loss beyond λ̂   H0: β_L = 0
+
+each an HC3 Wald test (the robust t of the coefficient on n − 3 degrees of freedom, `hc3_wald`);
+the correlation r(λ̂, L) with a collinearity flag when |r| > 0.9 (these checkpoints cannot
+separate the two); and the predictor with the smallest leave-one-out error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from mdl_slt.analysis.lines import LEVEL, leave_one_out, ols
+from mdl_slt.analysis.tables import GROUP
+
+PREDICTORS = {"llc": "λ̂", "loss": "held-out loss", "tokens": "log tokens seen"}
+COLLINEAR = 0.9
+
+
+def hc3_wald(X, y, column: int) -> tuple[float, float]:
+    """(coefficient, two-sided p) of `column` of X in the OLS of y on X with HC3 covariance
+    Σ = (XᵀX)⁻¹ Xᵀ diag(e_i² / (1 − h_i)²) X (XᵀX)⁻¹, h the leverages: t = β_j / √Σ_jj on n − k
+    degrees of freedom. NaN where it is undefined (n ≤ k, a point of leverage 1)."""
+    from scipy import stats
+
+    X, y = np.asarray(X, float), np.asarray(y, float)
+    n, k = X.shape
+    if n <= k or np.linalg.matrix_rank(X) < k:
+        return math.nan, math.nan
+    inverse = np.linalg.inv(X.T @ X)
+    beta = inverse @ X.T @ y
+    residual = y - X @ beta
+    leverage = np.einsum("ij,jk,ik->i", X, inverse, X)
+    if np.any(leverage >= 1 - 1e-12):
+        return float(beta[column]), math.nan
+    meat = X.T @ (X * (residual**2 / (1 - leverage) ** 2)[:, None])
+    variance = (inverse @ meat @ inverse)[column, column]
+    if not variance > 0:
+        return float(beta[column]), math.nan
+    t = beta[column] / math.sqrt(variance)
+    return float(beta[column]), float(2 * stats.t.sf(abs(t), n - k))
+
+
+def predictors(group: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The three predictors of a group's critical values (module docstring)."""
+    tokens = pd.to_numeric(group.tokens_seen, errors="coerce").astype(float)
+    progress = np.log1p(tokens.where(tokens.notna(), pd.to_numeric(group.step, errors="coerce")).to_numpy(float))
+    return {"llc": group.llc_mean.to_numpy(float), "loss": group.base_loss.to_numpy(float), "tokens": progress}
+
+
+def _line_figures(x: np.ndarray, y: np.ndarray) -> dict:
+    """R², slope, its HC3 interval and the leave-one-out RMSE of y on x (NaN below 4 points)."""
+    fit = ols(x, y, 4) if np.isfinite(x).all() else None
+    if fit is None:
+        return {"r2": math.nan, "slope": math.nan, "slope_low": math.nan, "slope_high": math.nan, "loo": math.nan}
+    low, high = fit.conf_int(1 - LEVEL)[1]
+    errors = [mean - y[i] for i, mean, _, _ in leave_one_out(x, y, np.zeros(len(x)))]
+    return {"r2": float(fit.rsquared), "slope": float(fit.params[1]), "slope_low": float(low),
+            "slope_high": float(high), "loo": float(np.sqrt(np.mean(np.square(errors)))) if errors else math.nan}
+
+
+def compare(group: pd.DataFrame) -> dict:
+    """The baseline figures of one group of checkpoints (module docstring), flat."""
+    y = group.critical_value.to_numpy(float)
+    found = predictors(group)
+    row: dict = {"n": len(y)}
+    for name, x in found.items():
+        row.update({f"{key}_{name}": value for key, value in _line_figures(x, y).items()})
+    llc, loss = found["llc"], found["loss"]
+    defined = len(y) >= 4 and np.ptp(llc) > 0 and np.ptp(loss) > 0
+    row["r_llc_loss"] = float(np.corrcoef(llc, loss)[0, 1]) if defined else math.nan
+    row["collinear"] = bool(defined and abs(row["r_llc_loss"]) > COLLINEAR)
+    design = np.column_stack([np.ones(len(y)), loss, llc])
+    row["p_llc_beyond_loss"] = hc3_wald(design, y, 2)[1] if defined else math.nan
+    row["p_loss_beyond_llc"] = hc3_wald(design, y, 1)[1] if defined else math.nan
+    scored = {name: row[f"loo_{name}"] for name in found if math.isfinite(row[f"loo_{name}"])}
+    row["best_out_of_sample"] = min(scored, key=scored.get) if scored else None
+    return row
+
+
+def baselines(lines: dict) -> pd.DataFrame:
+    """One row per (model, compressor, ε) of `fits.fit_lines`: λ̂ against the loss and training
+    progress over the same checkpoints."""
+    return pd.DataFrame([{**dict(zip(GROUP, key)), **compare(group)} for key, (_, group) in lines.items()])
+
+
+def verdict(row) -> str:
+    """What a row says in words: which predictor wins out of sample and whether λ̂ adds to the loss."""
+    if row.get("best_out_of_sample") is None or (isinstance(row.get("n"), (int, float)) and row["n"] < 4):
+        return "too few checkpoints"
+    best = PREDICTORS[row["best_out_of_sample"]]
+    if row["collinear"]:
+        beyond = f"λ̂ and the loss move together (r = {row['r_llc_loss']:.2f}): these checkpoints cannot separate them"
+    elif math.isfinite(row["p_llc_beyond_loss"]):
+        beyond = ("λ̂ adds to the loss" if row["p_llc_beyond_loss"] < 0.05 else "λ̂ adds nothing detectable to the loss") + \
+            f" (p = {row['p_llc_beyond_loss']:.2g})"
+    else:
+        beyond = "the nested test is undefined"
+    return f"best out of sample: {best}; {beyond}"
