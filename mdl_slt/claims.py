@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import os
 import socket
-import sqlite3
 import threading
-import time
 import uuid
 
+from mdl_slt.store import Store
 from mdl_slt.store import now as store_now
 
 LEASE_S = 60.0  # a claim lapses this long after its holder's last renewal
@@ -93,14 +92,9 @@ class Claims:
         return self.store.finish_claims(self.holder)
 
     def _renew(self) -> None:
-        db = sqlite3.connect(self.store.path, timeout=30)  # its own connection: sqlite objects stay in their thread
-        try:
+        with Store(self.store.path) as store:  # its own connection: sqlite objects stay in their thread
             while not self._stop.wait(self.lease_s / 3):
                 with self._lock:
                     units = list(self.held)
                 if units:
-                    with db:
-                        db.executemany("UPDATE claims SET expires = ? WHERE unit = ? AND holder = ?",
-                                       [(time.time() + self.lease_s, u, self.holder) for u in units])
-        finally:
-            db.close()
+                    store.renew(units, self.holder, self.lease_s)

@@ -5,7 +5,7 @@
 - Ray tasks on a cluster (`executor: ray`), each unit asking for `threads` CPUs and
   `gpus_per_unit` GPUs.
 Units are taken from a source as workers free up (`claims.Claims`, which shares a store's work
-with other processes, or `Fixed`). Workers send each task's outcome the moment it is done
+with other processes). Workers send each task's outcome the moment it is done
 (through a queue), so a unit that dies half-way still leaves its finished tasks in the store. A
 worker that dies outright fails the tasks it had not reported, with the reason.
 """
@@ -32,7 +32,7 @@ def execute(source, experiment: Experiment, home: Path) -> Iterator[Outcome]:
 
     `source.next()` gives (unit, tasks) to run now, `claims.WAIT` while the units left are held by
     other processes, or None when nothing is left; `len(source)`: the units it may still hand out
-    (`claims.Claims`, or `Fixed` for a given list)."""
+    (`claims.Claims`)."""
     if experiment.executor == "ray":
         yield from _on_ray(source, experiment, home)
         return
@@ -47,19 +47,6 @@ def execute(source, experiment: Experiment, home: Path) -> Iterator[Outcome]:
             yield from measure_unit(unit, experiment, home, tasks)
         return
     yield from _in_pool(source, experiment, home, min(workers, len(source)), gpus)
-
-
-class Fixed:
-    """A given list of (unit, tasks) as a source, one after another."""
-
-    def __init__(self, pending: list[tuple[Unit, list[Task]]]):
-        self.pending = list(pending)
-
-    def __len__(self) -> int:
-        return len(self.pending)
-
-    def next(self):
-        return self.pending.pop(0) if self.pending else None
 
 
 def _local_gpus(experiment: Experiment) -> int:

@@ -73,11 +73,7 @@ def step_sizes(experiment: Experiment, units, home: Path, store: Store, console)
     model) and kept in the store, so reruns and added checkpoints keep it."""
     if experiment.llc.step_size != "auto":
         return experiment
-    tasks = Tasks(experiment)
-    for found, kind, settings in tasks.configs():
-        if kind == "step_size":
-            store.record_config(found, kind, settings)
-    chosen_at = tasks.step_size_tasks(units)
+    chosen_at = Tasks(experiment).step_size_tasks(units)  # their settings are recorded with every task's
     done = store.done()
     pending = [(unit, [task]) for unit, task in chosen_at if task.key not in done]
     for unit, _ in pending:

@@ -185,6 +185,12 @@ class Store:
                                     (unit, holder, clock + lease_s, clock))
         return taken.rowcount == 1
 
+    def renew(self, units: list[str], holder: str, lease_s: float) -> None:
+        """Extend `holder`'s leases on `units` by `lease_s` from now."""
+        with self.db:
+            self.db.executemany("UPDATE claims SET expires = ? WHERE unit = ? AND holder = ?",
+                                [(time.time() + lease_s, u, holder) for u in units])
+
     def release(self, unit: str, holder: str) -> None:
         with self.db:
             self.db.execute("DELETE FROM claims WHERE unit = ? AND holder = ?", (unit, holder))

@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 
 from mdl_slt.analysis.baselines import baselines, hc3_wald, verdict
-from mdl_slt.analysis.fits import fit_lines
+from mdl_slt.analysis.fits import fit_lines, loss_lines
+
+
+def compared(frame):
+    """The baselines of a table's one group, as the analysis computes them."""
+    lines = fit_lines(frame)
+    return baselines(lines, loss_lines(lines)).iloc[0]
 
 
 def table(rng, n, llc, loss, critical):
@@ -23,7 +29,7 @@ def test_a_line_in_the_loss_with_a_collinear_llc_is_flagged_and_the_llc_adds_not
     loss = np.linspace(4.0, 3.0, 16)
     llc = 100 - 20 * loss + rng.normal(0, 1.5, 16)  # moves with the loss
     critical = 2.0 + 1.5 * (4.0 - loss) + rng.normal(0, 0.01, 16)
-    row = baselines(fit_lines(table(rng, 16, llc, loss, critical))).iloc[0]
+    row = compared(table(rng, 16, llc, loss, critical))
     assert row.collinear and -0.99 < row.r_llc_loss < -0.9
     assert row.p_llc_beyond_loss > 0.05 and row.p_loss_beyond_llc < 0.05
     assert row.loo_loss < row.loo_llc and row.best_out_of_sample == "loss"
@@ -35,7 +41,7 @@ def test_a_line_in_an_llc_that_is_independent_of_the_loss_wins_and_adds_to_the_l
     loss = rng.uniform(3.0, 3.4, 16)
     llc = rng.uniform(20, 60, 16)  # independent of the loss
     critical = 1.0 + 0.05 * llc + rng.normal(0, 0.02, 16)
-    row = baselines(fit_lines(table(rng, 16, llc, loss, critical))).iloc[0]
+    row = compared(table(rng, 16, llc, loss, critical))
     assert not row.collinear and abs(row.r_llc_loss) < 0.6
     assert row.p_llc_beyond_loss < 1e-6 and row.best_out_of_sample == "llc"
     assert row.r2_llc > 0.99 and row.slope_low_llc < 0.05 < row.slope_high_llc
@@ -46,7 +52,7 @@ def test_a_line_in_both_finds_each_beyond_the_other():
     rng = np.random.default_rng(2)
     loss, llc = rng.uniform(3.0, 3.4, 20), rng.uniform(20, 60, 20)
     critical = 1.0 + 0.05 * llc - 2.0 * loss + rng.normal(0, 0.02, 20)
-    row = baselines(fit_lines(table(rng, 20, llc, loss, critical))).iloc[0]
+    row = compared(table(rng, 20, llc, loss, critical))
     assert row.p_llc_beyond_loss < 1e-6 and row.p_loss_beyond_llc < 1e-6
 
 
@@ -66,5 +72,5 @@ def test_the_nested_test_is_statsmodels_hc3_wald_test():
 
 def test_too_few_checkpoints_say_so():
     rng = np.random.default_rng(4)
-    row = baselines(fit_lines(table(rng, 3, [1.0, 2.0, 3.0], [3.0, 2.9, 2.8], [1.0, 1.1, 1.3]))).iloc[0]
+    row = compared(table(rng, 3, [1.0, 2.0, 3.0], [3.0, 2.9, 2.8], [1.0, 1.1, 1.3]))
     assert math.isnan(row.p_llc_beyond_loss) and not row.collinear and verdict(row) == "too few checkpoints"

@@ -79,8 +79,9 @@ def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
     everything = pd.Series(True, index=table.index)
     traces = stored(store_path, keys=set(records[records.task == "llc"].task_key))
     lines, lines_all = fit_lines(table, inside), fit_lines(table, everything)
+    on_loss = loss_lines(lines)
     return Analysis(experiment, settings, records, table, inside, lines, lines_all, pooled_lines(table, inside),
-                    loss_lines(lines),
-                    fit_relation(lines), fit_relation(lines_all), baselines(lines), pooled_fits(table, inside),
+                    on_loss, fit_relation(lines), fit_relation(lines_all), baselines(lines, on_loss),
+                    pooled_fits(table, inside),
                     eps_sweep(table),
                     loo_predictions(lines), left_out, configs, traces)

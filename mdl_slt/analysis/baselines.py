@@ -25,7 +25,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from mdl_slt.analysis.lines import LEVEL, leave_one_out, ols
+from mdl_slt.analysis.lines import fit_line
 from mdl_slt.analysis.tables import GROUP
 
 PREDICTORS = {"llc": "λ̂", "loss": "held-out loss", "tokens": "log tokens seen"}
@@ -63,24 +63,23 @@ def predictors(group: pd.DataFrame) -> dict[str, np.ndarray]:
     return {"llc": group.llc_mean.to_numpy(float), "loss": group.base_loss.to_numpy(float), "tokens": progress}
 
 
-def _line_figures(x: np.ndarray, y: np.ndarray) -> dict:
-    """R², slope, its HC3 interval and the leave-one-out RMSE of y on x (NaN below 4 points)."""
-    fit = ols(x, y, 4) if np.isfinite(x).all() else None
+def _line_figures(fit) -> dict:
+    """R², slope, its HC3 interval and the leave-one-out RMSE of a LineFit (NaN without one)."""
     if fit is None:
         return {"r2": math.nan, "slope": math.nan, "slope_low": math.nan, "slope_high": math.nan, "loo": math.nan}
-    low, high = fit.conf_int(1 - LEVEL)[1]
-    errors = [mean - y[i] for i, mean, _, _ in leave_one_out(x, y, np.zeros(len(x)))]
-    return {"r2": float(fit.rsquared), "slope": float(fit.params[1]), "slope_low": float(low),
-            "slope_high": float(high), "loo": float(np.sqrt(np.mean(np.square(errors)))) if errors else math.nan}
+    return {"r2": fit.r_squared, "slope": fit.slope, "slope_low": fit.slope_ci[0], "slope_high": fit.slope_ci[1],
+            "loo": fit.loo_rmse}
 
 
-def compare(group: pd.DataFrame) -> dict:
-    """The baseline figures of one group of checkpoints (module docstring), flat."""
+def compare(group: pd.DataFrame, on_llc, on_loss) -> dict:
+    """The baseline figures of one group of checkpoints (module docstring), flat, given its lines
+    on λ̂ and on the loss (LineFits, or None); the line on training progress is fitted here."""
     y = group.critical_value.to_numpy(float)
     found = predictors(group)
+    on_tokens = fit_line(found["tokens"], y) if np.isfinite(found["tokens"]).all() else None
     row: dict = {"n": len(y)}
-    for name, x in found.items():
-        row.update({f"{key}_{name}": value for key, value in _line_figures(x, y).items()})
+    for name, fit in (("llc", on_llc), ("loss", on_loss), ("tokens", on_tokens)):
+        row.update({f"{key}_{name}": value for key, value in _line_figures(fit).items()})
     llc, loss = found["llc"], found["loss"]
     defined = len(y) >= 4 and np.ptp(llc) > 0 and np.ptp(loss) > 0
     row["r_llc_loss"] = float(np.corrcoef(llc, loss)[0, 1]) if defined else math.nan
@@ -93,10 +92,11 @@ def compare(group: pd.DataFrame) -> dict:
     return row
 
 
-def baselines(lines: dict) -> pd.DataFrame:
+def baselines(lines: dict, loss_lines: dict) -> pd.DataFrame:
     """One row per (model, compressor, ε) of `fits.fit_lines`: λ̂ against the loss and training
-    progress over the same checkpoints."""
-    return pd.DataFrame([{**dict(zip(GROUP, key)), **compare(group)} for key, (_, group) in lines.items()])
+    progress over the same checkpoints, from those lines and `fits.loss_lines`, each fitted once."""
+    return pd.DataFrame([{**dict(zip(GROUP, key)), **compare(group, fit, loss_lines[key][0])}
+                         for key, (fit, group) in lines.items()])
 
 
 def verdict(row) -> str:
