@@ -9,7 +9,9 @@ eager and compiled. Each is timed over
 `--steps` steps per chain after a warm-up of one block, whose time is printed apart (for the
 compiled runners it holds the compile: the first in this process, and from torch's on-disk
 cache after that). Prints ms per chain-step and the ratio of each to the eager chain-by-chain
-runner. Needs the suite (`mdl-slt suite build`).
+runner, and the compute floor: the floating-point operations of one forward and backward on a
+minibatch (torch's FLOP counter) at this core's rate on a large fp32 matrix product, the time no
+runner of the same model can beat on it. Needs the suite (`mdl-slt suite build`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,28 @@ RUNNERS = {"chain by chain, eager": {"compile": False, "vectorize": "never"},
            "vmapped, compiled": {"compile": True, "vectorize": "always"}}
 
 
+def matmul_rate(size: int = 768, repeats: int = 20) -> float:
+    """This core's fp32 matrix-product rate, FLOP/s, the best of `repeats`."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def step_flops(model, tokens, batch_size: int = 8) -> int:
+    """FLOPs of one forward and backward of the model's loss on a minibatch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = tokens[:batch_size]
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=batch, labels=batch).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["90k", "230k", "530k"])
@@ -41,11 +65,15 @@ def main() -> None:
     torch.set_num_threads(1)
     home = resolve_home(None)
     base = LLCConfig(step_size=3e-4, n_beta=30, localization=300, num_chains=4, batch_size=8, num_burnin=0)
+    rate = matmul_rate()
+    print(f"this core: {rate / 1e9:.1f} GFLOP/s on a 768² fp32 matrix product")
     print(f"{'model':18s} {'runner':26s} {'warm-up s':>9s} {'ms/chain-step':>13s} {'vs eager':>9s}")
     for size in args.models:
         ckpt = load_checkpoint(f"mdl-slt/micro-pythia-{size}@{args.revision}", home)
         tokens = token_sets(home, ckpt.tokenizer, DataConfig(context_length=64, eval_sequences=64,
                                                              llc_sequences=256)).train
+        flops = step_flops(ckpt.model, tokens)
+        floor = flops / rate * 1000
         eager = None
         for label in args.runners:
             settings = RUNNERS[label]
@@ -57,6 +85,8 @@ def main() -> None:
             eager = ms if label == "chain by chain, eager" else eager
             ratio = f"{eager / ms:8.2f}×" if eager else "        –"
             print(f"micro-pythia-{size:5s} {label:26s} {warm:9.1f} {ms:13.2f} {ratio}", flush=True)
+        print(f"micro-pythia-{size:5s} {'compute floor':26s} {'':9s} {floor:13.2f} {eager / floor if eager else 0:8.2f}×  "
+              f"({flops / 1e6:.0f} MFLOP per forward + backward)", flush=True)
 
 
 if __name__ == "__main__":

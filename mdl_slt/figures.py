@@ -139,7 +139,9 @@ def methods_compared(fits: pd.DataFrame, style: Style) -> plt.Figure:
             ax.set_ylabel(label if col == 0 else "")
             if row == 0:
                 ax.set_title(f"ε = {eps:g}")
-            ax.set_xticks(range(len(style.models)), [short(m) for m in style.models])
+            ax.set_xticks(range(len(style.models)), [short(m).removeprefix("micro-pythia-") for m in style.models],
+                          rotation=30 if len(style.models) > 3 else 0, ha="right" if len(style.models) > 3 else "center",
+                          fontsize=7)
             ax.set_xlim(-0.5, len(style.models) - 0.5)
     return _finish(fig, style.method_handles() + style.size_handles())
 

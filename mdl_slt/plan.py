@@ -156,7 +156,7 @@ def plan(experiment: Experiment, home: Path) -> list[Unit]:
     from mdl_slt.suite import SuiteSpec
 
     spec = SuiteSpec()
-    future = {spec.model_id(m): [f"step{s}" for s in spec.schedule()] for m in spec.models}
+    future = {spec.model_id(m): [f"step{s}" for s in spec.schedule()] for m in spec.all_models()}
     units = []
     for entry in experiment.models:
         if entry.revision_pattern is not None:

@@ -22,7 +22,7 @@ from mdl_slt.analysis import Analysis
 from mdl_slt.figures import short
 
 PAGE_WIDTH_MM = 277  # A4 landscape minus margins
-BEST = {"llc": "λ̂", "loss": "loss", "tokens": "tokens"}
+BEST = {"llc": "λ̂", "loss": "loss", "tokens": "tokens", "llc_per_param": "λ̂/d", "redundancy": "λ̂·ln n"}
 
 
 def _unicode_fonts(pdf) -> None:
@@ -146,7 +146,7 @@ def _answer_page(pdf, a: Analysis, stamp: str) -> None:
     base = a.baselines.set_index(["model", "compressor", "epsilon"]) if len(a.baselines) else None
     if base is not None:
         decided = base[base.best_out_of_sample.notna()]
-        _paragraph(pdf, (f"Does λ̂ say more than the loss? The same lines on the held-out loss and on log tokens seen, "
+        _paragraph(pdf, (f"Within each run, the same lines on the held-out loss and on log tokens seen, "
                          f"over the same checkpoints: λ̂ predicts best out of sample in {int((decided.best_out_of_sample == 'llc').sum())} "
                          f"of {len(decided)} fits (the loss in {int((decided.best_out_of_sample == 'loss').sum())}, "
                          f"tokens seen in {int((decided.best_out_of_sample == 'tokens').sum())}); λ̂ adds to a line in "
@@ -154,6 +154,47 @@ def _answer_page(pdf, a: Analysis, stamp: str) -> None:
                          f"{int(decided.collinear.sum())} the two correlate beyond |r| = 0.9, and those checkpoints cannot "
                          "separate them."), 8.5, 4.2)
     pdf.ln(1)
+    if len(a.across_runs):
+        _across_runs_table(pdf, a)
+        pdf.add_page()
+        _heading(pdf, "Per run: critical compression on λ̂", 13)
+    _per_run_table(pdf, a, base)
+
+
+def _across_runs_table(pdf, a: Analysis) -> None:
+    """Page 1's answer: per scope, method and ε, λ̂ against the loss across runs."""
+    rows = []
+    for _, r in a.across_runs.iterrows():
+        rows.append([r.scope, r.compressor, f"{r.epsilon:g}", f"{int(r.n)} ({int(r.runs)})",
+                     f"{r.r_llc_loss:.2f}{' collinear' if r.collinear else ''}", _g(r.p_llc_beyond_loss, 2),
+                     _g(r.p_loss_beyond_llc, 2), _g(r.loro_llc), _g(r.loro_loss), _g(r.loro_tokens),
+                     BEST.get(r.best_across_runs, "–")])
+    _paragraph(pdf, "Across runs: does λ̂ predict the critical compression beyond the loss?", 10, 5)
+    _paragraph(pdf, " ".join(_scope_sentence(scope, part) for scope, part in a.across_runs.groupby("scope", sort=False)),
+               8.5, 4.2)
+    _table(pdf, ["runs pooled", "method", "ε", "n (runs)", "r(λ̂, L)", "p(λ̂ | L)", "p(L | λ̂)", "LORO λ̂",
+                 "LORO loss", "LORO tokens", "best on unseen runs"], rows,
+           [44, 24, 10, 18, 26, 18, 18, 18, 20, 22, 30], size=7.5 if len(rows) > 18 else 8)
+    pdf.ln(1)
+    _paragraph(pdf, "Each method and ε fitted once over the pooled runs' checkpoints in the window: c* on λ̂, on the "
+                    "held-out loss L and on log tokens seen, each with log d where the pool holds several sizes. "
+                    "p(λ̂ | L): HC3 Wald test of λ̂'s coefficient in c* = α + β_L·L + β_λ·λ̂ (+ γ·log d); p(L | λ̂) the "
+                    "converse. LORO: root-mean-square error (knob units) of each run's checkpoints predicted from the "
+                    "other runs; best on unseen runs also weighs λ̂/d and λ̂·ln n. collinear: |r| > 0.9, these "
+                    "checkpoints cannot separate λ̂ from the loss. Every figure is in the across-runs CSV.", 7, 3.6)
+
+
+def _scope_sentence(scope: str, part: pd.DataFrame) -> str:
+    """One pooled scope's answer in words: who predicts unseen runs best, and whether λ̂ adds to the loss."""
+    decided = part[part.best_across_runs.notna()]
+    wins = ", ".join(f"{BEST[k]} in {n}" for k, n in decided.best_across_runs.value_counts().items())
+    collinear = " (collinear: these checkpoints cannot separate them)" if part.collinear.any() else ""
+    return (f"Pooling {scope} (r(λ̂, L) = {part.r_llc_loss.iloc[0]:.2f}{collinear}), of {len(part)} method × ε: best "
+            f"on unseen runs {wins or 'undefined'}; λ̂ adds to the loss at p < 0.05 in "
+            f"{int((part.p_llc_beyond_loss < 0.05).sum())}, the loss to λ̂ in {int((part.p_loss_beyond_llc < 0.05).sum())}.")
+
+
+def _per_run_table(pdf, a: Analysis, base) -> None:
     rows = []
     for _, f in _in_order(a.fits, a).iterrows():
         fitted = "slope" in f and pd.notna(f.slope)
@@ -264,6 +305,21 @@ def _appendix(pdf, a: Analysis) -> None:
                         "test of the size × λ̂ interactions; λ̂/d: the LLC per sampled parameter.", 7, 3.6)
 
 
+def _across_runs_appendix(pdf, a: Analysis) -> None:
+    from mdl_slt.analysis.pooled import FORMS
+
+    pdf.add_page()
+    _heading(pdf, "Appendix: every form across runs, judged on runs left out")
+    rows = [[r.scope, r.compressor, f"{r.epsilon:g}", str(int(r.n))]
+            + [f"{_g(r[f'r2_{f}'], 2)} / {_g(r[f'loro_{f}'])}" for f in FORMS] for _, r in a.across_runs.iterrows()]
+    _table(pdf, ["runs pooled", "method", "ε", "n"] + [f"{label}: R² / LORO" for label in FORMS.values()], rows,
+           [44, 24, 10, 12] + [37] * len(FORMS), 7)
+    _paragraph(pdf, "OLS with HC3 errors over the pooled checkpoints in the window; log d (d the sampled parameters) "
+                    "joins λ̂, the loss and log tokens where the pool holds several sizes; λ̂·ln n is the LLC's "
+                    "description length in bits (n tokens seen). LORO: each run's checkpoints predicted from the "
+                    "others (knob units). The coefficients and their 95% intervals are in the across-runs CSV.", 7, 3.6)
+
+
 def write_report(store_path: Path, output: Path | None = None, overrides: dict | None = None) -> dict:
     """Write the PDF to `output`; beside it `<stem>-<table>.csv` for every table and `<stem>-fit.json`."""
     import logging
@@ -280,7 +336,8 @@ def write_report(store_path: Path, output: Path | None = None, overrides: dict |
     output.parent.mkdir(parents=True, exist_ok=True)
     stem = output.with_suffix("")
     tables = {"records": a.records.drop(columns="detail"), "measurements": a.table.assign(in_window=a.inside),
-              "fits": a.fits, "fits-all": a.fits_all, "baselines": a.baselines, "pooled": a.pooled, "eps-sweep": a.sweep, "predictions": a.loo,
+              "fits": a.fits, "fits-all": a.fits_all, "baselines": a.baselines, "pooled": a.pooled,
+              "across-runs": a.across_runs, "eps-sweep": a.sweep, "predictions": a.loo,
               "left-out": a.left_out}
     for name, frame in tables.items():
         frame.to_csv(f"{stem}-{name}.csv", index=False)
@@ -297,6 +354,8 @@ def write_report(store_path: Path, output: Path | None = None, overrides: dict |
         for number, (title, caption, fig) in enumerate(figure_pages(a)):
             _figure_page(pdf, title, caption, fig, Path(tmp), number)
         _appendix(pdf, a)
+        if len(a.across_runs):
+            _across_runs_appendix(pdf, a)
         pdf.output(str(output))
     return {"pdf": str(output), "pages": pdf.page_no(), "csv": [f"{stem}-{n}.csv" for n in tables],
             "fit": str(fit_path), "fits": a.fits}

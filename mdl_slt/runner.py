@@ -56,14 +56,15 @@ def run_log(store: Path):
 
 
 def ensure_suite(experiment: Experiment, home: Path, console) -> None:
-    """Build the embedded suite first if the experiment names one of its models and it is missing."""
-    from mdl_slt.suite import SuiteSpec, build_suite, is_built
+    """Build first the embedded suite's runs the experiment names that are not built yet."""
+    from mdl_slt.suite import SuiteSpec, build_suite, missing
 
     spec = SuiteSpec()
-    suite_ids = {spec.model_id(m) for m in spec.models}
-    if any(m.id in suite_ids for m in experiment.models) and not is_built(home, spec):
-        console.print("Building the embedded micro-Pythia suite (once; reused afterwards)…", highlight=False)
-        build_suite(home, spec, console=console)
+    todo = missing(home, spec, spec.find(m.id for m in experiment.models))
+    if todo:
+        console.print(f"Building {len(todo)} run(s) of the embedded micro-Pythia suite (once; reused afterwards)…",
+                      highlight=False)
+        build_suite(home, spec, todo, console=console)
 
 
 def step_sizes(experiment: Experiment, units, home: Path, store: Store, console) -> Experiment:

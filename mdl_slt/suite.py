@@ -28,15 +28,46 @@ MANIFEST = "suite.json"
 
 @dataclass(frozen=True)
 class SuiteModel:
+    """One training run: an architecture, and the training settings where they differ from the
+    spec's (None: the spec's). `data_tokens` limits the run to the first N training tokens, which
+    it then sees many times."""
+
     name: str
     layers: int
     hidden: int
     heads: int
+    learning_rate: float | None = None
+    weight_decay: float | None = None
+    batch_size: int | None = None
+    data_tokens: int | None = None
+    seed: int | None = None
+
+    def overrides(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k in TRAINING and v is not None}
+
+
+TRAINING = ("learning_rate", "weight_decay", "batch_size", "data_tokens", "seed")
+
+
+def _variant(suffix: str, **training) -> SuiteModel:
+    return SuiteModel(f"micro-pythia-90k-{suffix}", layers=2, hidden=32, heads=4, **training)
+
+
+# Runs of the 90k architecture trained otherwise: candidates for checkpoints at which λ̂ and the
+# held-out loss part (docs/science.md, "Training variants"). Built only when an experiment names one.
+VARIANTS = (
+    _variant("wd0.1", weight_decay=0.1), _variant("wd1", weight_decay=1.0),
+    _variant("lr6e-4", learning_rate=6e-4), _variant("lr6e-3", learning_rate=6e-3),
+    _variant("b4", batch_size=4), _variant("b64", batch_size=64),
+    _variant("data64k", data_tokens=65_536), _variant("data256k", data_tokens=262_144),
+    _variant("seed1", seed=1),
+)
 
 
 @dataclass(frozen=True)
 class SuiteSpec:
-    """Everything that determines the suite's bytes; its fingerprint keys the built cache."""
+    """Everything that determines the suite's bytes: shared training settings, the runs of three
+    sizes, and variants of the smallest trained otherwise. Each run's fingerprint keys its build."""
 
     models: tuple[SuiteModel, ...] = (
         SuiteModel("micro-pythia-90k", layers=2, hidden=32, heads=4),
@@ -53,10 +84,25 @@ class SuiteSpec:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     seed: int = 0
+    data_tokens: int | None = None
+    variants: tuple[SuiteModel, ...] = VARIANTS
     tags: tuple[str, ...] = field(default=())
 
     def model_id(self, model: SuiteModel) -> str:
         return f"{ORG}/{model.name}"
+
+    def all_models(self) -> tuple[SuiteModel, ...]:
+        return self.models + self.variants
+
+    def find(self, names) -> tuple[SuiteModel, ...]:
+        """The runs named by model id or name, in the spec's order."""
+        wanted = {n.removeprefix(f"{ORG}/") for n in names}
+        return tuple(m for m in self.all_models() if m.name in wanted)
+
+    def setting(self, model: SuiteModel, name: str):
+        """A training setting of one run: its override, else the spec's."""
+        value = getattr(model, name)
+        return getattr(self, name) if value is None else value
 
     def schedule(self) -> list[int]:
         """Pythia-like checkpoint steps: 0, then powers of two below the spacing, then evenly spaced."""
@@ -65,10 +111,12 @@ class SuiteSpec:
         steps |= {round(spacing * i) for i in range(1, self.evenly_spaced + 1)}
         return sorted(steps)
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, model: SuiteModel) -> str:
+        """What determines one run's bytes: the shared settings and the run's own."""
         import hashlib
 
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        shared = {k: v for k, v in asdict(self).items() if k not in ("models", "variants", "tags")}
+        return hashlib.sha256(json.dumps([shared, asdict(model)], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def neox_config(spec: SuiteSpec, model: SuiteModel):
@@ -83,33 +131,35 @@ def neox_config(spec: SuiteSpec, model: SuiteModel):
     )
 
 
-def learning_rate(spec: SuiteSpec, step: int) -> float:
-    """Linear warm-up, then cosine decay to `min_lr_ratio` of the peak at the last step."""
+def learning_rate(spec: SuiteSpec, step: int, peak: float | None = None) -> float:
+    """Linear warm-up to `peak` (the spec's by default), then cosine decay to `min_lr_ratio` of it
+    at the last step."""
+    peak = spec.learning_rate if peak is None else peak
     warmup = max(1, round(spec.warmup_fraction * spec.train_steps))
     if step < warmup:
-        return spec.learning_rate * (step + 1) / warmup
+        return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, spec.train_steps - warmup)
     cosine = 0.5 * (1 + math.cos(math.pi * progress))
-    return spec.learning_rate * (spec.min_lr_ratio + (1 - spec.min_lr_ratio) * cosine)
+    return peak * (spec.min_lr_ratio + (1 - spec.min_lr_ratio) * cosine)
 
 
-def save_checkpoint(spec: SuiteSpec, model_id: str, net, tokenizer_dir: Path, cache_dir: Path,
+def save_checkpoint(spec: SuiteSpec, model: SuiteModel, net, tokenizer_dir: Path, cache_dir: Path,
                     step: int, train_loss: float | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = Path(tmp)
         net.save_pretrained(files)
         for item in tokenizer_dir.iterdir():
             shutil.copy(item, files / item.name)
-        tokens = step * spec.batch_size * spec.context_length
+        tokens = step * spec.setting(model, "batch_size") * spec.context_length
         meta = {"step": step, "tokens_seen": tokens, "train_loss": train_loss,
-                "suite_fingerprint": spec.fingerprint()}
+                "suite_fingerprint": spec.fingerprint(model), "training": model.overrides()}
         (files / "mdl_slt.json").write_text(json.dumps(meta, indent=1))
-        write_snapshot(cache_dir, model_id, f"step{step}", files)
+        write_snapshot(cache_dir, spec.model_id(model), f"step{step}", files)
 
 
 def train_model(spec: SuiteSpec, model: SuiteModel, train_tokens, tokenizer_dir: Path,
                 cache_dir: Path, progress=None) -> str:
-    """Train one suite model, saving each scheduled checkpoint. Deterministic given the spec."""
+    """Train one suite run, saving each scheduled checkpoint. Deterministic given the spec."""
     import torch
     from transformers import GPTNeoXForCausalLM
 
@@ -117,35 +167,38 @@ def train_model(spec: SuiteSpec, model: SuiteModel, train_tokens, tokenizer_dir:
 
     torch.set_num_threads(1)
     quiet_transformers()
-    torch.manual_seed(spec.seed)
+    seed, batch_size, peak = (spec.setting(model, k) for k in ("seed", "batch_size", "learning_rate"))
+    data_tokens = spec.setting(model, "data_tokens")
+    if data_tokens is not None:
+        train_tokens = train_tokens[:data_tokens]
+    torch.manual_seed(seed)
     net = GPTNeoXForCausalLM(neox_config(spec, model)).float()
-    model_id = spec.model_id(model)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=spec.learning_rate, betas=(0.9, 0.95),
-                                  weight_decay=spec.weight_decay)
-    batches = torch.Generator().manual_seed(spec.seed + 1)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=peak, betas=(0.9, 0.95),
+                                  weight_decay=spec.setting(model, "weight_decay"))
+    batches = torch.Generator().manual_seed(seed + 1)
     checkpoints = set(spec.schedule())
     windows = len(train_tokens) - spec.context_length - 1
     loss_value = None
     for step in range(spec.train_steps + 1):
         if step in checkpoints:
             net.eval()
-            save_checkpoint(spec, model_id, net, tokenizer_dir, cache_dir, step, loss_value)
+            save_checkpoint(spec, model, net, tokenizer_dir, cache_dir, step, loss_value)
             net.train()
         if progress is not None:
             progress.put((model.name, step))
         if step == spec.train_steps:
             break
-        starts = torch.randint(windows, (spec.batch_size,), generator=batches)
+        starts = torch.randint(windows, (batch_size,), generator=batches)
         batch = torch.stack([train_tokens[s:s + spec.context_length] for s in starts.tolist()])
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(spec, step)
+            group["lr"] = learning_rate(spec, step, peak)
         loss = net(input_ids=batch, labels=batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         optimizer.step()
         loss_value = float(loss.detach())
-    return model_id
+    return spec.model_id(model)
 
 
 def _train_with_bars(spec, ordered, pool, ctx, console, train_tokens, tokenizer_dir, cache_dir) -> None:
@@ -168,16 +221,25 @@ def _train_with_bars(spec, ordered, pool, ctx, console, train_tokens, tokenizer_
             bars.update(tasks[name], completed=spec.train_steps)
 
 
-def is_built(home: Path, spec: SuiteSpec) -> bool:
-    manifest = home / MANIFEST
-    return manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") == spec.fingerprint()
+def read_manifest(home: Path) -> dict:
+    path = home / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
-def build_suite(home: Path, spec: SuiteSpec = SuiteSpec(), workers: int = 2, force: bool = False,
+def missing(home: Path, spec: SuiteSpec, models=None) -> tuple[SuiteModel, ...]:
+    """The runs among `models` (default: the spec's sizes) not built with their current settings."""
+    built = read_manifest(home).get("built", {})
+    return tuple(m for m in (spec.models if models is None else models) if built.get(m.name) != spec.fingerprint(m))
+
+
+def build_suite(home: Path, spec: SuiteSpec = SuiteSpec(), models=None, workers: int = 2, force: bool = False,
                 console=None) -> dict:
-    """Build the suite into `home` once; later calls return the manifest without work."""
-    if is_built(home, spec) and not force:
-        return json.loads((home / MANIFEST).read_text())
+    """Train the runs `models` (default: the spec's sizes; variants only when asked for) that are
+    not built with their current settings; a later call returns the manifest without work."""
+    models = spec.models if models is None else tuple(models)
+    todo = models if force else missing(home, spec, models)
+    if not todo:
+        return read_manifest(home)
     import torch
 
     from mdl_slt.tokenizer import save_tokenizer, train_bpe
@@ -188,7 +250,7 @@ def build_suite(home: Path, spec: SuiteSpec = SuiteSpec(), workers: int = 2, for
     save_tokenizer(tokenizer, tokenizer_dir)
     train_tokens = torch.tensor(tokenizer(corpus.train)["input_ids"], dtype=torch.long)
     cache_dir = hub_cache(home)
-    ordered = sorted(spec.models, key=lambda m: -m.layers * m.hidden**2)  # longest first
+    ordered = sorted(todo, key=lambda m: -m.layers * m.hidden**2 * spec.setting(m, "batch_size"))  # longest first
     ctx = get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=max(1, min(workers, len(ordered))), mp_context=ctx)
     if console is not None and console.is_terminal:
@@ -205,13 +267,16 @@ def build_suite(home: Path, spec: SuiteSpec = SuiteSpec(), workers: int = 2, for
                 future.result()
                 if tracker is not None:
                     tracker.step(f"trained {futures[future].name} ({len(spec.schedule())} checkpoints)")
+    manifest = read_manifest(home)
+    built = {**manifest.get("built", {}), **{m.name: spec.fingerprint(m) for m in todo}}
+    ids = [spec.model_id(m) for m in spec.all_models() if m.name in built]
     manifest = {
-        "fingerprint": spec.fingerprint(),
+        "built": built,
         "spec": asdict(spec),
-        "models": {spec.model_id(m): list_revisions(cache_dir, spec.model_id(m)) for m in spec.models},
+        "models": {i: list_revisions(cache_dir, i) for i in ids},
         "train_tokens": len(train_tokens),
         "train_plays": list(corpus.train_plays),
         "eval_plays": list(corpus.eval_plays),
     }
     (home / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    return json.loads((home / MANIFEST).read_text())
+    return read_manifest(home)

@@ -15,6 +15,8 @@ from mdl_slt.suite import SuiteModel, SuiteSpec  # noqa: E402
 TINY = SuiteSpec(
     models=(SuiteModel("tiny-a", layers=1, hidden=16, heads=2), SuiteModel("tiny-b", layers=1, hidden=32, heads=2)),
     vocab_size=256, context_length=32, batch_size=8, train_steps=24, evenly_spaced=3, learning_rate=1e-2,
+    variants=(SuiteModel("tiny-a-otherwise", layers=1, hidden=16, heads=2, weight_decay=0.5, batch_size=4,
+                         data_tokens=2000),),
 )
 
 

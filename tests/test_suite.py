@@ -77,6 +77,31 @@ def test_suite_build_is_reused(tiny_suite):
     assert time.perf_counter() - start < 5  # a manifest read, not a rebuild
 
 
+def test_variant_is_built_on_demand_with_its_own_training(tiny_suite):
+    """A variant is not built with the sizes; asked for, it alone is trained, from the same
+    initialisation (same seed) but otherwise: its own batch size, weight decay and data budget."""
+    from mdl_slt.checkpoints import load_checkpoint
+    from mdl_slt.suite import missing
+
+    home, manifest = tiny_suite
+    variant = TINY.variants[0]
+    assert "mdl-slt/tiny-a-otherwise" not in manifest["models"] and missing(home, TINY, TINY.variants)
+    built = build_suite(home, TINY, TINY.variants)
+    assert built["models"]["mdl-slt/tiny-a"] == manifest["models"]["mdl-slt/tiny-a"]  # the sizes untouched
+    assert not missing(home, TINY) and not missing(home, TINY, TINY.variants)
+    snapshot = repo_folder(home / "hub", "mdl-slt/tiny-a-otherwise") / "snapshots"
+    meta = {m["step"]: m for m in (json.loads(p.read_text()) for p in snapshot.glob("*/mdl_slt.json"))}
+    assert meta[TINY.train_steps]["tokens_seen"] == TINY.train_steps * 4 * TINY.context_length
+    assert meta[TINY.train_steps]["training"] == {"weight_decay": 0.5, "batch_size": 4, "data_tokens": 2000}
+    weights = {name: {step: load_checkpoint(f"{name}@step{step}", home).model.state_dict()
+                      for step in (0, TINY.train_steps)} for name in ("mdl-slt/tiny-a", "mdl-slt/tiny-a-otherwise")}
+    base, other = weights["mdl-slt/tiny-a"], weights["mdl-slt/tiny-a-otherwise"]
+    assert all(torch.equal(base[0][k], other[0][k]) for k in base[0])
+    assert not all(torch.equal(base[TINY.train_steps][k], other[TINY.train_steps][k]) for k in base[0])
+    assert TINY.setting(variant, "learning_rate") == TINY.learning_rate and TINY.fingerprint(variant) != \
+        TINY.fingerprint(TINY.models[0])
+
+
 def test_snapshots_share_blobs_and_refs_point_at_commits(tmp_path):
     files = tmp_path / "files"
     files.mkdir()

@@ -6,6 +6,8 @@
     fits     the lines per (model, compressor entry, ε), across sizes, ε sweeps, LOO predictions
     baselines  each line beside the held-out loss and training progress: which predicts best out
              of sample, whether λ̂ adds to the loss, whether the two can be told apart
+    pooled   the same question across runs (sizes, or runs of one size trained otherwise): each
+             predictor with log d, λ̂/d and λ̂·ln n, judged on runs left out
 
 `analyse(store)` does all of it once; the report, its CSV tables and the fit file take its results.
 """
@@ -20,6 +22,7 @@ import pandas as pd
 from mdl_slt.analysis.baselines import baselines
 from mdl_slt.analysis.fits import (eps_sweep, fit_lines, fit_relation, loo_predictions, loss_lines, pooled_fits,
                                    pooled_lines)
+from mdl_slt.analysis.pooled import across_runs
 from mdl_slt.analysis.tables import measurements, select, window
 from mdl_slt.errors import UserError
 
@@ -41,6 +44,7 @@ class Analysis:
     fits_all: pd.DataFrame  # `lines_all` as a table
     baselines: pd.DataFrame  # each line of `lines` beside the loss and training progress
     pooled: pd.DataFrame
+    across_runs: pd.DataFrame  # per (scope, compressor, ε): each predictor across runs, leave-one-run-out
     sweep: pd.DataFrame
     loo: pd.DataFrame
     left_out: pd.DataFrame
@@ -82,6 +86,6 @@ def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
     on_loss = loss_lines(lines)
     return Analysis(experiment, settings, records, table, inside, lines, lines_all, pooled_lines(table, inside),
                     on_loss, fit_relation(lines), fit_relation(lines_all), baselines(lines, on_loss),
-                    pooled_fits(table, inside),
+                    pooled_fits(table, inside), across_runs(table, inside),
                     eps_sweep(table),
                     loo_predictions(lines), left_out, configs, traces)

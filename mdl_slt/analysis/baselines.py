@@ -32,28 +32,36 @@ PREDICTORS = {"llc": "λ̂", "loss": "held-out loss", "tokens": "log tokens seen
 COLLINEAR = 0.9
 
 
-def hc3_wald(X, y, column: int) -> tuple[float, float]:
-    """(coefficient, two-sided p) of `column` of X in the OLS of y on X with HC3 covariance
-    Σ = (XᵀX)⁻¹ Xᵀ diag(e_i² / (1 − h_i)²) X (XᵀX)⁻¹, h the leverages: t = β_j / √Σ_jj on n − k
-    degrees of freedom. NaN where it is undefined (n ≤ k, a point of leverage 1)."""
-    from scipy import stats
-
+def hc3(X, y) -> tuple[np.ndarray, np.ndarray] | None:
+    """(β, Σ) of the OLS of y on X with HC3 covariance Σ = (XᵀX)⁻¹ Xᵀ diag(e_i² / (1 − h_i)²) X (XᵀX)⁻¹,
+    h the leverages; None where it is undefined (n ≤ k, X short of rank, a point of leverage 1)."""
     X, y = np.asarray(X, float), np.asarray(y, float)
     n, k = X.shape
     if n <= k or np.linalg.matrix_rank(X) < k:
-        return math.nan, math.nan
+        return None
     inverse = np.linalg.inv(X.T @ X)
     beta = inverse @ X.T @ y
     residual = y - X @ beta
     leverage = np.einsum("ij,jk,ik->i", X, inverse, X)
     if np.any(leverage >= 1 - 1e-12):
-        return float(beta[column]), math.nan
+        return None
     meat = X.T @ (X * (residual**2 / (1 - leverage) ** 2)[:, None])
-    variance = (inverse @ meat @ inverse)[column, column]
-    if not variance > 0:
+    return beta, inverse @ meat @ inverse
+
+
+def hc3_wald(X, y, column: int) -> tuple[float, float]:
+    """(coefficient, two-sided p) of `column` of X in the OLS of y on X with HC3 covariance (`hc3`):
+    t = β_j / √Σ_jj on n − k degrees of freedom. NaN where it is undefined."""
+    from scipy import stats
+
+    found = hc3(X, y)
+    if found is None:
+        return math.nan, math.nan
+    beta, cov = found
+    if not cov[column, column] > 0:
         return float(beta[column]), math.nan
-    t = beta[column] / math.sqrt(variance)
-    return float(beta[column]), float(2 * stats.t.sf(abs(t), n - k))
+    t = beta[column] / math.sqrt(cov[column, column])
+    return float(beta[column]), float(2 * stats.t.sf(abs(t), len(y) - X.shape[1]))
 
 
 def predictors(group: pd.DataFrame) -> dict[str, np.ndarray]:

@@ -16,26 +16,33 @@ app.add_typer(suite_app, name="suite")
 
 @suite_app.command("build")
 def suite_build(force: bool = typer.Option(False, help="Rebuild even if built."),
+                variants: bool = typer.Option(False, help="Also the 90k runs trained otherwise (built on "
+                                                          "demand when an experiment names one)."),
                 workers: int = typer.Option(2, min=1, help="Models trained in parallel, one thread each.")):
     """Download the corpus, train the tokenizer and the micro-Pythia models, save every checkpoint."""
     from mdl_slt.suite import SuiteSpec, build_suite
 
-    manifest = build_suite(home(), SuiteSpec(), workers=workers, force=force, console=console)
-    for model, revisions in manifest["models"].items():
-        print(f"{model}: {len(revisions)} checkpoints ({revisions[0]} … {revisions[-1]})")
+    spec = SuiteSpec()
+    runs = spec.all_models() if variants else spec.models
+    manifest = build_suite(home(), spec, runs, workers=workers, force=force, console=console)
+    for model in runs:
+        revisions = manifest["models"][spec.model_id(model)]
+        print(f"{spec.model_id(model)}: {len(revisions)} checkpoints ({revisions[0]} … {revisions[-1]})")
 
 
 @suite_app.command("list")
 def suite_list():
-    """List the suite's models and checkpoints (hub-cache revisions)."""
+    """List the suite's runs, how each variant was trained otherwise, and their checkpoints."""
     from mdl_slt.home import hub_cache
     from mdl_slt.hubcache import list_revisions
     from mdl_slt.suite import SuiteSpec
 
     spec = SuiteSpec()
-    for model in spec.models:
+    for model in spec.all_models():
         revisions = list_revisions(hub_cache(home()), spec.model_id(model))
-        print(f"{spec.model_id(model)}: {', '.join(revisions) if revisions else 'not built (mdl-slt suite build)'}")
+        trained = ", ".join(f"{k} {v:g}" for k, v in model.overrides().items())
+        print(f"{spec.model_id(model)}{f' ({trained})' if trained else ''}: "
+              f"{', '.join(revisions) if revisions else 'not built (mdl-slt suite build --variants)'}")
 
 
 @app.command("compressors")
@@ -70,6 +77,9 @@ def run(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)
     if not summary.last:
         console.print("other processes are still measuring this store: the last to finish writes the report",
                       highlight=False)
+    elif not chosen.critical.compressors:
+        console.print("no compressors listed: the store holds λ̂ and base losses, and no report is written (it "
+                      "fits critical compression)", highlight=False)
     elif chosen.report is not None and summary.measured + summary.skipped + summary.by_others > 0:
         written = write_report(chosen.store, chosen.report)
         console.print(f"report {written['pdf']} ({written['pages']} pages) and CSV beside it", highlight=False)
@@ -92,8 +102,7 @@ def validate(experiment_file: Path = typer.Argument(..., help="Experiment file (
           + (f", report {chosen.report}" if chosen.report else ""))
     for model, revisions in by_model.items():
         print(f"  {model}: {len(revisions)} ({revisions[0]} … {revisions[-1]})")
-    entries = ", ".join(f"critical:{e.key}" for e in chosen.critical.compressors)
-    print(f"tasks per checkpoint: base_loss, llc, {entries}")
+    print(f"tasks per checkpoint: {', '.join(['base_loss', 'llc'] + [f'critical:{e.key}' for e in chosen.critical.compressors])}")
     llc, cost = chosen.llc, estimated_cost(chosen, units)
     print(f"cost: at most {cost.sgld_steps:,} SGLD steps ({llc.num_chains} chains × {llc.budget_text} per "
           f"checkpoint), at most {cost.evaluations:,} loss evaluations of {chosen.data.eval_sequences} × "

@@ -1,0 +1,33 @@
+"""The suite's training variants part λ̂ from the held-out loss: the criterion they were chosen by
+(docs/science.md, "Training variants"), measured again on the built suite. Slow: it trains the
+runs it needs into the cache home (once) and estimates 24 LLCs (about 5 minutes on 2 cores)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mdl_slt.analysis.parting import checkpoints, criterion
+from mdl_slt.store import open_existing
+
+ROOT = Path(__file__).parent.parent
+TAKEN = ["mdl-slt/micro-pythia-90k-lr6e-3", "mdl-slt/micro-pythia-90k-b64", "mdl-slt/micro-pythia-90k-seed1"]
+
+
+@pytest.mark.slow
+def test_the_variants_in_the_main_job_part_llc_from_the_loss(tmp_path):
+    design = yaml.safe_load((ROOT / "experiments" / "variants.yaml").read_text())
+    reference = design["models"][0]["id"]
+    design["models"] = [m for m in design["models"] if m["id"] in [reference, *TAKEN]]
+    design["store"] = str(tmp_path / "variants.sqlite")
+    path = tmp_path / "variants.yaml"
+    path.write_text(yaml.safe_dump(design))
+    subprocess.run([sys.executable, "-m", "mdl_slt", "run", str(path)], check=True, cwd=ROOT)
+    with open_existing(tmp_path / "variants.sqlite") as store:
+        runs, pool = criterion(checkpoints(store.table()), reference)
+    assert set(runs.run[runs.chosen]) == set(TAKEN), runs.to_string()
+    assert pool["meets"] and abs(pool["r"]) <= 0.8
+    main_job = {m["id"] for m in yaml.safe_load((ROOT / "experiments" / "demo.yaml").read_text())["models"]}
+    assert {reference, *TAKEN} <= main_job
