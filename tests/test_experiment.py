@@ -9,9 +9,16 @@ DEMO = Path(__file__).parent.parent / "experiments" / "demo.yaml"
 
 
 def test_demo_file_validates():
+    from mdl_slt.suite import SuiteSpec
+
     exp = load_experiment(DEMO)
-    assert exp.name == "demo" and len(exp.models) == 3 and exp.report == Path("reports/demo.pdf")
+    spec = SuiteSpec()
+    assert exp.name == "demo" and exp.report == Path("reports/demo.pdf")
+    assert {m.id for m in exp.models} <= {spec.model_id(m) for m in spec.all_models()}
+    assert {spec.model_id(m) for m in spec.models} <= {m.id for m in exp.models}  # the three sizes, and variants
     assert exp.critical.compressors[0].name == "rtn" and exp.critical.epsilons == [0.02, 0.05, 0.1]
+    variants = load_experiment(DEMO.parent / "variants.yaml")  # λ̂ and the loss only, on every 90k run
+    assert not variants.critical.compressors and len(variants.models) == 1 + len(spec.variants)
 
 
 def write(tmp_path, text):
