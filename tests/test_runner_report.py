@@ -92,12 +92,15 @@ def test_report_renders_every_page_as_vector_figures_that_fill_it(finished_run, 
     home, work, path, first, _ = finished_run
     pdf = work / "tiny.pdf"
     pages = _pages(pdf, tmp_path)
-    figures = len(figure_pages(analyse(work / "tiny.sqlite")))
-    assert len(pages) == 2 + figures + 2  # answer, settings, the figures, the appendix of fits and of baselines
+    analysis = analyse(work / "tiny.sqlite")
+    figures = len(figure_pages(analysis))
+    assert len(analysis.across_runs)  # two runs: the answer across runs leads page 1, the per-run fits follow
+    # answer, per-run fits, settings, the figures, the appendix of fits, of baselines and across runs
+    assert len(pages) == 3 + figures + 3
     for number, page in enumerate(pages, 1):
         colour = (page.max(2).astype(int) - page.min(2)) > 40  # seaborn's palette; text pages are black on white
         width, height = _filled(page)
-        if 3 <= number < 3 + figures:
+        if 4 <= number < 4 + figures:
             assert colour.sum() > 20, f"page {number} has no drawn figure"
             assert width > 0.9 and height > 0.8, f"figure page {number} is mostly empty ({width:.0%} × {height:.0%})"
         else:
@@ -106,19 +109,25 @@ def test_report_renders_every_page_as_vector_figures_that_fill_it(finished_run, 
     images = subprocess.run(["pdfimages", "-list", str(pdf)], capture_output=True, text=True).stdout.splitlines()[2:]
     assert images == []  # vector graphics: no raster image anywhere
 
-    answer = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(pdf), "-"], capture_output=True, text=True).stdout
-    answer = " ".join(answer.split())
+    first = " ".join(subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(pdf), "-"], capture_output=True,
+                                    text=True).stdout.split())
+    assert "Across runs: does λ̂ predict the critical compression beyond the loss?" in first
+    across = pd.read_csv(work / "tiny-across-runs.csv")
+    for _, r in across.iterrows():  # the answer across runs, per method and ε, on page 1
+        assert f"Pooling {r.scope} (r(λ̂, L) = {r.r_llc_loss:.2f}" in first
+    answer = " ".join(subprocess.run(["pdftotext", "-f", "2", "-l", "2", str(pdf), "-"], capture_output=True,
+                                     text=True).stdout.split())
     fits = pd.read_csv(work / "tiny-fits.csv").dropna(subset=["slope"])
     assert len(fits) == 2  # tiny-a at both ε; tiny-b has too few checkpoints in the window
     for _, f in fits.iterrows():
         assert f"{f.r_squared:.2f} {f.slope:.3g} [{f.slope_ci_low:.3g}, {f.slope_ci_high:.3g}]" in answer
     baselines = pd.read_csv(work / "tiny-baselines.csv").set_index(["model", "compressor", "epsilon"])
-    for _, f in fits.iterrows():  # page 1 says, per fit, which predictor wins out of sample
+    for _, f in fits.iterrows():  # the per-run table says, per fit, which predictor wins out of sample
         best = baselines.loc[(f.model, f.compressor, f.epsilon)].best_out_of_sample
-        assert {"llc": "λ̂", "loss": "loss", "tokens": "tokens"}[best] + ";" in answer
-    assert "Does λ̂ say more than the loss?" in answer
-    for name in ("records", "measurements", "fits", "fits-all", "baselines", "pooled", "eps-sweep", "predictions",
-                 "left-out"):
+        assert {"llc": "λ̂", "loss": "loss", "tokens": "tokens"}[best] + ";" in answer  # page 2
+    assert "Within each run, the same lines on the held-out loss" in first
+    for name in ("records", "measurements", "fits", "fits-all", "baselines", "pooled", "across-runs", "eps-sweep",
+                 "predictions", "left-out"):
         assert (work / f"tiny-{name}.csv").exists()
     done = run_cli("report", work / "tiny.sqlite", "-o", tmp_path / "again.pdf", home=home)
     assert done.returncode == 0 and f"{len(pages)} pages" in done.stdout
