@@ -18,6 +18,13 @@ between the bracketing evaluations, crosses log ε (linear in ΔL when the passi
 A realisable grid is coarse (even level counts are 0.2–0.3 bits apart at 3–5 bits); the
 interpolated value is what fits use by default, flagged `wide` when the bracket is wider than
 the precision.
+
+Its standard error comes from the per-sequence losses the evaluations already made: every
+compressed model and the base model are evaluated on the same sequences, so each ΔL(v) is a mean
+of paired differences. A bootstrap over sequences redraws those means at every evaluated value
+and finds the crossing again exactly as above (`critical_standard_error`); no model is evaluated
+again. A method with random draws (head pruning) averages each sequence over its draws first,
+so the error is that of the held-out sample given those draws.
 """
 
 from __future__ import annotations
@@ -227,3 +234,38 @@ def _monotone(evaluations, base_loss, eps, order) -> bool:
         elif seen_fail:
             return False
     return True
+
+
+SE_DRAWS = 1000
+
+
+def critical_standard_error(differences: dict[float, Any], eps: float, order, draws: int = SE_DRAWS,
+                            seed: int = 0) -> float:
+    """Standard error of the interpolated critical value at ε: a bootstrap over the evaluation
+    sequences of `differences` (knob value → per-sequence loss differences, compressed − base,
+    the same sequences for every value). Each draw resamples the sequences, takes every value's
+    mean ΔL, brackets ε among the evaluated values and interpolates (`_bracket`, `_interpolate`);
+    a draw in which every value fails gives the least compressing one, in which none fails the
+    most compressing one. NaN with fewer than two sequences or no evaluation."""
+    import numpy as np
+
+    values = sorted(differences, key=order)
+    if not values:
+        return math.nan
+    matrix = np.stack([np.asarray(differences[v], float) for v in values])  # (values, sequences)
+    n = matrix.shape[1]
+    if n < 2:
+        return math.nan
+    picks = np.random.default_rng(seed).integers(0, n, size=(draws, n))
+    means = np.stack([matrix[:, p].mean(axis=1) for p in picks])  # (draws, values)
+    found = []
+    for row in means:
+        excess = dict(zip(values, np.where(np.isfinite(row), row, np.inf).tolist()))
+        if all(not _fails(e, 0.0, eps) for e in excess.values()):
+            found.append(values[-1])
+        elif _fails(excess[values[0]], 0.0, eps):
+            found.append(values[0])
+        else:
+            good, bad = _bracket(excess, 0.0, eps, order)
+            found.append(_interpolate(good, bad, excess.__getitem__, eps)[0])
+    return float(np.std(found, ddof=1))

@@ -10,7 +10,7 @@ import difflib
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mdl_slt import pythia
 from mdl_slt.critical import CriticalConfig
@@ -82,6 +82,53 @@ class AnalysisConfig(_Strict):
                                                          "interpolated inside the bracket, or its passing end")
 
 
+VARIED = ("step_size", "n_beta", "localization", "batch_size")
+
+
+class RobustnessConfig(_Strict):
+    """Other sampler settings at which λ̂ is measured again, each a multiplier of the main setting
+    (one setting varied at a time); the main λ̂ is never measured again."""
+
+    step_size: list[float] = Field(default_factory=list, description="multipliers of the SGLD step")
+    n_beta: list[float] = Field(default_factory=list, description="multipliers of nβ")
+    localization: list[float] = Field(default_factory=list, description="multipliers of the localization γ")
+    batch_size: list[float] = Field(default_factory=list, description="multipliers of the minibatch size")
+    every: int = Field(1, ge=1, description="every k-th of each model's listed revisions (all of them when a model "
+                                            "lists none)")
+
+    @field_validator("step_size", "n_beta", "localization", "batch_size")
+    @classmethod
+    def _positive(cls, values):
+        if any(not (v > 0) or v == 1 for v in values):
+            raise ValueError("multipliers must be positive and not 1 (1 is the main setting, measured already)")
+        return sorted(set(values))
+
+    def variations(self) -> list[tuple[str, float]]:
+        return [(name, m) for name in VARIED for m in getattr(self, name)]
+
+
+SUGGESTED = {"step_size": [0.33, 3.0], "n_beta": [0.33, 3.0], "localization": [0.33, 3.0], "batch_size": [4.0]}
+
+
+def vary(config: LLCConfig, parameter: str, multiplier: float) -> LLCConfig:
+    """Sampler settings with one of them multiplied (the minibatch rounded, at least 1)."""
+    value = getattr(config, parameter)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value == 0:
+        raise UserError(f"robustness: cannot vary {parameter} = {value!r} by a multiplier; give it a number in `llc` "
+                        "or leave it out of `robustness`")
+    varied = max(1, round(value * multiplier)) if parameter == "batch_size" else value * multiplier
+    return config.model_copy(update={parameter: varied})
+
+
+def variation_name(parameter: str, multiplier: float) -> str:
+    return f"{parameter}×{multiplier:g}"
+
+
+def parse_variation(text: str) -> tuple[str, float]:
+    parameter, _, multiplier = text.partition("×")
+    return parameter, float(multiplier)
+
+
 class Experiment(_Strict):
     name: str
     store: Path
@@ -101,6 +148,7 @@ class Experiment(_Strict):
     llc: LLCConfig = LLCConfig()
     critical: CriticalConfig = CriticalConfig()
     analysis: AnalysisConfig = AnalysisConfig()
+    robustness: RobustnessConfig = RobustnessConfig()
     llc_steps: dict[str, float] = Field(default_factory=dict, description="written by a run, not by hand: the step "
                                         "size `llc.step_size: auto` chose for each model, held for all its checkpoints")
 
@@ -109,6 +157,18 @@ class Experiment(_Strict):
         if self.llc.step_size == "auto" and model_id in self.llc_steps:
             return self.llc.model_copy(update={"step_size": self.llc_steps[model_id]})
         return self.llc
+
+    def varied_llc(self, model_id: str, parameter: str, multiplier: float) -> LLCConfig:
+        """One model's sampler settings with one of them multiplied (`vary`)."""
+        return vary(self.llc_for(model_id), parameter, multiplier)
+
+    def robust_at(self, model_id: str, revision: str | None) -> bool:
+        """Whether a checkpoint is among those the robustness section re-measures (`every`)."""
+        if not self.robustness.variations():
+            return False
+        entry = next((m for m in self.models if m.id == model_id), None)
+        listed = entry.listed_revisions() if entry is not None else None
+        return listed is None or revision in listed[::self.robustness.every]
 
     def on(self, device: str) -> "Experiment":
         """This experiment with its device resolved (`cpu` or `cuda`): the device is part of every

@@ -167,7 +167,8 @@ def description_lengths_vs_llc(table: pd.DataFrame, inside: pd.Series, style: St
 
 def critical_vs_llc(table: pd.DataFrame, fits: pd.DataFrame, inside: pd.Series, style: Style) -> plt.Figure:
     """Critical compression against λ̂, one row per method and one column per ε; filled points are
-    in the analysis window, hollow ones outside it; lines are the per-size fits (R² in the key)."""
+    in the analysis window, hollow ones outside it, each with ±2 standard errors of both; lines are
+    the per-size fits (R² in the key)."""
     epsilons, methods = sorted(table.epsilon.unique()), style.methods
     fig, axes = _figure(len(methods), len(epsilons))
     for r, comp in enumerate(methods):
@@ -183,6 +184,8 @@ def critical_vs_llc(table: pd.DataFrame, fits: pd.DataFrame, inside: pd.Series, 
                 colour = style.colour[model]
                 ax.scatter(group.llc_mean[win], group.critical_value[win], color=colour, s=16,
                            marker=style.marker[comp])
+                ax.errorbar(group.llc_mean, group.critical_value, xerr=2 * group.llc_std_error.fillna(0),
+                            yerr=2 * group.critical_se.fillna(0), fmt="none", ecolor=colour, elinewidth=0.6, alpha=0.6)
                 ax.scatter(group.llc_mean[~win], group.critical_value[~win], facecolor="none", edgecolor=colour,
                            s=16, marker=style.marker[comp], linewidth=0.7)
                 fit = fits[(fits.model == model) & (fits.compressor == comp) & (fits.epsilon == eps)]

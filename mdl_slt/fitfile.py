@@ -49,13 +49,31 @@ def build_fit_file(lines: dict, pooled: dict, configs: dict, analysis: dict, exp
         loss_fit = (loss_lines or {}).get(key, (None,))[0]
         saved.append({**dict(zip(GROUP, key)), "method": group.method.iloc[0], "llc_config": llc,
                       "critical_config": critical, "steps": sorted(int(s) for s in group.step.dropna()),
+                      **_knob_range(group),
                       "fit": fit.to_dict(), **({"loss_fit": loss_fit.to_dict()} if loss_fit is not None else {})})
     per_param = [{"compressor": key[0], "epsilon": key[1], "models": sorted(group.model.unique()),
-                  "llc_config": group.llc_config.iloc[0], "fit": fit.to_dict()} for key, (fit, group) in pooled.items()]
+                  "llc_config": group.llc_config.iloc[0], "fit": fit.to_dict(), **_knob_range(group)}
+                 for key, (fit, group) in pooled.items()]
     return {"format": FORMAT, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "experiment": experiment, "store": str(store), "analysis": analysis,
             "configs": {h: configs[h] for h in sorted(used) if h in configs},
             "versions": versions(), "lines": saved, "pooled_per_param": per_param}
+
+
+def _knob_range(group) -> dict:
+    """{"knob_range": [low, high]} of a line's critical records, where they stored it."""
+    if "knob_low" not in group or not group.knob_low.notna().iloc[0]:
+        return {}
+    return {"knob_range": [float(group.knob_low.iloc[0]), float(group.knob_high.iloc[0])]}
+
+
+def _within(knob_range):
+    """Clips (prediction, lower, upper) to the knob's range, where every critical value lies (as it
+    is without a range: fit files written before ranges were saved)."""
+    if not knob_range:
+        return lambda found: found
+    low, high = knob_range
+    return lambda found: tuple(min(max(v, low), high) for v in found)
 
 
 @dataclass
@@ -126,10 +144,11 @@ class FitFile:
         predictions = []
         for line, x, x_se, basis in chosen:
             fit = LineFit.from_dict(line["fit"])
-            found = Prediction(line["compressor"], line["epsilon"], *fit.predict(x, x_se), basis, fit.loo_rmse)
+            inside = _within(line.get("knob_range"))
+            found = Prediction(line["compressor"], line["epsilon"], *inside(fit.predict(x, x_se)), basis, fit.loo_rmse)
             if base_loss is not None and basis == "model" and "loss_fit" in line:
                 on_loss = LineFit.from_dict(line["loss_fit"])
-                found.loss_predicted, found.loss_lower, found.loss_upper = on_loss.predict(base_loss)
+                found.loss_predicted, found.loss_lower, found.loss_upper = inside(on_loss.predict(base_loss))
                 found.loss_loo_rmse = on_loss.loo_rmse
             predictions.append(found)
         return sorted(predictions, key=lambda p: (p.compressor, p.epsilon))

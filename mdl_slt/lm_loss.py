@@ -37,18 +37,29 @@ def token_nll(model, tokens, numerics: str = "fp32"):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
 
 
-def evaluate_loss(model, tokens, batch_size: int | None = None, numerics: str = "fp32") -> float:
-    """Mean per-token NLL over a fixed token set, under inference mode, accumulated in float64;
-    batches go to the model's device, sized to it unless `batch_size` is given."""
+def sequence_losses(model, tokens, batch_size: int | None = None, numerics: str = "fp32"):
+    """Each sequence's mean next-token NLL over a fixed token set (a float64 numpy array, one entry
+    per row), under inference mode; batches go to the model's device, sized to it unless
+    `batch_size` is given. Paired across models on the same tokens, their differences give every
+    loss difference its standard error."""
+    import numpy as np
     import torch
+    import torch.nn.functional as F
 
     device = next(model.parameters()).device
     batch_size = batch_size or eval_batch_size(model, tokens.shape[1])
-    total, count = 0.0, 0
+    found = []
     with torch.inference_mode():
         for start in range(0, len(tokens), batch_size):
             batch = tokens[start:start + batch_size].to(device)
-            n = batch.shape[0] * (batch.shape[1] - 1)
-            total += float(token_nll(model, batch, numerics).double()) * n
-            count += n
-    return total / count
+            with autocast(batch.device, numerics):
+                logits = model(input_ids=batch).logits[:, :-1]
+            nll = F.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:], reduction="none")
+            found.append(nll.double().mean(dim=1).cpu().numpy())
+    return np.concatenate(found)
+
+
+def evaluate_loss(model, tokens, batch_size: int | None = None, numerics: str = "fp32") -> float:
+    """Mean per-token NLL over a fixed token set (every sequence has the same length, so the mean of
+    `sequence_losses`), accumulated in float64."""
+    return float(sequence_losses(model, tokens, batch_size, numerics).mean())

@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Iterator
 
 from mdl_slt.checkpoints import Checkpoint
-from mdl_slt.critical import CriticalSearch, find_critical
+from mdl_slt.critical import CriticalSearch, critical_standard_error, find_critical
 from mdl_slt.data import TokenSets
 from mdl_slt.device import NUMERICS_LABEL
 from mdl_slt.errors import UserError, one_line
+from mdl_slt.experiment import parse_variation
 from mdl_slt.llc.config import LLCConfig
 from mdl_slt.llc.sampling import estimate_llc
 from mdl_slt.llc.trace import LLCResult
-from mdl_slt.lm_loss import evaluate_loss
+from mdl_slt.lm_loss import sequence_losses
 from mdl_slt.plan import Task, Unit
 from mdl_slt.store import Record
 
@@ -88,6 +89,9 @@ class CriticalMeasurement:
     uncompressed_bits: float
     elapsed_s: float
     base_loss: float
+    standard_errors: dict  # ε → standard error of the interpolated critical value (`critical_standard_error`)
+    sequences: int  # evaluation sequences behind each loss
+    knob_range: tuple[float, float]  # the knob's (low, high): where any critical value, or interval, can lie
 
     def at(self, value: float) -> CurvePoint:
         return next(p for p in self.curve if p.knob == value)
@@ -111,43 +115,62 @@ class CriticalMeasurement:
                           "loss": p.loss, "bits": at.bits if at else None,
                           "bits_entropy": at.bits_entropy if at else None,
                           "bits_interpolated": self.bits_between(p.value, p.beyond, p.interpolated) if at else None,
-                          "monotone": p.monotone, "wide": p.wide, "interpolation": p.interpolation})
+                          "monotone": p.monotone, "wide": p.wide, "interpolation": p.interpolation,
+                          "se": self.standard_errors.get(p.epsilon, math.nan)})
         return found
 
+    def sequences_needed(self, se: float) -> int | None:
+        """Evaluation sequences that would bring a standard error under the search precision
+        (errors fall as 1/√n); None when it already is."""
+        precision = self.search.precision
+        if not (se > precision):
+            return None
+        return math.ceil(self.sequences * (se / precision) ** 2)
 
-def measure_critical(checkpoint: Checkpoint, tokens: TokenSets, compressor, base_loss: float,
-                     epsilons, precision: float, numerics: str = "fp32") -> CriticalMeasurement:
-    """Critical compression of `checkpoint` under `compressor` at every ε."""
+
+def measure_critical(checkpoint: Checkpoint, tokens: TokenSets, compressor, base, epsilons, precision: float,
+                     numerics: str = "fp32") -> CriticalMeasurement:
+    """Critical compression of `checkpoint` under `compressor` at every ε, with each critical
+    value's standard error; `base`: the base model's per-sequence held-out losses."""
     start = time.perf_counter()
     model = checkpoint.model
     prepared = compressor.prepare(model, tokens.train.to(next(model.parameters()).device))
+    differences = {}
 
     def loss_at(value: float) -> float:
-        """Held-out loss at `value`, averaged over the method's random draws (1 for most)."""
-        losses = []
+        """Held-out loss at `value`, each sequence averaged over the method's random draws (1 for
+        most); the per-sequence differences from the base are kept for the standard errors."""
+        draws = []
         for draw in range(compressor.num_draws):
             with compressor.applied(model, prepared, value, draw):
-                losses.append(evaluate_loss(model, tokens.eval, numerics=numerics))
-        return sum(losses) / len(losses)
+                draws.append(sequence_losses(model, tokens.eval, numerics=numerics))
+        per_sequence = sum(draws) / len(draws)
+        differences[value] = per_sequence - base
+        return float(per_sequence.mean())
 
+    base_loss = float(base.mean())
     search = find_critical(loss_at, base_loss, epsilons, compressor.knob, precision,
                            lambda v: compressor.snap(v, prepared), compressor.levels(prepared))
+    order = compressor.knob.compression
+    errors = {p.epsilon: critical_standard_error(differences, p.epsilon, order) if p.value is not None else math.nan
+              for p in search.points}
     curve = []
     for value, loss in sorted(search.evaluations.items(), key=lambda kv: compressor.knob.compression(kv[0])):
         length = compressor.description_length(prepared, value)
         curve.append(CurvePoint(value, loss, length.total_bits, length.entropy_total_bits))
     return CriticalMeasurement(compressor.name, compressor.knob.name, search, curve,
-                               compressor.uncompressed_bits(prepared).total_bits, time.perf_counter() - start, base_loss)
+                               compressor.uncompressed_bits(prepared).total_bits, time.perf_counter() - start, base_loss,
+                               errors, len(base), (compressor.knob.low, compressor.knob.high))
 
 
 def measure_entry(checkpoint: Checkpoint, tokens: TokenSets, entry, epsilons, numerics: str,
-                  base_loss: float | None = None) -> CriticalMeasurement:
-    """One compressor entry's critical search at its own precision, the base loss evaluated unless
-    given: the one path for runs, `mdl-slt critical` and `predict --verify`."""
+                  base=None) -> CriticalMeasurement:
+    """One compressor entry's critical search at its own precision, the base model's per-sequence
+    losses evaluated unless given: the one path for runs, `mdl-slt critical` and `predict --verify`."""
     compressor = entry.build()
-    if base_loss is None:
-        base_loss = evaluate_loss(checkpoint.model, tokens.eval, numerics=numerics)
-    return measure_critical(checkpoint, tokens, compressor, base_loss, epsilons, entry.search_precision(compressor),
+    if base is None:
+        base = sequence_losses(checkpoint.model, tokens.eval, numerics=numerics)
+    return measure_critical(checkpoint, tokens, compressor, base, epsilons, entry.search_precision(compressor),
                             numerics)
 
 
@@ -166,12 +189,13 @@ def measure_unit(unit: Unit, experiment, home: Path, tasks: list[Task]) -> Itera
                   experiment=experiment.name, device=experiment.device, checkpoint_id=unit.identity)
     entries = {e.key: e for e in experiment.critical.compressors}
     numerics = experiment.critical.numerics
-    base_loss = None
+    base = None
     for task in tasks:
         try:
             start = time.perf_counter()
-            if base_loss is None and task.kind in ("base_loss", "critical"):
-                base_loss = evaluate_loss(ckpt.model, tokens.eval, numerics=numerics)
+            if base is None and task.kind in ("base_loss", "critical"):
+                base = sequence_losses(ckpt.model, tokens.eval, numerics=numerics)
+                base_loss = float(base.mean())
             if task.kind == "step_size":
                 chosen = choose_step_size(ckpt, tokens, experiment.llc)
                 yield Outcome(name, task, [Record("step_size", task_key=task.key, config_hash=task.config_hash,
@@ -186,19 +210,25 @@ def measure_unit(unit: Unit, experiment, home: Path, tasks: list[Task]) -> Itera
             elif task.kind == "llc":
                 result = measure_llc(ckpt, tokens, experiment.llc_for(unit.ref.model_id))
                 yield Outcome(name, task, [llc_record(result, task, experiment.llc.seed, common)], result.trace)
+            elif task.kind == "llc_robust":
+                parameter, multiplier = parse_variation(task.entry)
+                result = measure_llc(ckpt, tokens, experiment.varied_llc(unit.ref.model_id, parameter, multiplier))
+                record = llc_record(result, task, experiment.llc.seed, common, "llc_robust")
+                record.detail["variation"] = {"parameter": parameter, "multiplier": multiplier}
+                yield Outcome(name, task, [record])
             else:
                 entry = entries[task.entry]
-                found = measure_entry(ckpt, tokens, entry, experiment.critical.epsilons, numerics, base_loss)
+                found = measure_entry(ckpt, tokens, entry, experiment.critical.epsilons, numerics, base)
                 yield Outcome(name, task, critical_records(found, task, entry,
                                                            {**common, "numerics": NUMERICS_LABEL[numerics]}))
         except Exception as error:  # noqa: BLE001  a failed task is recorded; the unit's other tasks go on
             yield Outcome(name, task, error=reason(error))
 
 
-def llc_record(result: LLCResult, task: Task, seed: int, common: dict) -> Record:
+def llc_record(result: LLCResult, task: Task, seed: int, common: dict, kind: str = "llc") -> Record:
     detail = {key: value for key, value in result.to_dict().items()
               if key not in ("llc_mean", "llc_std_error", "init_loss", "elapsed_s", "loss_trace")}
-    return Record("llc", task_key=task.key, config_hash=task.config_hash, loss=result.init_loss,
+    return Record(kind, task_key=task.key, config_hash=task.config_hash, loss=result.init_loss,
                   llc_mean=result.llc_mean, llc_std_error=result.llc_std_error, detail=detail,
                   elapsed_s=result.elapsed_s, seed=seed, numerics=NUMERICS_LABEL[result.config["numerics"]], **common)
 
@@ -219,6 +249,8 @@ def critical_records(found: CriticalMeasurement, task: Task, entry, common: dict
             detail={"knob_name": found.knob_name, "beyond": point["beyond"], "monotone": point["monotone"],
                     "interpolation": point["interpolation"], "wide": point["wide"],
                     "evaluations": search.num_evaluations, "precision": search.precision,
+                    "critical_se": point["se"] if math.isfinite(point["se"]) else None, "se_sequences": found.sequences,
+                    "sequences_needed": found.sequences_needed(point["se"]), "knob_range": list(found.knob_range),
                     "nonfinite": search.nonfinite, "uncompressed_bits": found.uncompressed_bits},
             **ids, **common))
     return rows

@@ -25,7 +25,7 @@ from pathlib import Path
 from mdl_slt import pythia
 from mdl_slt.checkpoints import CheckpointRef, checkpoint_identity
 from mdl_slt.errors import UserError
-from mdl_slt.experiment import Experiment
+from mdl_slt.experiment import Experiment, variation_name
 from mdl_slt.home import hub_cache
 from mdl_slt.hubcache import list_revisions
 from mdl_slt.keys import config_hash, task_key
@@ -36,6 +36,9 @@ from mdl_slt.revisions import compile_pattern, hub_revisions, parse, training_po
 # fit's larger sample, exact on groups up to 69,632 weights, in 5; checkpoint identities in the
 # keys in 6), so stores never mix results of different methods under one key.
 MEASUREMENT_VERSION = 6
+# The held-out loss evaluations' own version, in the keys of base losses and critical searches only
+# (their LLCs are kept): 2 since they keep per-sequence losses and each critical value's standard error.
+LOSS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,8 @@ class Tasks:
         common = {"data": experiment.data.model_dump(mode="json"), "device": experiment.device,
                   "measurement_version": MEASUREMENT_VERSION}
         self.settings = {
-            "base_loss": ("base_loss", {**common, "numerics": experiment.critical.numerics}),
+            "base_loss": ("base_loss", {**common, "numerics": experiment.critical.numerics,
+                                        "loss_version": LOSS_VERSION}),
             "llc": ("llc", {**common, "llc": experiment.llc.model_dump(mode="json")}),
         }
         for entry in experiment.critical.compressors:
@@ -93,12 +97,24 @@ class Tasks:
             self.settings[f"critical:{entry.key}"] = ("critical", {
                 **common, "compressor": {"name": entry.name, "options": options,
                                          "precision": entry.search_precision(method)},
-                "epsilons": experiment.critical.epsilons, "numerics": experiment.critical.numerics})
+                "epsilons": experiment.critical.epsilons, "numerics": experiment.critical.numerics,
+                "loss_version": LOSS_VERSION})
         self.hashes = {name: config_hash(settings) for name, (_, settings) in self.settings.items()}
         self.llc_by_model = {}  # model → (settings, hash) where `step_size: auto` chose the model's step
         for model, step in experiment.llc_steps.items():
             settings = {**common, "llc": experiment.llc_for(model).model_dump(mode="json"), "step_size_rule": "auto"}
             self.llc_by_model[model] = (settings, config_hash(settings))
+
+        self.robust = {}  # model → {task name: (settings, hash)} of λ̂ at each varied sampler setting
+        for entry in experiment.models:
+            if experiment.llc_for(entry.id).step_size == "auto":
+                continue  # its step is chosen first; the varied settings multiply the chosen one
+            self.robust[entry.id] = {}
+            for parameter, multiplier in experiment.robustness.variations():
+                settings = {**common, "llc": experiment.varied_llc(entry.id, parameter, multiplier).model_dump(mode="json"),
+                            "variation": {"parameter": parameter, "multiplier": multiplier}}
+                name = f"llc_robust:{variation_name(parameter, multiplier)}"
+                self.robust[entry.id][name] = (settings, config_hash(settings))
 
         self.step_size = {}  # model → (settings, hash) of its `step_size` task, with `step_size: auto`
         if experiment.llc.step_size == "auto":
@@ -110,7 +126,7 @@ class Tasks:
     @property
     def all_hashes(self) -> set[str]:
         return (set(self.hashes.values()) | {h for _, h in self.llc_by_model.values()}
-                | {h for _, h in self.step_size.values()})
+                | {h for _, h in self.step_size.values()} | {h for own in self.robust.values() for _, h in own.values()})
 
     def configs(self):
         """(hash, kind, settings) of every task configuration, for the store."""
@@ -120,6 +136,9 @@ class Tasks:
             yield found, "llc", settings
         for settings, found in self.step_size.values():
             yield found, "step_size", settings
+        for own in self.robust.values():
+            for settings, found in own.values():
+                yield found, "llc_robust", settings
 
     def step_size_tasks(self, units: list[Unit]) -> list[tuple[Unit, Task]]:
         """With `step_size: auto`, per model its `step_size` task at its latest planned checkpoint
@@ -146,6 +165,10 @@ class Tasks:
                 else self.hashes[name]
             tasks.append(Task(name, kind, found, task_key(name, ref.model_id, ref.revision, unit.identity, found),
                               name.partition(":")[2] or None))
+        if self.experiment.robust_at(ref.model_id, ref.revision):
+            for name, (_, found) in self.robust.get(ref.model_id, {}).items():
+                tasks.append(Task(name, "llc_robust", found, task_key(name, ref.model_id, ref.revision, unit.identity,
+                                                                      found), name.partition(":")[2]))
         return tasks
 
 
@@ -213,5 +236,9 @@ def estimated_cost(experiment: Experiment, units: list[Unit]) -> Cost:
         evaluations += searches * cost.evaluations
         if cost.note:
             notes.append(f"{entry.key}: {cost.note} per knob value")
-    return Cost(len(units) * experiment.llc.num_chains * experiment.llc.max_steps, len(units) * evaluations, notes)
+    varied = sum(experiment.robust_at(u.ref.model_id, u.ref.revision) for u in units) * len(experiment.robustness.variations())
+    if varied:
+        notes.append(f"{varied} λ̂ at varied sampler settings (robustness)")
+    return Cost((len(units) + varied) * experiment.llc.num_chains * experiment.llc.max_steps, len(units) * evaluations,
+                notes)
 

@@ -57,8 +57,9 @@ def figure_pages(a: Analysis) -> list[tuple[str, str, object]]:
          "which family compresses furthest, and whether its size rises with λ̂ within each model.",
          figures.description_lengths_vs_llc(a.table, a.inside, style)),
         ("Critical compression against the LLC, per method and ε",
-         f"Lines: per-size OLS fits with their R². {window}. Look for: straight, tight lines with "
-         "the points outside the window off them if anywhere.",
+         f"Lines: per-size OLS fits with their R². {window}. Bars: ±2 standard errors of λ̂ (across) and of "
+         "the critical value (along the knob axis, from a bootstrap over the evaluation sequences). Look for: "
+         "straight, tight lines with the points outside the window off them if anywhere.",
          figures.critical_vs_llc(a.table, a.fits, a.inside, style)),
         ("Residuals of the per-size fits",
          "Residual of each checkpoint in the window from its line. Look for: no curvature and no trend; a "
@@ -153,6 +154,8 @@ def _answer_page(pdf, a: Analysis, stamp: str) -> None:
                          f"the loss at p < 0.05 in {int((decided.p_llc_beyond_loss < 0.05).sum())}; in "
                          f"{int(decided.collinear.sum())} the two correlate beyond |r| = 0.9, and those checkpoints cannot "
                          "separate them."), 8.5, 4.2)
+    if len(a.robust):
+        _paragraph(pdf, _robust_sentence(a.robust), 8.5, 4.2)
     pdf.ln(1)
     if len(a.across_runs):
         _across_runs_table(pdf, a)
@@ -184,6 +187,43 @@ def _across_runs_table(pdf, a: Analysis) -> None:
                     "checkpoints cannot separate λ̂ from the loss. Every figure is in the across-runs CSV.", 7, 3.6)
 
 
+def _robust_sentence(robust: pd.DataFrame) -> str:
+    """Page 1's line on robustness: did every fit keep its answer under every varied sampler setting?"""
+    changed = robust[~robust.held]
+    head = (f"Robustness to the sampler: λ̂ measured again at {len(robust)} other settings "
+            f"({', '.join(robust.setting)}); ")
+    if not len(changed):
+        return head + "every fit kept its slope's sign and significance and its 'λ̂ beyond the loss' verdict under all of them."
+    return head + "the answer changed under " + "; ".join(
+        f"{r.setting} ({r.fits - r.slopes_kept} slopes, {r.fits - r.verdicts_kept} verdicts of {r.fits} fits)"
+        for r in changed.itertuples()) + " (robustness page)."
+
+
+def _robust_page(pdf, a: Analysis) -> None:
+    pdf.add_page()
+    _heading(pdf, "Robustness: the answer under other sampler settings")
+    rows = [[r.setting, str(r.checkpoints), _g(r.tau_median, 2), _g(r.tau_min, 2), f"{r.slopes_kept} / {r.fits}",
+             f"{r.verdicts_kept} / {r.fits}", str(r.diverged_chains), str(r.unconverged), "yes" if r.held else "no"]
+            for r in a.robust.itertuples()]
+    _table(pdf, ["setting (× main)", "checkpoints", "Kendall τ (median)", "τ (least)", "slopes kept",
+                 "verdicts kept", "diverged chains", "unconverged", "answer held"], rows,
+           [40, 24, 32, 22, 26, 26, 28, 26, 26], 8)
+    pdf.ln(1)
+    fits = a.robust_fits.dropna(subset=["slope"]) if "slope" in a.robust_fits else a.robust_fits.iloc[0:0]
+    rows = [[r.setting, short(r.model), r.compressor, f"{r.epsilon:g}", str(int(r.n)), _g(r.tau, 2),
+             f"{_g(r.slope_main)} → {_g(r.slope)}", f"{_g(r.r2_main, 2)} → {_g(r.r2, 2)}",
+             f"{_g(r.p_beyond_main, 2)} → {_g(r.p_beyond, 2)}", "" if r.slope_kept and r.verdict_kept else "changed"]
+            for r in fits.itertuples()]
+    if rows:
+        _table(pdf, ["setting", "model", "method", "ε", "n", "τ", "slope: main → varied", "R²", "p(λ̂ | L)", ""],
+               rows, [32, 36, 20, 10, 8, 12, 50, 30, 40, 18], 7)
+    _paragraph(pdf, "Each setting multiplies one of the main sampler settings; λ̂ is measured again on the checkpoints "
+                    "the robustness section names, and each main fit is redone over its checkpoints in the window that "
+                    "were measured again (at least 4), beside the main λ̂ on the same checkpoints. Kept: the slope's "
+                    "sign and significance (95% interval, HC3) and the verdict of the HC3 test of λ̂ beyond the loss at "
+                    "p < 0.05. Every figure is in the robustness CSV files.", 7, 3.6)
+
+
 def _scope_sentence(scope: str, part: pd.DataFrame) -> str:
     """One pooled scope's answer in words: who predicts unseen runs best, and whether λ̂ adds to the loss."""
     decided = part[part.best_across_runs.notna()]
@@ -201,14 +241,19 @@ def _per_run_table(pdf, a: Analysis, base) -> None:
         b = base.loc[(f.model, f.compressor, f.epsilon)] if base is not None else None
         against = "–" if b is None or pd.isna(b.best_out_of_sample) else (
             f"{BEST[b.best_out_of_sample]}; {_g(b.p_llc_beyond_loss, 2)}{' (r ' + format(b.r_llc_loss, '.2f') + ')' if b.collinear else ''}")
+        eiv = fitted and pd.notna(f.get("eiv_slope"))
         rows.append([short(f.model), f.compressor, f"{f.epsilon:g}", str(int(f.n)),
                      f"{f.r_squared:.2f}" if fitted else "too few",
                      f"{f.slope:.3g} [{f.slope_ci_low:.3g}, {f.slope_ci_high:.3g}]" if fitted else "–",
+                     f"{f.eiv_slope:.3g} [{f.eiv_slope_ci_low:.3g}, {f.eiv_slope_ci_high:.3g}]" if eiv else "–",
                      _g(f.loo_rmse) if fitted else "–", against, f"{f.converged_share:.0%}"])
-    _table(pdf, ["model", "method", "ε", "n", "R²", "slope β [95% CI]", "LOO error", "best LOO; p(λ̂ | loss)",
-                 "converged"], rows, [36, 30, 12, 10, 16, 64, 22, 60, 20], size=7.5 if len(rows) > 24 else 8.5)
+    _table(pdf, ["model", "method", "ε", "n", "R²", "slope β [95% CI]", "errors in both [95% CI]", "LOO error",
+                 "best LOO; p(λ̂ | loss)", "converged"], rows, [34, 20, 10, 8, 12, 50, 50, 18, 48, 18],
+           size=7 if len(rows) > 24 else 8)
     pdf.ln(1)
-    _paragraph(pdf, "R²: of critical compression on λ̂; slope in knob units per unit of λ̂; LOO error: root-mean-square "
+    _paragraph(pdf, "R²: of critical compression on λ̂; slope in knob units per unit of λ̂ (OLS, HC3 interval); errors in "
+                    "both: York's slope with the standard errors of λ̂ and of each critical value, its interval scaled "
+                    "by the scatter beyond them; LOO error: root-mean-square "
                     "error of each checkpoint predicted from a line through the others (knob units); best LOO: the "
                     "predictor (λ̂, the held-out loss, log tokens seen) with the smallest such error; p(λ̂ | loss): HC3 "
                     "Wald test of λ̂'s coefficient in c* = α + β_L·L + β_λ·λ̂, with r(λ̂, L) where |r| > 0.9 (collinear); "
@@ -254,6 +299,23 @@ def _settings_page(pdf, a: Analysis) -> None:
                         "not in any fit.", 8, 4)
     else:
         _paragraph(pdf, "Every row of the store belongs to this experiment's settings: none left out.", 8, 4)
+    _paragraph(pdf, _precision_line(a.table), 8, 4)
+
+
+def _precision_line(t: pd.DataFrame) -> str:
+    """How sure the critical values are: their standard errors against each search's precision."""
+    known = t[t.critical_se.notna()]
+    if not len(known):
+        return "Critical values' standard errors: not stored (measured before they were kept); rerun to get them."
+    noisy = known[known.noisy]
+    text = (f"Critical values' standard errors (bootstrap over the evaluation sequences): median {known.critical_se.median():.3g}, largest {known.critical_se.max():.3g} "
+            "knob units. ")
+    if not len(noisy):
+        return text + "Every one is within its search precision."
+    worst = noisy.sequences_needed.max()
+    per = "; ".join(f"{c} {n}" for c, n in noisy.groupby("compressor").size().items())
+    return text + (f"{len(noisy)} of {len(known)} exceed their search precision ({per}); the worst would need "
+                   f"{int(worst):,} evaluation sequences to come under it (data.eval_sequences).")
 
 
 def _figure_page(pdf, title: str, caption: str, fig, directory: Path, number: int) -> None:
@@ -337,7 +399,8 @@ def write_report(store_path: Path, output: Path | None = None, overrides: dict |
     stem = output.with_suffix("")
     tables = {"records": a.records.drop(columns="detail"), "measurements": a.table.assign(in_window=a.inside),
               "fits": a.fits, "fits-all": a.fits_all, "baselines": a.baselines, "pooled": a.pooled,
-              "across-runs": a.across_runs, "eps-sweep": a.sweep, "predictions": a.loo,
+              "across-runs": a.across_runs, "robustness": a.robust, "robustness-fits": a.robust_fits,
+              "eps-sweep": a.sweep, "predictions": a.loo,
               "left-out": a.left_out}
     for name, frame in tables.items():
         frame.to_csv(f"{stem}-{name}.csv", index=False)
@@ -350,6 +413,8 @@ def write_report(store_path: Path, output: Path | None = None, overrides: dict |
     pdf.set_auto_page_break(auto=True, margin=10)
     _answer_page(pdf, a, f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     _settings_page(pdf, a)
+    if len(a.robust):
+        _robust_page(pdf, a)
     with tempfile.TemporaryDirectory() as tmp:
         for number, (title, caption, fig) in enumerate(figure_pages(a)):
             _figure_page(pdf, title, caption, fig, Path(tmp), number)

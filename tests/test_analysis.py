@@ -129,6 +129,21 @@ def test_fit_file_round_trip_and_predictions_for_known_and_new_sizes(tmp_path):
         FitFile.load(path)
 
 
+def test_predictions_and_their_intervals_stay_inside_the_knob_range(tmp_path):
+    rng = np.random.default_rng(11)
+    table = synthetic(rng, {"small": (1.0, 0.05, 1000)}, noise=0.2).assign(knob_low=0.0, knob_high=2.2)
+    lines = fit_lines(table)
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps(build_fit_file(lines, {}, CONFIGS, {}, "synthetic", tmp_path / "x.sqlite")))
+    saved = FitFile.load(path)
+    assert saved.payload["lines"][0]["knob_range"] == [0.0, 2.2]
+    (inside,) = saved.predict("small", 20.0, 0.0, 1000)  # 2.0: its interval reaches past 2.2
+    unclipped = lines[("small", "rtn", 0.05)][0].predict(20.0)
+    assert unclipped[2] > 2.2 and inside.upper == 2.2 and inside.predicted == pytest.approx(unclipped[0])
+    (beyond,) = saved.predict("small", 80.0, 0.0, 1000)  # 5.0 on the line: the knob ends at 2.2
+    assert beyond.predicted == beyond.upper == 2.2 and beyond.lower <= 2.2
+
+
 def test_the_window_is_a_stated_fraction_of_the_loss_fall():
     # uniform prediction ln V = 7; losses fall to 3: 90% of the way is 3.4
     table = pd.DataFrame({"model": "a", "step": [0, 10, 100, 200, 300], "base_loss": [7.0, 5.0, 3.5, 3.4, 3.0],
@@ -147,7 +162,7 @@ def test_one_rule_for_unknown_standard_errors():
     unknown = table.assign(llc_std_error=[np.nan] + [0.5] * (len(table) - 1))
     same = table.assign(llc_std_error=0.5)
     # the bootstrap and the leave-one-out intervals treat the unknown one as the largest known
-    assert fit_relation(fit_lines(unknown)).iloc[0].to_dict() == fit_relation(fit_lines(same)).iloc[0].to_dict()
+    assert fit_relation(fit_lines(unknown)).iloc[0].equals(fit_relation(fit_lines(same)).iloc[0])
     assert loo_predictions(fit_lines(unknown)).equals(loo_predictions(fit_lines(same)))
 
 

@@ -68,6 +68,12 @@ def test_critical_json_takes_several_epsilons(tiny_suite):
     lengths = [p["description_length_bits"] for p in points]
     assert lengths == sorted(lengths, reverse=True) and lengths[0] < out["uncompressed_bits"]
     assert out["evaluations"] >= 3
+    for p in points:  # each critical value with its standard error over the held-out sequences
+        assert p["standard_error"] is not None and p["standard_error"] >= 0
+        noisy = p["standard_error"] > out["precision"]
+        assert (p["sequences_needed"] is not None) == noisy
+        if noisy:  # errors fall as 1/√n: that many sequences bring this one under the precision
+            assert p["sequences_needed"] * out["precision"] ** 2 >= out["sequences"] * p["standard_error"] ** 2 * 0.999
 
 
 def test_compressors_lists_the_registry():

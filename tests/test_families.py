@@ -138,7 +138,7 @@ def test_gpt2_conv1d_gives_the_results_of_the_same_weights_in_linear_layout(fami
     matches the same weights stored as nn.Linear (out × in)."""
     from mdl_slt.checkpoints import Checkpoint
     from mdl_slt.data import DataConfig, token_sets
-    from mdl_slt.lm_loss import evaluate_loss
+    from mdl_slt.lm_loss import sequence_losses
     from mdl_slt.measure import measure_critical
 
     home, dirs = families
@@ -150,8 +150,8 @@ def test_gpt2_conv1d_gives_the_results_of_the_same_weights_in_linear_layout(fami
     linear = as_linear(ckpt.model)
     assert not any(type(m).__name__ == "Conv1D" for m in linear.modules())
     tokens = token_sets(home, ckpt.tokenizer, DataConfig())
-    base = evaluate_loss(linear, tokens.eval)
-    assert base == pytest.approx(conv["base_loss"], rel=1e-6)
+    base = sequence_losses(linear, tokens.eval)
+    assert base.mean() == pytest.approx(conv["base_loss"], rel=1e-6)
     found = measure_critical(Checkpoint(ckpt.ref, linear, ckpt.tokenizer, None, None), tokens,
                              compressors.get("rtn", granularity="channel"), base, [0.02, 0.05, 0.2], 0.05)
     assert found.uncompressed_bits == conv["uncompressed_bits"] and found.search.num_evaluations == conv["evaluations"]

@@ -239,8 +239,13 @@ def test_predict_from_the_saved_fit_matches_a_fresh_measurement(finished_run):
     assert answer["llc_mean"] == stored[stored.task == "llc"].llc_mean.item() and answer["settings_differ_from_fit"] == []
     critical = stored[stored.task == "critical"].set_index("epsilon").knob_interpolated
     assert [p["epsilon"] for p in answer["predictions"]] == [0.05, 0.2]
+    ranges = {line["epsilon"]: line["knob_range"] for line in fit["lines"] if line["model"] == "mdl-slt/tiny-a"}
     for p in answer["predictions"]:
         assert p["basis"] == "model" and p["lower"] < p["predicted"] < p["upper"]
         assert p["measured"] == critical[p["epsilon"]]
+        low, high = ranges[p["epsilon"]]
+        assert low <= p["lower"] and p["upper"] <= high  # an interval never leaves the knob's range
+    errors = stored[stored.task == "critical"].detail.map(lambda d: d["critical_se"])
+    assert errors.notna().all() and (errors >= 0).all()
     bad = run_cli("predict", "--fit", work / "tiny.yaml", "--model", "mdl-slt/tiny-a@step24", home=home)
     assert bad.returncode == 2 and "is not a fit file" in bad.stderr

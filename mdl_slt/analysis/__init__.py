@@ -8,6 +8,7 @@
              of sample, whether λ̂ adds to the loss, whether the two can be told apart
     pooled   the same question across runs (sizes, or runs of one size trained otherwise): each
              predictor with log d, λ̂/d and λ̂·ln n, judged on runs left out
+    robustness  every fit redone with λ̂ measured at other sampler settings: is the answer kept?
 
 `analyse(store)` does all of it once; the report, its CSV tables and the fit file take its results.
 """
@@ -23,6 +24,7 @@ from mdl_slt.analysis.baselines import baselines
 from mdl_slt.analysis.fits import (eps_sweep, fit_lines, fit_relation, loo_predictions, loss_lines, pooled_fits,
                                    pooled_lines)
 from mdl_slt.analysis.pooled import across_runs
+from mdl_slt.analysis.robustness import robustness
 from mdl_slt.analysis.tables import measurements, select, window
 from mdl_slt.errors import UserError
 
@@ -45,6 +47,8 @@ class Analysis:
     baselines: pd.DataFrame  # each line of `lines` beside the loss and training progress
     pooled: pd.DataFrame
     across_runs: pd.DataFrame  # per (scope, compressor, ε): each predictor across runs, leave-one-run-out
+    robust_fits: pd.DataFrame  # per (varied sampler setting, main fit): the fit redone with that λ̂
+    robust: pd.DataFrame  # per varied setting: τ, fits kept, chains; empty without a robustness section
     sweep: pd.DataFrame
     loo: pd.DataFrame
     left_out: pd.DataFrame
@@ -86,6 +90,6 @@ def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
     on_loss = loss_lines(lines)
     return Analysis(experiment, settings, records, table, inside, lines, lines_all, pooled_lines(table, inside),
                     on_loss, fit_relation(lines), fit_relation(lines_all), baselines(lines, on_loss),
-                    pooled_fits(table, inside), across_runs(table, inside),
+                    pooled_fits(table, inside), across_runs(table, inside), *robustness(records, table, lines),
                     eps_sweep(table),
                     loo_predictions(lines), left_out, configs, traces)

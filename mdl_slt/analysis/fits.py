@@ -19,7 +19,8 @@ CONVERGED_R_HAT = 1.05
 
 def fit_lines(table: pd.DataFrame, inside: pd.Series | None = None) -> dict:
     """(model, compressor, ε) → (LineFit or None, the group's rows) for critical compression on λ̂."""
-    return {key: (fit_line(group.llc_mean, group.critical_value, group.llc_std_error.to_numpy()), group)
+    return {key: (fit_line(group.llc_mean, group.critical_value, group.llc_std_error.to_numpy(),
+                           y_se=group.critical_se.to_numpy() if "critical_se" in group else None), group)
             for key, group in usable(table, inside).groupby(GROUP)}
 
 

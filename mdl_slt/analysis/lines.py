@@ -6,6 +6,14 @@ the last term carrying the new estimate's own uncertainty. A bootstrap over chec
 each x redrawn from N(x, se²), gives a slope interval that carries the errors of x. One rule for a
 missing or non-finite standard error, used by every fit, bootstrap and leave-one-out: it takes the
 largest finite one among the points fitted with it (`llc_errors`), never zero unless none is known.
+
+Both variables are measured with error: λ̂ (its MCSE) and the critical value (a bootstrap over the
+evaluation sequences). The slope with errors in both (`york`) is York's weighted fit (York et al.
+2004, uncorrelated errors), its standard error scaled by √MSWD when the points scatter beyond their
+stated errors (the relation's own scatter), with a t interval on n − 2 degrees of freedom (a
+normal one where the stated errors explain the scatter). The
+prediction interval's s² is the scatter of measured critical values about the line, so it holds
+their errors as well as the relation's.
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ class LineFit:
     loo_rmse: float  # leave-one-checkpoint-out prediction error, in units of y
     loo_coverage: float  # share of left-out points inside their prediction interval
     loo_points: list = field(default_factory=list)  # (i, prediction, lower, upper) of each left-out point; not saved
+    eiv_slope: float = math.nan  # York's slope with the errors of both λ̂ and the critical value
+    eiv_slope_ci: tuple = (math.nan, math.nan)
 
     @property
     def slope_se(self) -> float:
@@ -102,8 +112,40 @@ def leave_one_out(x, y, se) -> list[tuple[int, float, float, float]]:
     return rows
 
 
-def fit_line(x, y, x_se=None, seed: int = 0) -> LineFit | None:
-    """OLS of y on x with HC3 errors, bootstrap and leave-one-out; None with < 4 points or constant x."""
+def york(x, y, x_se, y_se, iterations: int = 100) -> tuple[float, float, float, float] | None:
+    """(intercept, slope, slope's standard error, MSWD) of York's straight-line fit with errors in
+    both variables; the standard error is scaled by √MSWD when MSWD > 1. None where undefined
+    (fewer than 3 points, a zero error in both variables of a point, constant x)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    sx, sy = np.asarray(x_se, float), np.asarray(y_se, float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.any((sx <= 0) & (sy <= 0)):
+        return None
+    floor = 1e-9 * (np.ptp(x) + np.ptp(y))  # a zero error in one variable: weight it as nearly exact
+    wx, wy = 1 / np.maximum(sx, floor) ** 2, 1 / np.maximum(sy, floor) ** 2
+    slope = np.polyfit(x, y, 1)[0]
+    for _ in range(iterations):
+        weight = wx * wy / (wx + slope**2 * wy)
+        xbar, ybar = weight @ x / weight.sum(), weight @ y / weight.sum()
+        u, v = x - xbar, y - ybar
+        beta = weight * (u / wy + slope * v / wx)
+        new = (weight * beta) @ v / ((weight * beta) @ u)
+        converged = abs(new - slope) <= 1e-12 * max(1.0, abs(slope))
+        slope = new
+        if converged:
+            break
+    weight = wx * wy / (wx + slope**2 * wy)
+    xbar, ybar = weight @ x / weight.sum(), weight @ y / weight.sum()
+    beta = weight * ((x - xbar) / wy + slope * (y - ybar) / wx)
+    adjusted = xbar + beta
+    spread = weight @ (adjusted - weight @ adjusted / weight.sum()) ** 2
+    intercept = ybar - slope * xbar
+    mswd = float(weight @ (y - intercept - slope * x) ** 2 / (len(x) - 2))
+    return float(intercept), float(slope), float(math.sqrt(1 / spread * max(mswd, 1.0))), mswd
+
+
+def fit_line(x, y, x_se=None, seed: int = 0, y_se=None) -> LineFit | None:
+    """OLS of y on x with HC3 errors, bootstrap and leave-one-out, and, given y's errors, York's slope
+    with errors in both; None with < 4 points or constant x."""
     from scipy import stats
 
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -124,7 +166,24 @@ def fit_line(x, y, x_se=None, seed: int = 0) -> LineFit | None:
         bootstrap_slope_ci=_bootstrap_slope(x, y, se, seed),
         loo_rmse=float(np.sqrt(np.mean(np.square(errors)))) if errors else math.nan,
         loo_coverage=float(np.mean([low <= y[i] <= high for i, _, low, high in loo])) if loo else math.nan,
-        loo_points=loo)
+        loo_points=loo, **_errors_in_both(x, y, se, y_se))
+
+
+def _errors_in_both(x, y, x_se, y_se) -> dict:
+    """York's slope and its 95% interval: normal where the stated errors explain the scatter
+    (MSWD ≤ 1), t on n − 2 degrees of freedom with the √MSWD-scaled error beyond (NaN without y's errors)."""
+    from scipy import stats
+
+    if y_se is None or not np.isfinite(np.asarray(y_se, float)).any():
+        return {}
+    found = york(x, y, x_se, llc_errors(y_se))
+    if found is None:
+        return {}
+    _, slope, slope_se, mswd = found
+    # known errors explain the scatter: a normal quantile; scatter beyond them is estimated: t on n − 2
+    quantile = stats.t.ppf(0.5 + LEVEL / 2, len(x) - 2) if mswd > 1 else stats.norm.ppf(0.5 + LEVEL / 2)
+    half = quantile * slope_se
+    return {"eiv_slope": slope, "eiv_slope_ci": (slope - half, slope + half)}
 
 
 def _bootstrap_slope(x, y, se, seed: int) -> tuple:

@@ -59,7 +59,8 @@ def measurements(records: pd.DataFrame, critical: str = "interpolated") -> pd.Da
     """One row per (model, checkpoint, compressor entry, ε): critical compression beside λ̂, the
     base loss and both description lengths (compression-based at the critical point, LLC-based),
     in bits. `critical_value` is the interpolated critical value, or the bracket's passing end
-    (`critical: bracket`); both are kept. One line is never fitted across numerics or devices."""
+    (`critical: bracket`); both are kept. `critical_se` is the interpolated value's standard error
+    (a bootstrap over evaluation sequences), `noisy` where it exceeds the search precision. One line is never fitted across numerics or devices."""
     llc = records[records.task == "llc"]
     detail = llc.detail
     llc = llc.assign(r_hat=detail.map(lambda d: d.get("r_hat")), ess=detail.map(lambda d: d.get("ess")),
@@ -76,13 +77,21 @@ def measurements(records: pd.DataFrame, critical: str = "interpolated") -> pd.Da
                        monotone=crit.detail.map(lambda d: d.get("monotone")),
                        wide=crit.detail.map(lambda d: d.get("wide")),
                        interpolation=crit.detail.map(lambda d: d.get("interpolation")),
-                       evaluations=crit.detail.map(lambda d: d.get("evaluations")), critical_config=crit.config_hash)
+                       evaluations=crit.detail.map(lambda d: d.get("evaluations")), critical_config=crit.config_hash,
+                       critical_se=crit.detail.map(lambda d: d.get("critical_se")).astype(float),
+                       search_precision=crit.detail.map(lambda d: d.get("precision")).astype(float),
+                       sequences_needed=crit.detail.map(lambda d: d.get("sequences_needed")),
+                       knob_low=crit.detail.map(lambda d: (d.get("knob_range") or [None, None])[0]).astype(float),
+                       knob_high=crit.detail.map(lambda d: (d.get("knob_range") or [None, None])[1]).astype(float))
     crit = crit[["model", "revision", "compressor", "method", "epsilon", "knob", "knob_interpolated", "bits",
                  "bits_interpolated", "bits_entropy", "knob_name", "monotone", "wide", "interpolation", "evaluations",
-                 "device", "numerics", "critical_config"]]
+                 "critical_se", "search_precision", "sequences_needed", "knob_low", "knob_high", "device", "numerics", "critical_config"]]
     table = crit.merge(llc, on=["model", "revision"]).merge(base, on=["model", "revision"])
     interpolated = critical == "interpolated"
     table["critical_value"] = table.knob_interpolated.where(table.knob_interpolated.notna() & interpolated, table.knob)
+    if not interpolated:  # the bracket's end is a grid point, not an estimate with an error
+        table["critical_se"] = np.nan
+    table["noisy"] = table.critical_se > table.search_precision
     table["critical_dl_bits"] = table.bits_interpolated.where(table.bits_interpolated.notna() & interpolated,
                                                               table.bits)
     table = table.rename(columns={"knob": "critical_bracket", "bits": "critical_bracket_bits",

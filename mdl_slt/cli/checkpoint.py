@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -90,11 +91,14 @@ def critical(ctx: typer.Context,
     found = measure_entry(ckpt, tokens, entry, epsilons, chosen.critical.numerics)
     points = [{"epsilon": p["epsilon"], found.knob_name: p["knob"], "interpolated": p["interpolated"],
                "beyond": p["beyond"], "loss": p["loss"], "description_length_bits": p["bits"],
-               "entropy_coded_bits": p["bits_entropy"], "monotone": p["monotone"], "wide": p["wide"]}
+               "entropy_coded_bits": p["bits_entropy"], "monotone": p["monotone"], "wide": p["wide"],
+               "standard_error": p["se"] if math.isfinite(p["se"]) else None,
+               "sequences_needed": found.sequences_needed(p["se"])}
               for p in found.points()]
     payload = {"ref": str(ckpt.ref), "step": ckpt.step, "tokens_seen": ckpt.tokens_seen, "compressor": entry.key,
                "method": entry.name, "options": options, "knob": found.knob_name, "base_loss": found.base_loss,
                "uncompressed_bits": found.uncompressed_bits, "evaluations": found.search.num_evaluations,
+               "precision": found.search.precision, "sequences": found.sequences,
                "nonfinite": found.search.nonfinite, "elapsed_s": found.elapsed_s, "critical": points}
     if as_json:
         print_json(payload)
@@ -107,6 +111,9 @@ def critical(ctx: typer.Context,
             print(f"  ε={p['epsilon']:g}: not reached even at {found.knob_name} = {p['beyond']:g}")
             continue
         flag = "" if p["monotone"] else "  (non-monotone curve: treat with care)"
-        print(f"  ε={p['epsilon']:g}: {found.knob_name} = {value:.3f} (interpolated {p['interpolated']:.3f}), "
+        se = "" if p["standard_error"] is None else f" ± {p['standard_error']:.3f}"
+        noisy = f"; {p['sequences_needed']} evaluation sequences would bring its error under the precision" \
+            if p["sequences_needed"] else ""
+        print(f"  ε={p['epsilon']:g}: {found.knob_name} = {value:.3f} (interpolated {p['interpolated']:.3f}{se}{noisy}), "
               f"loss {p['loss']:.4f}, {p['description_length_bits'] / 8e3:,.1f} kB "
               f"({p['entropy_coded_bits'] / 8e3:,.1f} kB entropy-coded){flag}")

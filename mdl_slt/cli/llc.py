@@ -78,7 +78,10 @@ def estimate(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local d
              parameters: list[str] = typer.Option([], help="Sample only parameters matching these globs "
                                                            "(component LLC), e.g. 'gpt_neox.layers.0.attention.*'."),
              thinning: Optional[int] = typer.Option(None, min=1, help="Keep every k-th draw."),
-             trace: bool = typer.Option(False, help="Include the loss trace (chains × draws).")):
+             trace: bool = typer.Option(False, help="Include the loss trace (chains × draws)."),
+             robustness: bool = typer.Option(False, "--robustness", help="Also λ̂ with one sampler setting multiplied "
+                                             "at a time: the experiment's `robustness` section, else step size, nβ and "
+                                             "γ × 0.33 and × 3, minibatch × 4.")):
     from mdl_slt.measure import measure_llc
 
     chosen = experiment(experiment_file, set_)
@@ -92,6 +95,9 @@ def estimate(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local d
                "checkpoint_params": ckpt.num_params, **result.to_dict()}
     if not trace:
         payload.pop("loss_trace")
+    varied = _varied(ckpt, tokens, config, chosen, result.llc_mean, as_json) if robustness else None
+    if varied is not None:
+        payload["robustness"] = varied
     if as_json:
         print_json(payload)
         return
@@ -100,6 +106,29 @@ def estimate(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local d
     print(f"{ckpt.ref}: λ̂ = {result.llc_mean:.2f} ± {result.llc_std_error:.2f} (s.e.), {config.num_chains} chains; "
           f"R̂ {result.r_hat:.3f}, ESS {result.ess:.0f}; L(w*) = {result.init_loss:.4f}; {flags}"
           f"{'; NEGATIVE: w* is not a local minimum or the step is too large' if result.negative else ''}")
+    for row in varied or []:
+        diverged = f", {len(row['diverged_chains'])} chains diverged" if row["diverged_chains"] else ""
+        print(f"  {row['setting']:20s} λ̂ = {row['llc_mean']:8.2f} ± {row['llc_std_error']:.2f}  ({row['ratio']:.3f} × the "
+              f"main λ̂; R̂ {row['r_hat']:.3f}{'' if row['converged'] else ', not converged'}{diverged})")
+
+
+def _varied(ckpt, tokens, config, chosen, main: float, quiet: bool) -> list[dict]:
+    """λ̂ with one sampler setting multiplied at a time (the experiment's robustness section, else
+    the suggested one), each beside the main λ̂ as a ratio."""
+    from mdl_slt.experiment import SUGGESTED, RobustnessConfig, vary, variation_name
+    from mdl_slt.measure import measure_llc
+
+    section = chosen.robustness if chosen.robustness.variations() else RobustnessConfig(**SUGGESTED)
+    rows = []
+    for parameter, multiplier in section.variations():
+        if not quiet:
+            console.print(f"λ̂ at {variation_name(parameter, multiplier)}…", highlight=False)
+        found = measure_llc(ckpt, tokens, vary(config, parameter, multiplier))
+        rows.append({"setting": variation_name(parameter, multiplier), "llc_mean": found.llc_mean,
+                     "ratio": found.llc_mean / main if main else float("nan"),
+                     "llc_std_error": found.llc_std_error, "r_hat": found.r_hat, "converged": found.converged,
+                     "diverged_chains": found.diverged_chains})
+    return rows
 
 
 @llc_app.command("reestimate")

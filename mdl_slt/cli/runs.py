@@ -129,19 +129,47 @@ def _stored_experiment(db):
 
 
 @app.command("status")
-def status(store: Path = typer.Argument(..., help="Results store (SQLite) written by `mdl-slt run`.")):
+def status(store: Path = typer.Argument(..., help="Results store (SQLite) written by `mdl-slt run`."),
+           verbose: bool = typer.Option(False, "--verbose", "-v", help="Also each checkpoint's critical values "
+                                                                       "with their standard errors.")):
     """Show done / failed / pending for every checkpoint of the store's experiment."""
+    from mdl_slt.checkpoints import CheckpointRef
+    from mdl_slt.plan import Tasks
     from mdl_slt.runner import unit_status
     from mdl_slt.store import open_existing
 
     with open_existing(store) as db:
         stored = _stored_experiment(db)
         rows = unit_status(stored, home(), db)
+        records = db.table() if verbose else None
+    hashes = Tasks(stored).all_hashes
     for unit, state, detail in rows:
         print(f"{state:8s} {unit}" + (f"  {detail}" if detail else ""))
+        if verbose:
+            ref = CheckpointRef.parse(unit)
+            for line in _critical_lines(records, hashes, ref.model_id, ref.revision):
+                print(f"           {line}")
     counts = {s: sum(1 for _, st, _ in rows if st == s) for s in ("done", "failed", "pending")}
     print(f"{stored.name}: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending "
           f"of {len(rows)}")
+
+
+def _critical_lines(records, hashes, model: str, revision: str | None) -> list[str]:
+    """One line per stored critical value of a checkpoint: the interpolated value ± its standard
+    error, flagged where the error exceeds the search precision."""
+    import math
+
+    rows = records[(records.task == "critical") & (records.model == model) & records.config_hash.isin(hashes)
+                   & ((records.revision == revision) if revision is not None else records.revision.isna())]
+    lines = []
+    for r in rows.sort_values(["compressor", "epsilon"]).itertuples():
+        se, needed = r.detail.get("critical_se"), r.detail.get("sequences_needed")
+        value = r.knob_interpolated if r.knob_interpolated is not None and not math.isnan(r.knob_interpolated) else None
+        text = "not reached" if value is None else f"{value:.4g}" + (f" ± {se:.2g}" if se is not None else "")
+        flag = f"  (error above the precision {r.detail.get('precision'):g}: {needed} evaluation sequences would " \
+               "bring it under)" if needed else ""
+        lines.append(f"{r.compressor} ε={r.epsilon:g}: {r.detail.get('knob_name')} {text}{flag}")
+    return lines
 
 
 @app.command("report")

@@ -1,6 +1,7 @@
-"""The suite's training variants part λ̂ from the held-out loss: the criterion they were chosen by
-(docs/science.md, "Training variants"), measured again on the built suite. Slow: it trains the
-runs it needs into the cache home (once) and estimates 24 LLCs (about 5 minutes on 2 cores)."""
+"""Slow checks of the science on the built suite (in the cache home; what is missing is trained once):
+the training variants part λ̂ from the held-out loss by the criterion they were chosen by
+(docs/science.md, "Training variants"; 24 LLCs, about 5 minutes on 2 cores), and λ̂'s stated
+standard errors match its spread across sampler seeds (20 LLCs, about 2 minutes)."""
 
 import subprocess
 import sys
@@ -31,3 +32,15 @@ def test_the_variants_in_the_main_job_part_llc_from_the_loss(tmp_path):
     assert pool["meets"] and abs(pool["r"]) <= 0.8
     main_job = {m["id"] for m in yaml.safe_load((ROOT / "experiments" / "demo.yaml").read_text())["models"]}
     assert {reference, *TAKEN} <= main_job
+
+
+@pytest.mark.slow
+def test_llc_standard_errors_are_honest_across_seeds_on_a_language_model():
+    """20 sampler seeds on one suite checkpoint at the main job's settings: the spread of λ̂ across
+    seeds is within 0.7–1.5 of the stated standard error (bench/llc_seeds.py; about 2 minutes)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from llc_seeds import seed_spread
+
+    figures = seed_spread("mdl-slt/micro-pythia-90k@step1000", 20)
+    assert all(r_hat <= 1.05 for _, _, _, r_hat in figures["estimates"])
+    assert 0.7 <= figures["ratio"] <= 1.5, figures

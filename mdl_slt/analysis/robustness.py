@@ -1,0 +1,107 @@
+"""Does the answer survive other sampler settings? λ̂ measured again with one sampler setting
+multiplied (the experiment's `robustness` section), and every main fit redone with it. Needs no torch.
+
+Per varied setting: Kendall τ of each model's checkpoints ordered by λ̂ against the main setting's
+order; for each main fit (model, compressor entry, ε), over its checkpoints in the window that
+were measured again, the line of the critical value on the varied λ̂ (OLS, HC3) beside the line on
+the main λ̂ over the same checkpoints, and the nested HC3 test "λ̂ beyond the loss" with each; the
+diverged and unconverged chains. A fit's conclusion is kept when its slope has the same sign and
+the same significance (the 95% interval excludes zero, or not), and the test the same verdict at
+p < 0.05. The answer held when every fit kept both under every setting.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from mdl_slt.analysis.baselines import hc3_wald
+from mdl_slt.analysis.lines import line
+
+ALPHA = 0.05
+
+
+def varied(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per λ̂ measured at a varied setting: which setting, the estimate, its health."""
+    from mdl_slt.experiment import variation_name
+
+    rows = records[records.task == "llc_robust"]
+    if not len(rows):
+        return pd.DataFrame(columns=["setting", "parameter", "multiplier", "model", "revision", "varied_llc",
+                                     "varied_se", "converged", "diverged"])
+    variation = rows.detail.map(lambda d: d.get("variation") or {})
+    return pd.DataFrame({
+        "parameter": variation.map(lambda v: v.get("parameter")), "multiplier": variation.map(lambda v: v.get("multiplier")),
+        "model": rows.model, "revision": rows.revision, "varied_llc": rows.llc_mean, "varied_se": rows.llc_std_error,
+        "converged": rows.detail.map(lambda d: bool(d.get("converged", True))),
+        "diverged": rows.detail.map(lambda d: len(d.get("diverged_chains") or []))}).assign(
+        setting=lambda f: [variation_name(p, m) for p, m in zip(f.parameter, f.multiplier)])
+
+
+def _significant(fit) -> bool:
+    low, high = fit.slope - 1.96 * fit.slope_se, fit.slope + 1.96 * fit.slope_se
+    return low > 0 or high < 0
+
+
+def per_fit(measured: pd.DataFrame, lines: dict) -> pd.DataFrame:
+    """One row per (setting, main fit): the fit redone with the varied λ̂ beside the main λ̂'s."""
+    from scipy import stats
+
+    rows = []
+    for setting, part in measured.groupby("setting", sort=False):
+        for key, (_, group) in lines.items():
+            both = group.merge(part[["model", "revision", "varied_llc"]], on=["model", "revision"])
+            row = {"setting": setting, "model": key[0], "compressor": key[1], "epsilon": key[2], "n": len(both)}
+            main, other = (line(both.llc_mean, both.critical_value), line(both.varied_llc, both.critical_value)) \
+                if len(both) >= 4 else (None, None)
+            if main is not None and other is not None:
+                y, loss = both.critical_value.to_numpy(float), both.base_loss.to_numpy(float)
+                p_main = hc3_wald(np.column_stack([np.ones(len(y)), loss, both.llc_mean]), y, 2)[1]
+                p_other = hc3_wald(np.column_stack([np.ones(len(y)), loss, both.varied_llc]), y, 2)[1]
+                row.update(tau=stats.kendalltau(both.llc_mean, both.varied_llc)[0],
+                           slope_main=main.slope, slope=other.slope, slope_low=other.slope - 1.96 * other.slope_se,
+                           slope_high=other.slope + 1.96 * other.slope_se, r2_main=main.r_squared, r2=other.r_squared,
+                           p_beyond_main=p_main, p_beyond=p_other,
+                           slope_kept=bool(np.sign(main.slope) == np.sign(other.slope)
+                                           and _significant(main) == _significant(other)),
+                           verdict_kept=bool((p_main < ALPHA) == (p_other < ALPHA)) if math.isfinite(p_main)
+                           and math.isfinite(p_other) else True)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary(measured: pd.DataFrame, table: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
+    """One row per varied setting: checkpoints measured again, Kendall τ per model (median and
+    least), fits whose slope and verdict were kept, diverged and unconverged chains, and whether
+    the answer held."""
+    main = table.drop_duplicates(["model", "revision"])[["model", "revision", "llc_mean"]]
+    rows = []
+    for setting, part in measured.groupby("setting", sort=False):
+        both = main.merge(part, on=["model", "revision"])
+        taus = [_tau(g.llc_mean, g.varied_llc) for _, g in both.groupby("model")]
+        taus = [t for t in taus if math.isfinite(t)]
+        own = fits[(fits.setting == setting) & fits.slope.notna()] if "slope" in fits else fits.iloc[0:0]
+        rows.append({"setting": setting, "checkpoints": len(part), "tau_median": float(np.median(taus)) if taus else math.nan,
+                     "tau_min": min(taus) if taus else math.nan, "fits": len(own),
+                     "slopes_kept": int(own.slope_kept.sum()) if len(own) else 0,
+                     "verdicts_kept": int(own.verdict_kept.sum()) if len(own) else 0,
+                     "diverged_chains": int(part.diverged.sum()), "unconverged": int((~part.converged).sum()),
+                     "held": bool(len(own) and own.slope_kept.all() and own.verdict_kept.all())})
+    return pd.DataFrame(rows)
+
+
+def _tau(a, b) -> float:
+    from scipy import stats
+
+    return float(stats.kendalltau(a, b)[0]) if len(a) >= 3 else math.nan
+
+
+def robustness(records: pd.DataFrame, table: pd.DataFrame, lines: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per setting and main fit, per setting) of the λ̂ measured at varied settings; empty without."""
+    measured = varied(records)
+    if not len(measured):
+        return pd.DataFrame(), pd.DataFrame()
+    fits = per_fit(measured, lines)
+    return fits, summary(measured, table, fits)
