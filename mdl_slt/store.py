@@ -167,6 +167,10 @@ class Store:
         """task key → (done | failed, reason)."""
         return {k: (s, r) for k, s, r in self.db.execute("SELECT key, status, reason FROM tasks")}
 
+    def failed(self) -> list[tuple[str, str, str, str]]:
+        """(unit, task name, config hash, reason) of every task whose latest attempt failed."""
+        return list(self.db.execute("SELECT unit, task, config_hash, reason FROM tasks WHERE status = 'failed'"))
+
     def done(self) -> set[str]:
         return {k for (k,) in self.db.execute("SELECT key FROM tasks WHERE status = 'done'")}
 

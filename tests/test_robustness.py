@@ -46,9 +46,13 @@ def test_a_refit_keeps_or_changes_the_answer_as_the_varied_llc_says():
     assert kept.tau == pytest.approx(1.0) and kept.slope == pytest.approx(kept.slope_main / 1.1) and kept.slope_kept
     assert lost.tau < 0.6 and not lost.slope_kept
     table = group.assign(compressor="rtn", epsilon=0.05)
-    found = summary(measured, table, per_fit(measured, lines)).set_index("setting")
+    failed = pd.DataFrame({"setting": ["localization×0.33"] * 2, "unit": ["m@step0", "m@step1"],
+                           "reason": "all 4 chains diverged"})
+    found = summary(measured, table, per_fit(measured, lines), failed).set_index("setting")
     assert found.loc["step_size×3"].held and not found.loc["n_beta×0.33"].held
     assert found.loc["n_beta×0.33"].diverged_chains == 2 and found.loc["n_beta×0.33"].unconverged == 1
+    lost = found.loc["localization×0.33"]  # every chain diverged everywhere: nothing measured, not held
+    assert lost.failed == 2 and lost.checkpoints == 0 and not lost.held
 
 
 def test_varied_settings_are_tasks_of_their_own_and_reach_the_report(tiny_suite, tmp_path):

@@ -24,7 +24,7 @@ from mdl_slt.analysis.baselines import baselines
 from mdl_slt.analysis.fits import (eps_sweep, fit_lines, fit_relation, loo_predictions, loss_lines, pooled_fits,
                                    pooled_lines)
 from mdl_slt.analysis.pooled import across_runs
-from mdl_slt.analysis.robustness import robustness
+from mdl_slt.analysis.robustness import failed_of, robustness
 from mdl_slt.analysis.tables import measurements, select, window
 from mdl_slt.errors import UserError
 
@@ -75,6 +75,7 @@ def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
 
     with open_existing(store_path) as store:
         records, config, configs, identities = store.table(), store.last_config(), store.configs(), store.checkpoints()
+        failed = store.failed()
     if config is None or records.empty:
         raise UserError(f"{store_path} holds no measurements yet: run the experiment first")
     experiment = Experiment.model_validate(config)
@@ -90,6 +91,6 @@ def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
     on_loss = loss_lines(lines)
     return Analysis(experiment, settings, records, table, inside, lines, lines_all, pooled_lines(table, inside),
                     on_loss, fit_relation(lines), fit_relation(lines_all), baselines(lines, on_loss),
-                    pooled_fits(table, inside), across_runs(table, inside), *robustness(records, table, lines),
+                    pooled_fits(table, inside), across_runs(table, inside), *robustness(records, table, lines, failed_of(failed, config)),
                     eps_sweep(table),
                     loo_predictions(lines), left_out, configs, traces)

@@ -40,6 +40,18 @@ def varied(records: pd.DataFrame) -> pd.DataFrame:
         setting=lambda f: [variation_name(p, m) for p, m in zip(f.parameter, f.multiplier)])
 
 
+def failed_of(failed: list, experiment: dict) -> pd.DataFrame:
+    """The varied-setting tasks of the experiment whose latest attempt failed (all chains diverged,
+    mostly): one row per (setting, checkpoint) with the reason."""
+    from mdl_slt.experiment import Experiment
+    from mdl_slt.plan import Tasks
+
+    hashes = Tasks(Experiment.model_validate(experiment)).all_hashes
+    rows = [{"setting": task.partition(":")[2], "unit": unit, "reason": reason}
+            for unit, task, config_hash, reason in failed if task.startswith("llc_robust:") and config_hash in hashes]
+    return pd.DataFrame(rows, columns=["setting", "unit", "reason"])
+
+
 def _significant(fit) -> bool:
     low, high = fit.slope - 1.96 * fit.slope_se, fit.slope + 1.96 * fit.slope_se
     return low > 0 or high < 0
@@ -72,23 +84,29 @@ def per_fit(measured: pd.DataFrame, lines: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary(measured: pd.DataFrame, table: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
-    """One row per varied setting: checkpoints measured again, Kendall τ per model (median and
-    least), fits whose slope and verdict were kept, diverged and unconverged chains, and whether
-    the answer held."""
+def summary(measured: pd.DataFrame, table: pd.DataFrame, fits: pd.DataFrame, failed: pd.DataFrame | None = None) \
+        -> pd.DataFrame:
+    """One row per varied setting: checkpoints measured again and failed (every chain diverged),
+    Kendall τ per model (median and least), fits whose slope and verdict were kept, diverged and
+    unconverged chains, and whether the answer held: every fit kept both and no checkpoint failed."""
     main = table.drop_duplicates(["model", "revision"])[["model", "revision", "llc_mean"]]
+    failed = failed if failed is not None else pd.DataFrame(columns=["setting", "unit", "reason"])
     rows = []
-    for setting, part in measured.groupby("setting", sort=False):
+    settings = list(dict.fromkeys([*measured.setting, *failed.setting]))
+    for setting in settings:
+        part = measured[measured.setting == setting]
+        lost = int((failed.setting == setting).sum())
         both = main.merge(part, on=["model", "revision"])
         taus = [_tau(g.llc_mean, g.varied_llc) for _, g in both.groupby("model")]
         taus = [t for t in taus if math.isfinite(t)]
         own = fits[(fits.setting == setting) & fits.slope.notna()] if "slope" in fits else fits.iloc[0:0]
-        rows.append({"setting": setting, "checkpoints": len(part), "tau_median": float(np.median(taus)) if taus else math.nan,
+        rows.append({"setting": setting, "checkpoints": len(part), "failed": lost,
+                     "tau_median": float(np.median(taus)) if taus else math.nan,
                      "tau_min": min(taus) if taus else math.nan, "fits": len(own),
                      "slopes_kept": int(own.slope_kept.sum()) if len(own) else 0,
                      "verdicts_kept": int(own.verdict_kept.sum()) if len(own) else 0,
                      "diverged_chains": int(part.diverged.sum()), "unconverged": int((~part.converged).sum()),
-                     "held": bool(len(own) and own.slope_kept.all() and own.verdict_kept.all())})
+                     "held": bool(len(own) and own.slope_kept.all() and own.verdict_kept.all() and not lost)})
     return pd.DataFrame(rows)
 
 
@@ -98,10 +116,12 @@ def _tau(a, b) -> float:
     return float(stats.kendalltau(a, b)[0]) if len(a) >= 3 else math.nan
 
 
-def robustness(records: pd.DataFrame, table: pd.DataFrame, lines: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per setting and main fit, per setting) of the λ̂ measured at varied settings; empty without."""
+def robustness(records: pd.DataFrame, table: pd.DataFrame, lines: dict, failed: pd.DataFrame | None = None) \
+        -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per setting and main fit, per setting) of the λ̂ measured at varied settings, with the
+    varied tasks that failed (`failed_of`); empty without any."""
     measured = varied(records)
-    if not len(measured):
+    if not len(measured) and (failed is None or not len(failed)):
         return pd.DataFrame(), pd.DataFrame()
     fits = per_fit(measured, lines)
-    return fits, summary(measured, table, fits)
+    return fits, summary(measured, table, fits, failed)
