@@ -36,10 +36,12 @@ def versions() -> dict:
 
 
 def build_fit_file(lines: dict, pooled: dict, configs: dict, analysis: dict, experiment: str, store: Path,
-                   loss_lines: dict | None = None) -> dict:
+                   loss_lines: dict | None = None, across_runs=None) -> dict:
     """The payload of a fit file from the analysis's per-size lines, pooled λ̂/d lines and lines on
-    the held-out loss (as `fits.fit_lines`, `fits.pooled_lines` and `fits.loss_lines` give them)
-    and the store's configs (config hash → {kind, settings})."""
+    the held-out loss (as `fits.fit_lines`, `fits.pooled_lines` and `fits.loss_lines` give them),
+    the store's configs (config hash → {kind, settings}) and, when given, the answer across runs
+    (`pooled.across_runs`: each predictor's fit and leave-one-run-out error, one row per scope,
+    method and ε)."""
     saved, used = [], set()
     for key, (fit, group) in lines.items():
         if fit is None:
@@ -57,7 +59,10 @@ def build_fit_file(lines: dict, pooled: dict, configs: dict, analysis: dict, exp
     return {"format": FORMAT, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "experiment": experiment, "store": str(store), "analysis": analysis,
             "configs": {h: configs[h] for h in sorted(used) if h in configs},
-            "versions": versions(), "lines": saved, "pooled_per_param": per_param}
+            "versions": versions(), "lines": saved, "pooled_per_param": per_param,
+            "across_runs": [] if across_runs is None else [
+                {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+                for row in across_runs.to_dict(orient="records")]}
 
 
 def _knob_range(group) -> dict:

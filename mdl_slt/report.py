@@ -407,7 +407,8 @@ def write_report(store_path: Path, output: Path | None = None, overrides: dict |
         frame.to_csv(f"{stem}-{name}.csv", index=False)
     fit_path = Path(f"{stem}-fit.json")
     fit_path.write_text(json.dumps(build_fit_file(a.lines, a.pooled_lines, a.configs, a.settings.model_dump(mode="json"),
-                                                  a.experiment.name, store_path, a.loss_lines), indent=1))
+                                                  a.experiment.name, store_path, a.loss_lines, a.across_runs),
+                                   indent=1))
 
     pdf = FPDF(orientation="L", unit="mm", format="A4")
     _unicode_fonts(pdf)

@@ -225,8 +225,12 @@ def test_predict_from_the_saved_fit_matches_a_fresh_measurement(finished_run):
     the store holds."""
     import json
 
+    import pandas as pd
+
     home, work, path, first, _ = finished_run
     fit = json.loads((work / "tiny-fit.json").read_text())
+    across = pd.read_csv(work / "tiny-across-runs.csv")  # the answer across runs travels with the fit
+    assert len(fit["across_runs"]) == len(across) and {r["scope"] for r in fit["across_runs"]} == set(across.scope)
     llc = fit["configs"][fit["lines"][0]["llc_config"]]["settings"]
     assert llc["llc"]["num_draws"] == 20 and llc["data"]["context_length"] == 32 and fit["versions"]["torch"]
     done = run_cli("predict", "--fit", work / "tiny-fit.json", "--model", "mdl-slt/tiny-a@step24", "--verify",
