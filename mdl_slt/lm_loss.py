@@ -27,13 +27,18 @@ def eager_attention(model):
         model.set_attn_implementation(before)
 
 
+def next_token_logits(model, tokens, numerics: str = "fp32"):
+    """The fp32 logits predicting each next token of a (batch, length) LongTensor: (batch, length − 1, V)."""
+    with autocast(tokens.device, numerics):
+        logits = model(input_ids=tokens).logits[:, :-1]
+    return logits.float()
+
+
 def token_nll(model, tokens, numerics: str = "fp32"):
     """Mean next-token negative log-likelihood of a (batch, length) LongTensor; differentiable."""
     import torch.nn.functional as F
 
-    with autocast(tokens.device, numerics):
-        logits = model(input_ids=tokens).logits[:, :-1]
-    logits = logits.float()
+    logits = next_token_logits(model, tokens, numerics)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
 
 
@@ -52,9 +57,8 @@ def sequence_losses(model, tokens, batch_size: int | None = None, numerics: str 
     with torch.inference_mode():
         for start in range(0, len(tokens), batch_size):
             batch = tokens[start:start + batch_size].to(device)
-            with autocast(batch.device, numerics):
-                logits = model(input_ids=batch).logits[:, :-1]
-            nll = F.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:], reduction="none")
+            logits = next_token_logits(model, batch, numerics)
+            nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
             found.append(nll.double().mean(dim=1).cpu().numpy())
     return np.concatenate(found)
 

@@ -177,7 +177,7 @@ def _across_runs_table(pdf, a: Analysis) -> None:
                8.5, 4.2)
     _table(pdf, ["runs pooled", "method", "ε", "n (runs)", "r(λ̂, L)", "p(λ̂ | L)", "p(L | λ̂)", "LORO λ̂",
                  "LORO loss", "LORO tokens", "best on unseen runs"], rows,
-           [44, 24, 10, 18, 26, 18, 18, 18, 20, 22, 30], size=7.5 if len(rows) > 18 else 8)
+           [44, 24, 10, 18, 26, 18, 18, 18, 20, 22, 30], size=7.5 if len(rows) > 12 else 8)
     pdf.ln(1)
     _paragraph(pdf, "Each method and ε fitted once over the pooled runs' checkpoints in the window: c* on λ̂, on the "
                     "held-out loss L and on log tokens seen, each with log d where the pool holds several sizes. "

@@ -89,8 +89,8 @@ def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
     traces = stored(store_path, keys=set(records[records.task == "llc"].task_key))
     lines, lines_all = fit_lines(table, inside), fit_lines(table, everything)
     on_loss = loss_lines(lines)
+    robust_fits, robust = robustness(records, table, lines, failed_of(failed, config))
     return Analysis(experiment, settings, records, table, inside, lines, lines_all, pooled_lines(table, inside),
                     on_loss, fit_relation(lines), fit_relation(lines_all), baselines(lines, on_loss),
-                    pooled_fits(table, inside), across_runs(table, inside), *robustness(records, table, lines, failed_of(failed, config)),
-                    eps_sweep(table),
+                    pooled_fits(table, inside), across_runs(table, inside), robust_fits, robust, eps_sweep(table),
                     loo_predictions(lines), left_out, configs, traces)

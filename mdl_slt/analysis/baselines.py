@@ -88,16 +88,24 @@ def compare(group: pd.DataFrame, on_llc, on_loss) -> dict:
     row: dict = {"n": len(y)}
     for name, fit in (("llc", on_llc), ("loss", on_loss), ("tokens", on_tokens)):
         row.update({f"{key}_{name}": value for key, value in _line_figures(fit).items()})
-    llc, loss = found["llc"], found["loss"]
-    defined = len(y) >= 4 and np.ptp(llc) > 0 and np.ptp(loss) > 0
-    row["r_llc_loss"] = float(np.corrcoef(llc, loss)[0, 1]) if defined else math.nan
-    row["collinear"] = bool(defined and abs(row["r_llc_loss"]) > COLLINEAR)
-    design = np.column_stack([np.ones(len(y)), loss, llc])
-    row["p_llc_beyond_loss"] = hc3_wald(design, y, 2)[1] if defined else math.nan
-    row["p_loss_beyond_llc"] = hc3_wald(design, y, 1)[1] if defined else math.nan
+    row.update(separation(y, found["llc"], found["loss"]))
     scored = {name: row[f"loo_{name}"] for name in found if math.isfinite(row[f"loo_{name}"])}
     row["best_out_of_sample"] = min(scored, key=scored.get) if scored else None
     return row
+
+
+def separation(y, llc, loss, covariates=(), min_points: int = 4) -> dict:
+    """Can these checkpoints tell λ̂ from the loss? r(λ̂, L) with the collinearity flag, and the
+    nested HC3 Wald tests of each in c* = α + β_L·L + γ·covariates + β_λ·λ̂ (module docstring);
+    NaN below `min_points` points or for a constant λ̂ or loss."""
+    y, llc, loss = (np.asarray(v, float) for v in (y, llc, loss))
+    if not (len(y) >= min_points and np.ptp(llc) > 0 and np.ptp(loss) > 0):
+        return {"r_llc_loss": math.nan, "collinear": False, "p_llc_beyond_loss": math.nan,
+                "p_loss_beyond_llc": math.nan}
+    r = float(np.corrcoef(llc, loss)[0, 1])
+    design = np.column_stack([np.ones(len(y)), loss, *covariates, llc])
+    return {"r_llc_loss": r, "collinear": abs(r) > COLLINEAR, "p_llc_beyond_loss": hc3_wald(design, y, -1)[1],
+            "p_loss_beyond_llc": hc3_wald(design, y, 1)[1]}
 
 
 def baselines(lines: dict, loss_lines: dict) -> pd.DataFrame:

@@ -23,7 +23,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from mdl_slt.analysis.baselines import COLLINEAR, hc3, hc3_wald, predictors
+from mdl_slt.analysis.baselines import hc3, predictors, separation
 from mdl_slt.analysis.tables import usable
 
 FORMS = {"llc": "λ̂ + log d", "loss": "loss + log d", "tokens": "log tokens + log d", "llc_per_param": "λ̂/d",
@@ -90,13 +90,8 @@ def compare_runs(group: pd.DataFrame) -> dict:
     row: dict = {"n": len(y), "runs": group.model.nunique(), "sizes": group.llc_params.nunique()}
     for form in FORMS:
         row.update({f"{key}_{form}": value for key, value in form_figures(design(group, form), y, runs).items()})
-    llc, loss = group.llc_mean.to_numpy(float), group.base_loss.to_numpy(float)
-    defined = len(y) >= 5 and np.ptp(llc) > 0 and np.ptp(loss) > 0
-    row["r_llc_loss"] = float(np.corrcoef(llc, loss)[0, 1]) if defined else math.nan
-    row["collinear"] = bool(defined and abs(row["r_llc_loss"]) > COLLINEAR)
-    both = np.column_stack([design(group, "loss"), llc])  # constant, L, [log d], λ̂
-    row["p_llc_beyond_loss"] = hc3_wald(both, y, both.shape[1] - 1)[1] if defined else math.nan
-    row["p_loss_beyond_llc"] = hc3_wald(both, y, 1)[1] if defined else math.nan
+    sizes = list(design(group, "loss")[:, 2:].T)  # log d, where the pool holds several sizes
+    row.update(separation(y, group.llc_mean, group.base_loss, sizes, min_points=5))
     scored = {form: row[f"loro_{form}"] for form in FORMS if math.isfinite(row[f"loro_{form}"])}
     row["best_across_runs"] = min(scored, key=scored.get) if scored else None
     return row

@@ -6,8 +6,9 @@ order; for each main fit (model, compressor entry, ε), over its checkpoints in 
 were measured again, the line of the critical value on the varied λ̂ (OLS, HC3) beside the line on
 the main λ̂ over the same checkpoints, and the nested HC3 test "λ̂ beyond the loss" with each; the
 diverged and unconverged chains. A fit's conclusion is kept when its slope has the same sign and
-the same significance (the 95% interval excludes zero, or not), and the test the same verdict at
-p < 0.05. The answer held when every fit kept both under every setting.
+the same significance (its 95% interval, HC3 with t on n − 2, excludes zero, or not), and the test
+the same verdict at p < 0.05. The answer held when every fit kept both under every setting and no
+checkpoint failed.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from mdl_slt.analysis.baselines import hc3_wald
-from mdl_slt.analysis.lines import line
+from mdl_slt.analysis.baselines import separation
+from mdl_slt.analysis.lines import LEVEL, line
 
 ALPHA = 0.05
 
@@ -52,15 +53,21 @@ def failed_of(failed: list, experiment: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["setting", "unit", "reason"])
 
 
+def _interval(fit) -> tuple[float, float]:
+    """The slope's 95% interval: HC3 error, t on the fit's residual degrees of freedom (as every fit's)."""
+    from scipy import stats
+
+    half = stats.t.ppf(0.5 + LEVEL / 2, fit.df_resid) * fit.slope_se
+    return fit.slope - half, fit.slope + half
+
+
 def _significant(fit) -> bool:
-    low, high = fit.slope - 1.96 * fit.slope_se, fit.slope + 1.96 * fit.slope_se
+    low, high = _interval(fit)
     return low > 0 or high < 0
 
 
 def per_fit(measured: pd.DataFrame, lines: dict) -> pd.DataFrame:
     """One row per (setting, main fit): the fit redone with the varied λ̂ beside the main λ̂'s."""
-    from scipy import stats
-
     rows = []
     for setting, part in measured.groupby("setting", sort=False):
         for key, (_, group) in lines.items():
@@ -69,12 +76,12 @@ def per_fit(measured: pd.DataFrame, lines: dict) -> pd.DataFrame:
             main, other = (line(both.llc_mean, both.critical_value), line(both.varied_llc, both.critical_value)) \
                 if len(both) >= 4 else (None, None)
             if main is not None and other is not None:
-                y, loss = both.critical_value.to_numpy(float), both.base_loss.to_numpy(float)
-                p_main = hc3_wald(np.column_stack([np.ones(len(y)), loss, both.llc_mean]), y, 2)[1]
-                p_other = hc3_wald(np.column_stack([np.ones(len(y)), loss, both.varied_llc]), y, 2)[1]
-                row.update(tau=stats.kendalltau(both.llc_mean, both.varied_llc)[0],
-                           slope_main=main.slope, slope=other.slope, slope_low=other.slope - 1.96 * other.slope_se,
-                           slope_high=other.slope + 1.96 * other.slope_se, r2_main=main.r_squared, r2=other.r_squared,
+                y, loss = both.critical_value, both.base_loss
+                p_main = separation(y, both.llc_mean, loss)["p_llc_beyond_loss"]
+                p_other = separation(y, both.varied_llc, loss)["p_llc_beyond_loss"]
+                low, high = _interval(other)
+                row.update(tau=_tau(both.llc_mean, both.varied_llc), slope_main=main.slope, slope=other.slope,
+                           slope_low=low, slope_high=high, r2_main=main.r_squared, r2=other.r_squared,
                            p_beyond_main=p_main, p_beyond=p_other,
                            slope_kept=bool(np.sign(main.slope) == np.sign(other.slope)
                                            and _significant(main) == _significant(other)),

@@ -60,7 +60,8 @@ def measurements(records: pd.DataFrame, critical: str = "interpolated") -> pd.Da
     base loss and both description lengths (compression-based at the critical point, LLC-based),
     in bits. `critical_value` is the interpolated critical value, or the bracket's passing end
     (`critical: bracket`); both are kept. `critical_se` is the interpolated value's standard error
-    (a bootstrap over evaluation sequences), `noisy` where it exceeds the search precision. One line is never fitted across numerics or devices."""
+    (a bootstrap over evaluation sequences), `noisy` where it exceeds the search precision. One
+    line is never fitted across numerics or devices."""
     llc = records[records.task == "llc"]
     detail = llc.detail
     llc = llc.assign(r_hat=detail.map(lambda d: d.get("r_hat")), ess=detail.map(lambda d: d.get("ess")),
@@ -85,7 +86,8 @@ def measurements(records: pd.DataFrame, critical: str = "interpolated") -> pd.Da
                        knob_high=crit.detail.map(lambda d: (d.get("knob_range") or [None, None])[1]).astype(float))
     crit = crit[["model", "revision", "compressor", "method", "epsilon", "knob", "knob_interpolated", "bits",
                  "bits_interpolated", "bits_entropy", "knob_name", "monotone", "wide", "interpolation", "evaluations",
-                 "critical_se", "search_precision", "sequences_needed", "knob_low", "knob_high", "device", "numerics", "critical_config"]]
+                 "critical_se", "search_precision", "sequences_needed", "knob_low", "knob_high", "device", "numerics",
+                 "critical_config"]]
     table = crit.merge(llc, on=["model", "revision"]).merge(base, on=["model", "revision"])
     interpolated = critical == "interpolated"
     table["critical_value"] = table.knob_interpolated.where(table.knob_interpolated.notna() & interpolated, table.knob)
