@@ -14,7 +14,7 @@ import torch
 
 import compressors
 from compressors import layout
-from compressors.gptq import collect_hessians
+from compressors.calibration import collect_statistics
 from mdl_slt.lm_loss import evaluate_loss
 
 REFS = ["mdl-slt/micro-pythia-90k@step1000", "mdl-slt/micro-pythia-230k@step1000", "mdl-slt/micro-pythia-530k@step1000"]
@@ -47,7 +47,8 @@ def prepare_cost(name: str, model, calibration) -> None:
     prepared = gptq.prepare(model, calibration[:2])  # the targets; Hessians collected below
     start = time.perf_counter()
     ours = {}
-    collect_hessians(model, prepared.targets, calibration, ours.update)
+    collect_statistics(model, prepared.targets, calibration, lambda found: ours.update(
+        {name: s.hessian for name, s in found.items()}))
     ours_s = time.perf_counter() - start
     start = time.perf_counter()
     before = hessians_per_layer(model, prepared.targets, calibration)

@@ -1,7 +1,7 @@
 """bitsandbytes' standard formats through bitsandbytes itself (≥ 0.50 runs them on CPU).
 
 The knob is a position in an ordered set of formats, least compressing first (default int8,
-then nf4; fp4 by option): 0 = unquantized, k = the k-th format. Each weight matrix, read as
+then nf4; fp4 by option): 0 = unquantized, k = the k-th format (compressors.formats). Each weight matrix, read as
 (out × in) (see compressors.layout), is quantized in blocks of consecutive weights:
 - int8: 8-bit blockwise dynamic quantization, 8 bits/weight + an fp32 absmax per 256 weights;
 - nf4 / fp4: 4-bit NormalFloat / FloatingPoint, 4 bits/weight + an fp32 absmax per 64 weights.
@@ -18,7 +18,8 @@ from typing import ClassVar, Literal
 
 from compressors.coding import coded_bits
 from compressors.quantize import code_counts
-from compressors.registry import Compressor, DescriptionLength, Knob, Prepared, register
+from compressors.formats import FormatChoice
+from compressors.registry import DescriptionLength, Prepared, register
 from mdl_slt.errors import UserError
 
 FORMAT_BITS = {"int8": 8, "nf4": 4, "fp4": 4}
@@ -52,32 +53,15 @@ def bnb_roundtrip(weight, fmt: str):
 
 @register
 @dataclass(frozen=True)
-class BitsAndBytes(Compressor):
+class BitsAndBytes(FormatChoice):
     """bitsandbytes int8 / NF4 / FP4 formats, the knob ordering them by compression."""
 
     name: ClassVar[str] = "bnb"
+    BITS: ClassVar[dict[str, float]] = {f: FORMAT_BITS[f] + 32 / BLOCK[f] for f in FORMAT_BITS}  # with the absmax
     formats: tuple[Literal["int8", "nf4", "fp4"], ...] = ("int8", "nf4")
 
-    def __post_init__(self):
-        bits = [FORMAT_BITS[f] for f in self.formats]
-        if not self.formats or any(a <= b for a, b in zip(bits, bits[1:])):
-            raise UserError(f"bnb: formats must be a non-empty list ordered from more to fewer bits, "
-                            f"got {list(self.formats)}")
-
-    @property
-    def knob(self) -> Knob:
-        return Knob(name="format", low=1.0, high=float(len(self.formats)), identity=0.0,
-                    more_compression="higher", unit="",
-                    description=f"position in {list(self.formats)}; 0 = unquantized", precision=1.0)
-
-    def snap(self, value: float, prepared: Prepared | None = None) -> float:
-        return float(min(len(self.formats), max(1, round(value))))
-
-    def levels(self, prepared: Prepared) -> list[float]:
-        return [float(k) for k in range(1, len(self.formats) + 1)]
-
     def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
-        fmt = self.formats[int(value) - 1]
+        fmt = self.format_at(value)
         counts = []
         for t in prepared.targets:
             deq, codes = bnb_roundtrip(t.matrix(), fmt)
@@ -86,7 +70,7 @@ class BitsAndBytes(Compressor):
         prepared.cache[fmt] = counts
 
     def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
-        fmt = self.formats[int(value) - 1]
+        fmt = self.format_at(value)
         alphabet = 256 if fmt == "int8" else 16
         if fmt not in prepared.cache:  # from the originals alone; the model is not touched
             prepared.cache[fmt] = [code_counts(bnb_roundtrip(t.matrix(), fmt)[1], alphabet) for t in prepared.targets]

@@ -5,13 +5,10 @@ column i is spread over the not-yet-quantized columns with the inverse Hessian o
 inputs, H = 2XᵀX/N:
     err = (w_i − q_i) / [U]_ii,   W[:, j>i] −= err · U[i, j>i],   U = chol(H⁻¹) (upper).
 Targets are the weights of linear layers (`nn.Linear`, GPT-2's Conv1D) in the chosen roles; any
-other weight stays untouched. `prepare` collects the Hessians block by block: the calibration tokens run through the model
-once, up to the first decoder block, whose inputs are kept; then each block runs once on its
-inputs, its layers' Hessians are collected and factorised (1% dampening), and its outputs are
-the next block's inputs. So prepare costs one pass through each block (O(layers)), and only one
-block's Hessians are in memory at a time. Weights outside the blocks (the unembedding) take one
-more full pass. Hessians come from the uncompressed model (static groups); each bit width then
-costs only the column sweep.
+other weight stays untouched. `prepare` takes the Hessians from compressors.calibration (one
+block-by-block pass, shared with sparsegpt, wanda and awq) and factorises them (1% dampening).
+Hessians come from the uncompressed model (static groups); each bit width then costs only the
+column sweep.
 
 The grid (symmetric, per output channel or group, clip ratio by weight error) and the
 description length are those of `rtn` with the same options.
@@ -30,28 +27,12 @@ from pydantic import Field
 from compressors import layout
 from compressors.grid import Grid, as_groups, fit_grid
 from compressors.quantize import BITS_KNOB, bit_levels, code_counts, levels_for, quantized_length
+from compressors.calibration import input_statistics, inverse_hessian_factor, linear_targets
 from compressors.registry import Compressor, DescriptionLength, Knob, Prepared, register
-from compressors.targets import Role, select_targets
+from compressors.targets import Role
 from mdl_slt.errors import UserError
 
 GPTQ_TARGETS = ("attention", "mlp", "unembedding")
-BATCH = 16  # calibration sequences per forward pass
-
-
-def inverse_hessian_factor(hessian, damp: float):
-    """U = upper Cholesky factor of (H + damp·mean(diag H)·I)⁻¹; dead inputs get H_ii = 1."""
-    import torch
-
-    h = hessian.clone().double()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(len(h), dtype=h.dtype, device=h.device)
-    try:
-        inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
-        return torch.linalg.cholesky(inverse, upper=True).float(), dead
-    except RuntimeError:  # torch.linalg.LinAlgError: not positive definite
-        raise UserError(f"gptq: a layer's input Hessian is not positive definite with damp={damp:g}: "
-                        "raise `damp` (e.g. 0.1)") from None
 
 
 def gptq_quantize(weight, factor, dead, grids: list[Grid], group_of_column, block: int = 128):
@@ -82,89 +63,26 @@ def gptq_quantize(weight, factor, dead, grids: list[Grid], group_of_column, bloc
     return q, codes
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the inputs it wanted are caught."""
+def data_aware_targets(name: str, targets) -> None:
+    """The check every compressor reading layer inputs makes of its `targets`."""
+    if "embedding" in targets:
+        raise UserError(f"{name} needs each layer's inputs, which an embedding does not have: drop "
+                        "'embedding' from targets (rtn can quantize it)")
+    if {"norm", "bias"} & set(targets):
+        raise UserError(f"{name} compresses weight matrices: drop 'norm' and 'bias' from targets")
 
 
-def block_inputs(model, first_block, calibration) -> list[tuple[tuple, dict]]:
-    """The (args, kwargs) the first decoder block receives, per calibration batch: one pass that
-    stops at that block."""
-    import torch
-
-    caught = []
-
-    def catch(module, args, kwargs):
-        caught.append((args, kwargs))
-        raise _Stop
-
-    hook = first_block.register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        with torch.inference_mode():
-            for batch in calibration.split(BATCH):
-                try:
-                    model(input_ids=batch, use_cache=False)
-                except _Stop:
-                    pass
-    finally:
-        hook.remove()
-    return caught
-
-
-def _next_inputs(args, kwargs, output):
-    hidden = output[0] if isinstance(output, (tuple, list)) else output
-    if args:
-        return (hidden, *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": hidden}
-
-
-def collect_hessians(model, targets, calibration, on_block) -> None:
-    """Run the calibration tokens through the model block by block, calling
-    `on_block({target name: H = 2XᵀX/N})` after each block (and once more for targets outside
-    the blocks), so only one block's Hessians are ever held."""
-    import torch
-
-    blocks = layout.blocks(model)
-    inside = {id(p): i for i, b in enumerate(blocks) for p in b.parameters()}
-    per_block: dict[int, list] = {}
-    for t in targets:
-        per_block.setdefault(inside.get(id(t.param), -1), []).append(t)
-
-    def hooked(chosen):
-        sums, hooks = {}, []
-        for t in chosen:
-            width = t.original.shape[0] if layout.is_transposed(t.module) else t.original.shape[-1]
-            sums[t.name] = [torch.zeros(width, width, dtype=torch.float64, device=t.param.device), 0]
-
-            def add(module, args, name=t.name):
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-                sums[name][0] += x.T @ x
-                sums[name][1] += x.shape[0]
-
-            hooks.append(t.module.register_forward_pre_hook(add))
-        return sums, hooks
-
-    def finish(sums, hooks):
-        for hook in hooks:
-            hook.remove()
-        if sums:
-            on_block({name: 2 * total / count for name, (total, count) in sums.items()})
-
-    last = max(per_block)
-    inputs = block_inputs(model, blocks[0], calibration) if last >= 0 else []
-    with torch.inference_mode():
-        for i, block in enumerate(blocks[:last + 1]):
-            sums, hooks = hooked(per_block.get(i, []))
-            try:
-                inputs = [_next_inputs(args, kwargs, block(*args, **kwargs)) for args, kwargs in inputs]
-            finally:
-                finish(sums, hooks)
-        if -1 in per_block:  # weights outside the blocks: one full pass
-            sums, hooks = hooked(per_block[-1])
-            try:
-                for batch in calibration.split(BATCH):
-                    model(input_ids=batch, use_cache=False)
-            finally:
-                finish(sums, hooks)
+def prepare_factors(compressor, model, calibration) -> Prepared:
+    """Snapshot the linear targets and keep each one's inverse-Hessian factor U and dead inputs
+    (from the shared input statistics, compressors.calibration): gptq's and sparsegpt's prepare."""
+    if calibration is None:
+        raise UserError(f"{compressor.name} needs calibration tokens to estimate each layer's input Hessian")
+    prepared = compressor._snapshot(model, linear_targets(model, compressor.targets), calibration)
+    statistics = input_statistics(model, prepared.targets, calibration[:compressor.calibration_sequences])
+    for t in prepared.targets:
+        factor, dead = inverse_hessian_factor(statistics[t.name].hessian, compressor.damp)
+        prepared.cache[t.name] = (prepared.keep(factor), dead)
+    return prepared
 
 
 @register
@@ -183,11 +101,7 @@ class GPTQ(Compressor):
     calibration_sequences: Annotated[int, Field(ge=1)] = 256
 
     def __post_init__(self):
-        if "embedding" in self.targets:
-            raise UserError("gptq needs each layer's inputs, which an embedding does not have: drop "
-                            "'embedding' from targets (rtn can quantize it)")
-        if {"norm", "bias"} & set(self.targets):
-            raise UserError("gptq quantizes weight matrices: drop 'norm' and 'bias' from targets")
+        data_aware_targets(self.name, self.targets)
 
     def snap(self, value: float, prepared: Prepared | None = None) -> float:
         return math.log2(levels_for(value, True))
@@ -196,22 +110,7 @@ class GPTQ(Compressor):
         return bit_levels(True)
 
     def prepare(self, model, calibration=None) -> Prepared:
-        import torch
-
-        if calibration is None:
-            raise UserError("gptq needs calibration tokens to estimate each layer's input Hessian")
-        modules = layout.owners(model)
-        linear = [(n, p) for n, p in select_targets(model, self.targets)  # other weights stay untouched
-                  if isinstance(modules.get(id(p)), torch.nn.Linear) or layout.is_transposed(modules.get(id(p)))]
-        prepared = self._snapshot(model, linear, calibration)
-
-        def factorise(hessians):
-            for name, hessian in hessians.items():
-                factor, dead = inverse_hessian_factor(hessian, self.damp)
-                prepared.cache[name] = (prepared.keep(factor), dead)
-
-        collect_hessians(model, prepared.targets, calibration[:self.calibration_sequences], factorise)
-        return prepared
+        return prepare_factors(self, model, calibration)
 
     def _grids(self, weight, levels: int):
         """Per-channel grid, or one per group of `group_size` columns (static groups)."""

@@ -1,10 +1,9 @@
 """Pruning: unstructured magnitude pruning, and attention-head pruning.
 
 `magnitude`: zero the fraction s of target weights with the smallest |w|, per tensor (`scope:
-layer`) or ranked across all targets (`scope: global`); the ranks are computed once in
-`prepare`, and s snaps to the least value removing the same weights. Description length per
-tensor: the kept values in fp32 plus their positions, as a bitmap or as indices, whichever is
-smaller, plus a 32-bit count; entropy-coded, the positions are the mask's enumerative code.
+layer`), ranked across all targets (`scope: global`), or in every group of M inputs (`pattern:
+n:4`, `n:8`); the ranks are computed once in `prepare`, and s snaps to the least value removing
+the same weights. Patterns and description lengths: compressors.sparsity.
 
 `heads`: remove a fraction of all attention heads, in any multi-head attention the layout
 module reads (compressors.layout). A head is a query head: removing it zeroes its slice of the
@@ -28,76 +27,53 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from compressors import layout
-from compressors.coding import coded_bits
 from compressors.registry import Compressor, Cost, DescriptionLength, Knob, Prepared, register
+from compressors.sparsity import RankedPruner, ranks_within, removed
 from compressors.targets import Role
 from mdl_slt.errors import UserError
 
 
 @register
 @dataclass(frozen=True)
-class Magnitude(Compressor):
-    """Unstructured magnitude pruning, per tensor or global, sparsity as knob."""
+class Magnitude(RankedPruner):
+    """Magnitude pruning, per tensor, global or N:M, sparsity as knob."""
 
     name: ClassVar[str] = "magnitude"
-    knob: ClassVar[Knob] = Knob(name="sparsity", low=0.0, high=0.99, identity=0.0, more_compression="higher",
-                                unit="", description="fraction of target weights set to zero", precision=0.005)
     scope: Literal["layer", "global"] = "layer"
+
+    def __post_init__(self):
+        if self.scope == "global" and self.pattern != "unstructured":
+            raise UserError("magnitude: an n:M pattern prunes within groups of M, not globally: "
+                            "use scope 'layer' with it")
+
+    def _unstructured_width(self, t) -> int:
+        return t.original.numel()
 
     def prepare(self, model, calibration=None) -> Prepared:
         import torch
 
         prepared = super().prepare(model, calibration)
-        flat = [t.original.abs().reshape(-1) for t in prepared.targets]
+        scores = {t.name: t.matrix().abs() for t in prepared.targets}
         if self.scope == "layer":
-            for t, values in zip(prepared.targets, flat):
-                order = torch.argsort(values, stable=True)
-                prepared.cache[t.name] = torch.empty_like(order).scatter_(
-                    0, order, torch.arange(len(order), device=order.device))
-        else:
-            joined = torch.cat(flat)
-            order = torch.argsort(joined, stable=True)
-            ranks = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
-            for t, part in zip(prepared.targets, torch.split(ranks, [len(f) for f in flat])):
-                prepared.cache[t.name] = part
+            self._rank(prepared, scores)
+            return prepared
+        joined = torch.cat([s.reshape(-1) for s in scores.values()])
+        ranks = ranks_within(joined, len(joined))
+        for t, part in zip(prepared.targets, torch.split(ranks, [s.numel() for s in scores.values()])):
+            prepared.cache[t.name] = part.reshape(scores[t.name].shape)
         return prepared
 
     def _cuts(self, prepared: Prepared, value: float) -> dict:
-        """Per tensor, the rank below which weights are removed at sparsity `value`."""
         if self.scope == "layer":
-            return {t.name: math.floor(value * t.original.numel()) for t in prepared.targets}
-        total = math.floor(value * sum(t.original.numel() for t in prepared.targets))
+            return super()._cuts(prepared, value)
+        total = removed(value, sum(t.original.numel() for t in prepared.targets))
         return {t.name: total for t in prepared.targets}
 
     def snap(self, value: float, prepared: Prepared | None = None) -> float:
-        """The least sparsity removing the same weights."""
-        if prepared is None:
-            return value
-        cuts = self._cuts(prepared, value)
-        if self.scope == "global":
-            return next(iter(cuts.values())) / sum(t.original.numel() for t in prepared.targets)
-        return max(cuts[t.name] / t.original.numel() for t in prepared.targets)
-
-    def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
-        import torch
-
-        cuts = self._cuts(prepared, value)
-        with torch.no_grad():
-            for t in prepared.targets:
-                keep = (prepared.cache[t.name] >= cuts[t.name]).reshape(t.original.shape)
-                t.param.copy_(t.working * keep)
-
-    def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
-        payload = side = entropy = 0.0
-        cuts = self._cuts(prepared, value)
-        for t in prepared.targets:
-            n = t.original.numel()
-            kept = int((prepared.cache[t.name] >= cuts[t.name]).sum())
-            positions = min(n, kept * max(1, math.ceil(math.log2(n))))
-            payload += 32.0 * kept + positions
-            side += 32.0
-            entropy += 32.0 * kept + coded_bits([kept, n - kept], 2, fixed_bits=positions)
-        return self._length(prepared, payload, side, entropy)
+        if self.scope == "layer" or prepared is None:
+            return super().snap(value, prepared)
+        size = sum(t.original.numel() for t in prepared.targets)
+        return removed(value, size) / size
 
 
 @register

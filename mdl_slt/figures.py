@@ -18,14 +18,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper")
 plt.rcParams.update({"svg.fonttype": "path", "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7,
                      "ytick.labelsize": 7, "legend.fontsize": 7})
 
 FIGURE_SIZE = (10.9, 6.2)  # inches: the width of a landscape A4 page inside its margins
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "p", "h", "<", ">", "d", "H", "8"]
 
 
 def short(model: str) -> str:
@@ -42,6 +42,17 @@ class Style:
         present = set(table.compressor)
         self.methods = [e for e in (entries or []) if e in present] + sorted(present - set(entries or []))
         self.marker = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(self.methods)}
+
+    def only(self, methods: list[str]) -> "Style":
+        """The same colours and markers, for a subset of the methods (a page of them)."""
+        part = object.__new__(Style)
+        part.models, part.colour, part.marker = self.models, self.colour, self.marker
+        part.methods = [m for m in self.methods if m in methods]
+        return part
+
+    def pages(self, per_page: int) -> list["Style"]:
+        """The methods in runs of at most `per_page`, for figures with a row or panel per method."""
+        return [self.only(self.methods[i:i + per_page]) for i in range(0, len(self.methods), per_page)]
 
     def size_handles(self):
         return [Line2D([], [], color=self.colour[m], marker="o", linestyle="", label=short(m)) for m in self.models]
@@ -112,57 +123,81 @@ def clipped_scatter(ax, x, y, xlim, ylim, **style) -> int:
 
 
 def methods_compared(fits: pd.DataFrame, style: Style) -> plt.Figure:
-    """Per ε (columns) and model size (x), each method's R², slope with its 95% interval, and
-    leave-one-out error: which family tracks λ̂, and how the answer changes with size."""
+    """Per ε (columns) and method (x), each model size's R², slope in units of its standard error
+    (HC3; methods' knobs differ in units, so this is the scale they share), and leave-one-out
+    error: which family tracks λ̂, and how the answer changes with size."""
     epsilons = sorted(fits.epsilon.unique())
-    metrics = [("r_squared", "R² of c* on λ̂"), ("slope", "slope β (knob units per unit λ̂)"),
+    metrics = [("r_squared", "R² of c* on λ̂"), ("slope_t", "slope / its standard error"),
                ("loo_rmse", "leave-one-out error (knob units)")]
+    fits = fits.assign(slope_t=fits.slope / fits.slope_se) if "slope" in fits else fits
     fig, axes = _figure(len(metrics), len(epsilons), sharex=True)
-    positions = {m: i for i, m in enumerate(style.models)}
-    offsets = {m: (i - (len(style.methods) - 1) / 2) * 0.12 for i, m in enumerate(style.methods)}
+    positions = {m: i for i, m in enumerate(style.methods)}
+    offsets = {m: (i - (len(style.models) - 1) / 2) * min(0.15, 0.6 / len(style.models))
+               for i, m in enumerate(style.models)}
+    many = len(style.methods) > 4
     for col, eps in enumerate(epsilons):
         part = fits[(fits.epsilon == eps)]
         for row, (metric, label) in enumerate(metrics):
             ax = axes[row][col]
             for _, f in part.iterrows():
-                if metric not in f or pd.isna(f[metric]):
+                if metric not in f or pd.isna(f[metric]) or f.compressor not in positions:
                     continue
-                x = positions[f.model] + offsets[f.compressor]
-                if metric == "slope":
-                    ax.errorbar(x, f.slope, yerr=[[f.slope - f.slope_ci_low], [f.slope_ci_high - f.slope]],
-                                fmt="none", ecolor=style.colour[f.model], elinewidth=1, capsize=2)
-                ax.scatter(x, f[metric], marker=style.marker[f.compressor], color=style.colour[f.model], s=36, zorder=3)
+                ax.scatter(positions[f.compressor] + offsets[f.model], f[metric], marker=style.marker[f.compressor],
+                           color=style.colour[f.model], s=20 if many else 36, zorder=3)
             if metric == "r_squared":
-                ax.set_ylim(min(0.0, part.r_squared.min() - 0.05) if "r_squared" in part else 0.0, 1.02)
-            if metric == "slope":
+                lowest = part.r_squared.min() if "r_squared" in part else math.nan
+                ax.set_ylim(min(0.0, lowest - 0.05) if pd.notna(lowest) else 0.0, 1.02)
+            if metric == "slope_t":
                 ax.axhline(0, color="0.5", linewidth=0.8)
+                for edge in (-2, 2):
+                    ax.axhline(edge, color="0.5", linewidth=0.6, linestyle="--")
             ax.set_ylabel(label if col == 0 else "")
             if row == 0:
                 ax.set_title(f"ε = {eps:g}")
-            ax.set_xticks(range(len(style.models)), [short(m).removeprefix("micro-pythia-") for m in style.models],
-                          rotation=30 if len(style.models) > 3 else 0, ha="right" if len(style.models) > 3 else "center",
-                          fontsize=7)
-            ax.set_xlim(-0.5, len(style.models) - 0.5)
-    return _finish(fig, style.method_handles() + style.size_handles())
+            ax.set_xticks(range(len(style.methods)), style.methods, rotation=60 if many else 0,
+                          ha="right" if many else "center", fontsize=6 if many else 7)
+            ax.set_xlim(-0.5, len(style.methods) - 0.5)
+    return _finish(fig, style.size_handles())
 
 
 def description_lengths_vs_llc(table: pd.DataFrame, inside: pd.Series, style: Style) -> plt.Figure:
-    """The critical description length of every method on one axis against λ̂, per ε: where the
-    families stand in bits, and whether each rises with the LLC."""
+    """The critical description length of every method on one axis, per ε: one row per method
+    (most compressing first), one line per model size through its checkpoints in the window in
+    order of λ̂, arrowhead at the largest λ̂, so an arrow pointing right is a size that rises with
+    λ̂. The uncompressed size of each model is a dotted line where it falls inside the axis."""
     epsilons = sorted(table.epsilon.unique())
-    fig, axes = _figure(1, len(epsilons), sharey=True)
     shown = table[inside & table.critical_dl_bits.notna()]
-    ylim = robust_limits(shown.critical_dl_bits, log=True, spread=6)
+    order = shown.groupby("compressor").critical_dl_bits.median().sort_values().index
+    methods = [m for m in order if m in style.methods]
+    fig, axes = _figure(1, len(epsilons), sharey=True, sharex=True)
+    offsets = {m: (i - (len(style.models) - 1) / 2) * 0.22 for i, m in enumerate(style.models)}
+    xlim = tuple(v / 8e3 for v in robust_limits(shown.critical_dl_bits, log=True, spread=6))
     for ax, eps in zip(axes[0], epsilons):
         part = shown[shown.epsilon == eps]
-        for (model, comp), group in part.groupby(["model", "compressor"]):
-            ax.plot(group.llc_mean, group.critical_dl_bits / 8e3, marker=style.marker[comp], color=style.colour[model],
-                    linestyle="-", linewidth=0.6, markersize=4)
-        ax.set(yscale="log", title=f"ε = {eps:g}", xlabel="LLC estimate λ̂",
-               ylabel="critical description length (kB)" if ax is axes[0][0] else "")
-        ax.set_ylim(ylim[0] / 8e3, ylim[1] / 8e3)
-        ax.set_xlim(*robust_limits(shown.llc_mean, spread=10))
-    return _finish(fig, style.method_handles() + style.size_handles())
+        for row, comp in enumerate(methods):
+            for model, group in part[part.compressor == comp].groupby("model"):
+                group = group.sort_values("llc_mean")
+                y = np.full(len(group), row + offsets[model])
+                kb = group.critical_dl_bits.to_numpy() / 8e3
+                colour = style.colour[model]
+                ax.plot(kb, y, color=colour, linewidth=0.8, marker="o", markersize=2.5)
+                if len(group) > 1 and kb[-1] != kb[-2]:
+                    ax.annotate("", xy=(kb[-1], y[-1]), xytext=(kb[-2], y[-2]),
+                                arrowprops={"arrowstyle": "-|>", "color": colour, "lw": 0.8, "mutation_scale": 7})
+        for model in style.models:  # every parameter in fp32, where it falls inside the data's axis
+            fp32 = 32 * table[table.model == model].num_params.iloc[0] / 8e3
+            if xlim[0] <= fp32 <= xlim[1]:
+                ax.axvline(fp32, color=style.colour[model], linestyle=":", linewidth=0.8)
+        ax.set(xscale="log", xlim=xlim, title=f"ε = {eps:g}", xlabel="critical description length (kB)")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # 1-2-5 labels in plain numbers, no crowded minors
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_yticks(range(len(methods)), methods, fontsize=7 if len(methods) <= 12 else 6)
+        ax.set_ylim(len(methods) - 0.5, -0.5)
+        ax.grid(axis="y", visible=False)
+        for row in range(1, len(methods)):
+            ax.axhline(row - 0.5, color="0.9", linewidth=0.5)
+    return _finish(fig, style.size_handles())
 
 
 def critical_vs_llc(table: pd.DataFrame, fits: pd.DataFrame, inside: pd.Series, style: Style) -> plt.Figure:
@@ -329,25 +364,38 @@ def loss_curves(records: pd.DataFrame, table: pd.DataFrame, style: Style) -> plt
     return _finish(fig)
 
 
-def eps_sweep(sweep: pd.DataFrame, style: Style) -> tuple[plt.Figure, int]:
-    """Slope of the critical description length per halving of ε, per checkpoint, against λ̂ on
-    log axes (the volume-law heuristic puts points on the diagonal). Returns the figure and how
-    many points sit at the edge."""
-    fig, axes = _figure(1, max(1, sweep.compressor.nunique()))
+def _sweep_limits(sweep: pd.DataFrame):
+    """(the positive points, the shared λ̂ limits, each compressor's slope limits) of the ε sweep."""
     shown = sweep[(sweep.eps_slope_bits > 0) & (sweep.llc_mean > 0)]
-    xlim = robust_limits(shown.llc_mean, log=True)
-    edge = 0
+    return shown, robust_limits(shown.llc_mean, log=True), {
+        comp: robust_limits(part.eps_slope_bits, log=True) for comp, part in shown.groupby("compressor")}
+
+
+def sweep_edge(sweep: pd.DataFrame) -> int:
+    """Points of the ε sweep drawn at the edge of their axes or left out (slope ≤ 0)."""
+    shown, xlim, ylims = _sweep_limits(sweep)
+    edge = sum(int(((part.llc_mean < xlim[0]) | (part.llc_mean > xlim[1]) | (part.eps_slope_bits < ylims[comp][0]) |
+                    (part.eps_slope_bits > ylims[comp][1])).sum()) for comp, part in shown.groupby("compressor"))
+    return edge + int((sweep.eps_slope_bits <= 0).sum())
+
+
+def eps_sweep(sweep: pd.DataFrame, style: Style) -> plt.Figure:
+    """Slope of the critical description length per halving of ε, per checkpoint, against λ̂ on
+    log axes (the volume-law heuristic puts points on the diagonal); points beyond the axes at
+    the edge (`sweep_edge` counts them)."""
+    fig, axes = _figure(1, max(1, sweep.compressor.nunique()))
+    shown, xlim, ylims = _sweep_limits(sweep)
     for ax, (comp, part) in zip(axes[0], shown.groupby("compressor")):
-        ylim = robust_limits(part.eps_slope_bits, log=True)
+        ylim = ylims[comp]
         for model, group in part.groupby("model"):
-            edge += clipped_scatter(ax, group.llc_mean, group.eps_slope_bits, xlim, ylim, s=18,
-                                    color=style.colour[model], marker=style.marker[comp])
+            clipped_scatter(ax, group.llc_mean, group.eps_slope_bits, xlim, ylim, s=18,
+                            color=style.colour[model], marker=style.marker[comp])
         low, high = max(xlim[0], ylim[0]), min(xlim[1], ylim[1])
         if low < high:
             ax.plot([low, high], [low, high], color="0.5", linestyle="--", linewidth=0.8)
         ax.set(xscale="log", yscale="log", xlim=xlim, ylim=ylim, title=comp, xlabel="LLC estimate λ̂",
                ylabel="d DL* / d log₂(1/ε) (bits)" if ax is axes[0][0] else "")
-    return _finish(fig, style.size_handles()), edge + int((sweep.eps_slope_bits <= 0).sum())
+    return _finish(fig, style.size_handles())
 
 
 def description_lengths(table: pd.DataFrame, style: Style) -> plt.Figure:
@@ -358,7 +406,7 @@ def description_lengths(table: pd.DataFrame, style: Style) -> plt.Figure:
         part = table[table.model == model].sort_values("step")
         llc = part.drop_duplicates("step")
         ax.plot(llc.step, llc.llc_dl_bits, color="black", marker="s", markersize=3, label="LLC: λ̂ log n")
-        for (comp, eps), crit in part.groupby(["compressor", "epsilon"]):
+        for (comp, eps), crit in part[part.compressor.isin(style.methods)].groupby(["compressor", "epsilon"]):
             ax.plot(crit.step, crit.critical_dl_bits, marker=style.marker[comp], markersize=3, linewidth=0.6,
                     color=style.colour[model], alpha=0.4 + 0.6 * (eps == part.epsilon.max()),
                     label=f"{comp} ε={eps:g}")

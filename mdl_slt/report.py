@@ -10,11 +10,13 @@ PDF, with the leave-one-out predictions and every record.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -41,61 +43,84 @@ def _g(value, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
-def figure_pages(a: Analysis) -> list[tuple[str, str, object]]:
-    """(title, two-line caption, matplotlib figure) for every figure page, in order."""
+PER_PAGE = 4  # methods per page of a figure with a row per method
+SWEEP_PER_PAGE = 6  # and of the ε sweep's panels
+
+
+def figure_pages(a: Analysis) -> list[tuple[str, str, Callable]]:
+    """(title, two-line caption, a function drawing its matplotlib figure) for every figure page, in
+    order; a figure with a row or panel per method takes as many pages as its methods need."""
     from mdl_slt import figures
 
     style = figures.Style(a.table, a.entries)
     window = "filled: in the analysis window; hollow: outside it" if (~a.inside).any() else "every checkpoint is in the window"
     pages = [
-        ("The three families side by side: how well does λ̂ predict each?",
-         "Per ε and model size, each method's R², slope with its 95% interval (HC3) and leave-one-out error, over "
-         "the window. Look for: which family has high R² and a clear positive slope at every size.",
-         figures.methods_compared(a.fits, style)),
+        ("The methods side by side: how well does λ̂ predict each?",
+         "Per ε, method and model size, R², the slope in units of its standard error (HC3; dashed ±2: beyond them "
+         "the slope is clear of zero) and the leave-one-out error, over the window. Look for: which family has high "
+         "R² and a clear positive slope at every size.",
+         lambda: figures.methods_compared(a.fits, style)),
         ("Critical description lengths of every method on one axis",
-         "The compressed model's size at the critical point (kB, log axis) against λ̂, in the window. Look for: "
-         "which family compresses furthest, and whether its size rises with λ̂ within each model.",
-         figures.description_lengths_vs_llc(a.table, a.inside, style)),
-        ("Critical compression against the LLC, per method and ε",
-         f"Lines: per-size OLS fits with their R². {window}. Bars: ±2 standard errors of λ̂ (across) and of "
-         "the critical value (along the knob axis, from a bootstrap over the evaluation sequences). Look for: "
-         "straight, tight lines with the points outside the window off them if anywhere.",
-         figures.critical_vs_llc(a.table, a.fits, a.inside, style)),
-        ("Residuals of the per-size fits",
-         "Residual of each checkpoint in the window from its line. Look for: no curvature and no trend; a "
-         "bow means the relation is not linear over the window.",
-         figures.residuals(a.table, a.fits, a.inside, style)),
+         "The compressed model's size at the critical point (kB, log axis), a row per method, most compressing "
+         "first; per size a line through its checkpoints in the window in order of λ̂, the arrow at the largest; "
+         "dotted: the size in fp32, where inside the axis. Look for: which method compresses furthest, and arrows pointing right: the "
+         "size rising with λ̂ within a model.",
+         lambda: figures.description_lengths_vs_llc(a.table, a.inside, style)),
+        *paged("Critical compression against the LLC, per method and ε",
+               f"Lines: per-size OLS fits with their R². {window}. Bars: ±2 standard errors of λ̂ (across) and of the "
+               "critical value (along the knob axis, from a bootstrap over the evaluation sequences). Look for: "
+               "straight, tight lines with the points outside the window off them if anywhere.",
+               lambda part: figures.critical_vs_llc(a.table, a.fits, a.inside, part), style),
+        *paged("Residuals of the per-size fits",
+               "Residual of each checkpoint in the window from its line. Look for: no curvature and no trend; a "
+               "bow means the relation is not linear over the window.",
+               lambda part: figures.residuals(a.table, a.fits, a.inside, part), style),
         ("The LLC over training and whether its chains converged",
          "λ̂ with ±2 standard errors (Monte-Carlo and between chains), split R̂ and pooled ESS. Look for: R̂ at "
          "or below 1.05 everywhere; a checkpoint above it is flagged in the tables and counted on page 1.",
-         figures.llc_over_training(a.table, style)),
+         lambda: figures.llc_over_training(a.table, style)),
     ]
     if a.traces:
         pages.append(("SGLD chains, every step",
                       "nβ·(L_B − L(w*)) of each chain at the first, middle and last checkpoints; shaded: the burn-in "
                       "read from the trace; dashed: λ̂. Look for: a rise, a level plateau, chains that agree.",
-                      figures.chain_traces(a.traces, style)))
-    pages += [
-        ("Critical compression over training",
-         "Each method's critical value at each ε over training. Look for: less compression where λ̂ is higher "
-         "(more bits and more rank kept, fewer heads removed), as the compressibility paper finds over training.",
-         figures.critical_over_training(a.table, style)),
-        ("Every evaluated point of every critical search",
-         "Loss increase against the knob, darker for later checkpoints; dashed: the tolerances ε. Look for: "
-         "monotone curves (a bump makes the critical value ambiguous; such searches are flagged).",
-         figures.loss_curves(a.records, a.table, style)),
-    ]
-    if len(a.sweep):
-        fig, edge = figures.eps_sweep(a.sweep, style)
+                      lambda: figures.chain_traces(a.traces, style)))
+    pages += paged("Critical compression over training",
+                   "Each method's critical value at each ε over training. Look for: less compression where λ̂ is "
+                   "higher (more bits and more rank kept, fewer heads removed), as the compressibility paper finds "
+                   "over training.", lambda part: figures.critical_over_training(a.table, part), style)
+    pages += paged("Every evaluated point of every critical search",
+                   "Loss increase against the knob, darker for later checkpoints; dashed: the tolerances ε. Look for: "
+                   "monotone curves (a bump makes the critical value ambiguous; such searches are flagged).",
+                   lambda part: figures.loss_curves(a.records, a.table, part), style)
+    for part in style.pages(SWEEP_PER_PAGE) if len(a.sweep) else []:
+        sweep = a.sweep[a.sweep.compressor.isin(part.methods)]
+        edge = figures.sweep_edge(sweep)
         pages.append(("ε sweep: description-length slope against λ̂",
                       f"Per checkpoint, the slope of the critical description length per halving of ε; dashed: slope "
-                      f"= λ̂. {edge} of {len(a.sweep)} points lie beyond the axes (triangles at the edge, or ≤ 0). "
-                      "Look for: whether the slope tracks λ̂.", fig))
-    pages.append(("Description lengths over training",
-                  "The LLC's redundancy λ̂·log n (n = tokens seen, m = 1) beside each method's critical description "
-                  "length (faint: smaller ε). Look for: how far the two MDL figures are apart, and their trends.",
-                  figures.description_lengths(a.table, style)))
-    return pages
+                      f"= λ̂. {edge} of {len(sweep)} points lie beyond the axes (triangles at the edge, or ≤ 0). "
+                      "Look for: whether the slope tracks λ̂.", functools.partial(figures.eps_sweep, sweep, part)))
+    pages += paged("Description lengths over training",
+                   "The LLC's redundancy λ̂·log n (n = tokens seen, m = 1) beside each method's critical description "
+                   "length (faint: smaller ε). Look for: how far the two MDL figures are apart, and their trends.",
+                   lambda part: figures.description_lengths(a.table, part), style)
+    return number_runs(pages)
+
+
+def paged(title: str, caption: str, draw: Callable, style) -> list[tuple[str, str, Callable]]:
+    """A figure with a row or panel per method, drawn for PER_PAGE methods at a time."""
+    return [(title, caption, functools.partial(draw, part)) for part in style.pages(PER_PAGE)]
+
+
+def number_runs(pages: list[tuple[str, str, Callable]]) -> list[tuple[str, str, Callable]]:
+    """Titles shared by consecutive pages numbered "(k of n)"."""
+    titles = [title for title, _, _ in pages]
+    numbered, seen = [], {}
+    for title, caption, fig in pages:
+        seen[title] = seen.get(title, 0) + 1
+        count = titles.count(title)
+        numbered.append((f"{title} ({seen[title]} of {count})" if count > 1 else title, caption, fig))
+    return numbered
 
 
 def _heading(pdf, text: str, size: int = 14) -> None:
@@ -418,8 +443,8 @@ def write_report(store_path: Path, output: Path | None = None, overrides: dict |
     if len(a.robust):
         _robust_page(pdf, a)
     with tempfile.TemporaryDirectory() as tmp:
-        for number, (title, caption, fig) in enumerate(figure_pages(a)):
-            _figure_page(pdf, title, caption, fig, Path(tmp), number)
+        for number, (title, caption, draw) in enumerate(figure_pages(a)):
+            _figure_page(pdf, title, caption, draw(), Path(tmp), number)
         _appendix(pdf, a)
         if len(a.across_runs):
             _across_runs_appendix(pdf, a)

@@ -193,3 +193,91 @@ def test_heads_under_grouped_query_attention(family):
         length = heads.description_length(prepared, fraction)
         assert length.payload_bits == 32 * (stored - len(removed) * per_query - groups_gone * per_kv)
         assert length.side_bits == 4
+
+
+def test_magnitude_n_of_m_index_code():
+    model = linear(2, 8)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -4, 3, 2, 0.5, 8, -7, 6], [5, 1, -2, 3, 4, 3.5, -1, 2]]))
+    mag = compressors.get("magnitude", pattern="n:4", targets=["mlp"])
+    prepared = mag.prepare(model)
+    assert mag.levels(prepared) == [0.0, 0.25, 0.5, 0.75] and mag.snap(0.6, prepared) == 0.5
+    length = mag.description_length(prepared, 0.5)  # 2:4: 4 groups keep 2 of 4, one of C(4, 2) = 6 choices each
+    assert (length.payload_bits, length.side_bits) == (8 * 32 + 4 * math.log2(6), 0)
+    # choices (1, 2), (1, 2), (0, 3), (0, 1): coded with their own histogram, log2 C(9, 5) + log2 (4!/2!)
+    # = 10.6 bits, above the fixed rate's 4·log2 6 = 10.3, so the fixed rate and the flag bit
+    assert length.entropy_payload_bits == pytest.approx(8 * 32 + 1 + 4 * math.log2(6))
+    with mag.applied(model, prepared, 0.5):  # the two largest |w| of every four stay
+        assert model[0].weight.tolist() == [[0, -4, 3, 0, 0, 8, -7, 0], [5, 0, 0, 3, 4, 3.5, 0, 0]]
+    one = mag.description_length(prepared, 0.75)  # 1:4: one of 4 kept, log2 4 = 2 bits per group
+    assert one.payload_bits == 4 * 32 + 4 * 2
+
+
+def calibrated_neox():
+    """The tiny GPT-NeoX of `neox()` with 8 calibration sequences of 12 tokens."""
+    return neox(), torch.randint(16, (8, 12), generator=torch.Generator().manual_seed(0))
+
+
+LINEAR_SHAPES = [(24, 8), (8, 8), (16, 8), (8, 16), (16, 8)]  # qkv, dense, h→4h, 4h→h, unembedding (out × in)
+
+
+def test_wanda_and_sparsegpt_at_half_and_at_two_of_four():
+    model, calibration = calibrated_neox()
+    untouched = sum(p.numel() for p in model.parameters()) - sum(o * i for o, i in LINEAR_SHAPES)
+    for name in ("wanda", "sparsegpt"):
+        method = compressors.get(name)
+        prepared = method.prepare(model, calibration)
+        length = method.description_length(prepared, 0.5)  # half of each row (wanda) or block (sparsegpt)
+        # per tensor of n: n/2 values, positions as a bitmap (n bits, under n/2 indices of ⌈log₂ n⌉ bits), a count
+        assert length.payload_bits == sum(32 * o * i // 2 + o * i for o, i in LINEAR_SHAPES)
+        assert (length.side_bits, length.untouched_bits) == (5 * 32, 32 * untouched)
+        with method.applied(model, prepared, 0.5):
+            assert all(int((t.param == 0).sum()) == t.param.numel() // 2 for t in prepared.targets)
+        nm = compressors.get(name, pattern="n:4")
+        two = nm.description_length(nm.prepare(model, calibration), 0.5)
+        assert two.payload_bits == pytest.approx(sum(32 * o * i / 2 + o * i / 4 * math.log2(6) for o, i in LINEAR_SHAPES))
+        assert two.side_bits == 0
+
+
+def test_awq_is_rtn_accounting_plus_its_scales():
+    model, calibration = calibrated_neox()
+    awq = compressors.get("awq", group_size=4)
+    length = awq.description_length(awq.prepare(model, calibration), 3.0)  # 8 levels
+    count = sum(o * i for o, i in LINEAR_SHAPES)
+    assert length.payload_bits == 3 * count
+    assert length.side_bits == 32 * count / 4 + 32 * sum(i for _, i in LINEAR_SHAPES)  # a scale per group, s per input
+
+
+def test_hqq_scale_and_zero_per_group():
+    model = linear(2, 8)
+    hqq = compressors.get("hqq", group_size=4, targets=["mlp"])
+    prepared = hqq.prepare(model)
+    assert hqq.levels(prepared) == [8, 6, 5, 4, 3, 2, 1] and hqq.snap(3.7, prepared) == 3 and hqq.snap(16, prepared) == 8
+    length = hqq.description_length(prepared, 3.0)
+    assert (length.payload_bits, length.side_bits) == (16 * 3, 4 * (32 + 32))  # fp32 scale and zero per group of 4
+    (counts,) = prepared.cache[3]
+    assert sum(counts) == 16 and length.entropy_payload_bits == pytest.approx(coded_bits(counts, 8))
+
+
+def test_microscaling_formats():
+    model = linear(2, 64)  # 128 weights: 4 blocks of 32, or 8 blocks of 16
+    mx = compressors.get("mx", targets=["mlp"])
+    prepared = mx.prepare(model)
+    expected = {1: (8 * 128, 4 * 8), 2: (6 * 128, 4 * 8), 3: (4 * 128, 8 * 8 + 32), 4: (4 * 128, 4 * 8)}
+    for position, (payload, side) in expected.items():  # mxfp8, mxfp6, nvfp4 (E4M3 per 16 + fp32 per tensor), mxfp4
+        length = mx.description_length(prepared, position)
+        assert (length.payload_bits, length.side_bits) == (payload, side), mx.formats[position - 1]
+
+
+def test_microscaling_round_trips_its_own_values():
+    """Values on a block's grid come back exactly: E2M1 × a power of two (MXFP4), and E8M0's
+    exponent is ⌊log₂ max⌋ − 2; a value between two grid points rounds to the even code."""
+    from compressors.microscaling import mx_roundtrip, round_to
+
+    grid = torch.tensor([6.0, -3, 1.5, 0.5, -0.5, 0, 4, 2] * 4) * 2.0**-5
+    dequantized, codes = mx_roundtrip(grid[None, :], "mxfp4")
+    assert torch.equal(dequantized[0], grid) and int(codes[0, 0]) == 7 and int(codes[0, 1]) == 8 + 5
+    values, _ = round_to(torch.tensor([2.5, 5.0, 0.75, 100.0]), "e2m1")
+    assert values.tolist() == [2.0, 4.0, 1.0, 6.0]  # ties to even, saturated at 6
+    e4m3 = torch.randn(4096) * 30
+    assert torch.equal(round_to(e4m3, "e4m3")[0], e4m3.clamp(-448, 448).to(torch.float8_e4m3fn).float())

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from compressors.gptq import collect_hessians, gptq_quantize, inverse_hessian_factor
+from compressors.calibration import collect_statistics, inverse_hessian_factor
+from compressors.gptq import gptq_quantize
 from compressors.grid import fit_grid
 from mdl_slt.errors import UserError
 
@@ -60,13 +61,13 @@ def test_block_by_block_hessians_equal_those_of_full_forward_passes(tiny_checkpo
     model, calibration = tiny_checkpoint.model, tiny_tokens.train[:48]
     prepared = compressors.get("gptq").prepare(model, calibration)
     got = {}
-    collect_hessians(model, prepared.targets, calibration, got.update)
+    collect_statistics(model, prepared.targets, calibration, got.update)
     expected, hooks = {}, []
     for t in prepared.targets:
         def add(module, args, name=t.name):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            total, count = expected.get(name, (0, 0))
-            expected[name] = (total + x.T @ x, count + x.shape[0])
+            total, absolute, count = expected.get(name, (0, 0, 0))
+            expected[name] = (total + x.T @ x, absolute + x.abs().sum(0), count + x.shape[0])
         hooks.append(t.module.register_forward_pre_hook(add))
     with torch.inference_mode():
         for batch in calibration.split(16):
@@ -74,5 +75,7 @@ def test_block_by_block_hessians_equal_those_of_full_forward_passes(tiny_checkpo
     for hook in hooks:
         hook.remove()
     assert set(got) == set(expected) == {t.name for t in prepared.targets}
-    for name, (total, count) in expected.items():
-        assert torch.allclose(got[name], 2 * total / count, rtol=1e-6, atol=1e-9), name
+    for name, (total, absolute, count) in expected.items():
+        assert torch.allclose(got[name].hessian, 2 * total / count, rtol=1e-6, atol=1e-9), name
+        assert torch.allclose(got[name].abs_mean, absolute / count, rtol=1e-6, atol=1e-9), name
+        assert torch.allclose(got[name].column_norms, total.diagonal().sqrt(), rtol=1e-6), name

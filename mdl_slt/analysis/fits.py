@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mdl_slt.analysis.lines import LineFit, fit_line
+from mdl_slt.analysis.lines import LineFit, fit_line, r_squared
 from mdl_slt.analysis.tables import GROUP, usable
 
 CONVERGED_R_HAT = 1.05
@@ -67,9 +67,9 @@ def pooled_fits(table: pd.DataFrame, inside: pd.Series | None = None) -> pd.Data
             interactions = [name for name in robust.params.index if name.startswith("llc_mean:")]
             wald = robust.wald_test(" , ".join(f"{name} = 0" for name in interactions), scalar=True)
             per_param = smf.ols("critical_value ~ llc_per_param", group).fit(cov_type="HC3")
-            row.update(r2_common=common.rsquared, r2_separate=separate.rsquared,
+            row.update(r2_common=r_squared(common), r2_separate=r_squared(separate),
                        p_same_line=float(separate.compare_f_test(common)[1]), p_same_slope=float(wald.pvalue),
-                       r2_per_param=per_param.rsquared, slope_per_param=per_param.params["llc_per_param"],
+                       r2_per_param=r_squared(per_param), slope_per_param=per_param.params["llc_per_param"],
                        slope_per_param_se=per_param.bse["llc_per_param"])
         rows.append(row)
     return pd.DataFrame(rows)

@@ -89,6 +89,12 @@ def ols(x, y, min_points: int):
     return sm.OLS(y, sm.add_constant(x)).fit(cov_type="HC3", use_t=True)
 
 
+def r_squared(fit) -> float:
+    """statsmodels' R² of a fit, NaN where y does not vary (every critical value the same: R² is
+    undefined, not −∞)."""
+    return math.nan if np.ptp(fit.model.endog) == 0 else float(fit.rsquared)
+
+
 def line(x, y) -> LineFit | None:
     """The OLS + HC3 line alone (no bootstrap or leave-one-out); None below 3 points or constant x."""
     fit = ols(np.asarray(x, float), np.asarray(y, float), 3)
@@ -96,7 +102,7 @@ def line(x, y) -> LineFit | None:
         return None
     nan2 = (math.nan, math.nan)
     return LineFit(len(x), float(fit.params[0]), float(fit.params[1]), fit.cov_params().tolist(), float(fit.scale),
-                   int(fit.df_resid), float(fit.rsquared), math.nan, math.nan, nan2, nan2, nan2, math.nan, math.nan)
+                   int(fit.df_resid), r_squared(fit), math.nan, math.nan, nan2, nan2, nan2, math.nan, math.nan)
 
 
 def leave_one_out(x, y, se) -> list[tuple[int, float, float, float]]:
@@ -159,7 +165,7 @@ def fit_line(x, y, x_se=None, seed: int = 0, y_se=None) -> LineFit | None:
     errors = [mean - y[i] for i, mean, _, _ in loo]
     return LineFit(
         n=len(x), intercept=float(fit.params[0]), slope=float(fit.params[1]), cov=fit.cov_params().tolist(),
-        scale=float(fit.scale), df_resid=int(fit.df_resid), r_squared=float(fit.rsquared),
+        scale=float(fit.scale), df_resid=int(fit.df_resid), r_squared=r_squared(fit),
         pearson_r=math.nan if constant_y else float(stats.pearsonr(x, y)[0]),
         spearman_rho=math.nan if constant_y else float(stats.spearmanr(x, y)[0]),
         slope_ci=tuple(map(float, ci[1])), intercept_ci=tuple(map(float, ci[0])),
