@@ -6,9 +6,11 @@ input j over the calibration tokens and H = 2XᵀX/N (compressors.calibration, s
 sparsegpt and wanda), the inputs are scaled by s = a^α / √(max a^α · min a^α) before rounding:
     Ŵ = Q(W·diag(s))·diag(s)⁻¹,
 α ∈ {0, 1/20, …, 19/20} (the paper's grid) chosen per layer to minimise the output error on the
-calibration tokens, ½·tr(ΔW H ΔWᵀ) = mean ‖ΔW X‖², ΔW = Ŵ − W. Q is the `rtn` grid with the
-same options (symmetric by default, per group of `group_size` inputs, clip ratio by weight
-error), so α = 0 is round-to-nearest and the search never does worse on the calibration error.
+calibration tokens, ½·tr(ΔW H ΔWᵀ) = mean ‖ΔW X‖², ΔW = Ŵ − W, with Q the plain min–max grid as
+in the paper's scale search. The weights are then quantized on the `rtn` grid with the same
+options (symmetric by default, per group of `group_size` inputs, clip ratio by weight error) at
+that α, or at α = 0 (round-to-nearest) where that has the smaller output error, so AWQ never does
+worse than rtn on the calibration error.
 
 Description length: that of `rtn` with the same grid, plus the scale vector s of every layer in
 fp32 (32 bits per input), charged although a deployment may fold it into the operation before.
@@ -24,9 +26,9 @@ from pydantic import Field
 
 from compressors.calibration import input_statistics, linear_targets
 from compressors.gptq import GPTQ_TARGETS, data_aware_targets
-from compressors.grid import as_groups, fit_grid, from_groups
-from compressors.quantize import BITS_KNOB, bit_levels, code_counts, levels_for, quantized_length
-from compressors.registry import Compressor, DescriptionLength, Knob, Prepared, register
+from compressors.grid import as_groups, fit_grid, from_groups, grid_at
+from compressors.quantize import GridQuantizer
+from compressors.registry import DescriptionLength, Prepared, register
 from compressors.targets import Role
 from mdl_slt.errors import UserError
 
@@ -35,13 +37,11 @@ ALPHAS = tuple(i / 20 for i in range(20))
 
 @register
 @dataclass(frozen=True)
-class AWQ(Compressor):
+class AWQ(GridQuantizer):
     """AWQ: activation-aware input scaling searched per layer, then group quantization."""
 
     name: ClassVar[str] = "awq"
-    knob: ClassVar[Knob] = BITS_KNOB
     targets: tuple[Role, ...] = GPTQ_TARGETS
-    symmetric: bool = True
     group_size: Annotated[int, Field(ge=1)] = 128
     clip_candidates: Annotated[int, Field(ge=1, le=1000)] = 50
     range_search: Literal["fast", "exhaustive"] = "fast"
@@ -49,14 +49,6 @@ class AWQ(Compressor):
 
     def __post_init__(self):
         data_aware_targets(self.name, self.targets)
-
-    def snap(self, value: float, prepared: Prepared | None = None) -> float:
-        import math
-
-        return math.log2(levels_for(value, self.symmetric))
-
-    def levels(self, prepared: Prepared) -> list[float]:
-        return bit_levels(self.symmetric)
 
     def prepare(self, model, calibration=None) -> Prepared:
         if calibration is None:
@@ -67,47 +59,38 @@ class AWQ(Compressor):
             prepared.cache[t.name] = statistics[t.name]
         return prepared
 
-    def _round(self, weight, levels: int):
-        """(dequantized, codes) of `weight` on the rtn grid of this compressor's options."""
+    def _round(self, weight, levels: int, clip: bool):
+        """(dequantized, codes) of `weight` on this compressor's grid: the `rtn` grid with its clip
+        search, or the plain min–max grid (`clip` False) the scale search uses."""
         groups = as_groups(weight, "group", self.group_size)
-        grid = fit_grid(groups, levels, self.symmetric, self.clip_candidates, self.range_search)
+        grid = fit_grid(groups, levels, self.symmetric, self.clip_candidates, self.range_search) if clip \
+            else grid_at(groups, levels, self.symmetric, 1.0)
         codes = grid.encode(groups)
         return from_groups(grid.decode(codes), weight), codes
 
     def _quantize(self, prepared: Prepared, t, levels: int):
-        """(dequantized, codes) at the α of least output error."""
+        """(dequantized, codes): α searched on the min–max grid, then the clipped grid at that α or at
+        α = 0 (round-to-nearest), whichever has the smaller output error."""
         statistics = prepared.cache[t.name]
         weight = t.matrix().float()
         hessian = statistics.hessian.to(weight.device, weight.dtype)
         magnitude = statistics.abs_mean.to(weight.device, weight.dtype).clamp_min(1e-8)
-        best = None
-        for alpha in ALPHAS:
+
+        def scaled(alpha: float, clip: bool):
             s = magnitude**alpha
             s = s / (s.max() * s.min()).sqrt()
-            dequantized, codes = self._round(weight * s, levels)
-            dequantized = dequantized / s
-            delta = dequantized - weight
-            error = float(((delta @ hessian) * delta).sum())
-            if best is None or error < best[0]:
-                best = (error, dequantized, codes)
-        return best[1], best[2]
+            dequantized, codes = self._round(weight * s, levels, clip)
+            delta = dequantized / s - weight
+            return float(((delta @ hessian) * delta).sum()), dequantized / s, codes
 
-    def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
-        levels = levels_for(value, self.symmetric)
-        counts = []
-        for t in prepared.targets:
-            dequantized, codes = self._quantize(prepared, t, levels)
-            t.write(dequantized)
-            counts.append(code_counts(codes, levels))
-        prepared.cache[("counts", levels)] = counts
+        alpha = min(ALPHAS, key=lambda a: scaled(a, clip=False)[0])
+        best = min({alpha, 0.0}, key=lambda a: (scaled(a, clip=True)[0], a))
+        return scaled(best, clip=True)[1:]
+
+    def _group_count(self, prepared: Prepared) -> int:
+        return sum(as_groups(t.matrix(), "group", self.group_size).shape[0] for t in prepared.targets)
 
     def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
-        levels = levels_for(value, self.symmetric)
-        key = ("counts", levels)
-        if key not in prepared.cache:  # from the originals alone; the model is not touched
-            prepared.cache[key] = [code_counts(self._quantize(prepared, t, levels)[1], levels)
-                                   for t in prepared.targets]
-        groups = sum(as_groups(t.matrix(), "group", self.group_size).shape[0] for t in prepared.targets)
-        length = quantized_length(self, prepared, levels, self.symmetric, groups, prepared.cache[key])
+        length = super()._description_length(prepared, value)
         scales = 32.0 * sum(t.matrix().shape[1] for t in prepared.targets)
         return dataclasses.replace(length, side_bits=length.side_bits + scales)

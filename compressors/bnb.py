@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from compressors.coding import coded_bits
-from compressors.quantize import code_counts
 from compressors.formats import FormatChoice
 from compressors.registry import DescriptionLength, Prepared, register
 from mdl_slt.errors import UserError
@@ -60,21 +59,15 @@ class BitsAndBytes(FormatChoice):
     BITS: ClassVar[dict[str, float]] = {f: FORMAT_BITS[f] + 32 / BLOCK[f] for f in FORMAT_BITS}  # with the absmax
     formats: tuple[Literal["int8", "nf4", "fp4"], ...] = ("int8", "nf4")
 
-    def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
-        fmt = self.format_at(value)
-        counts = []
-        for t in prepared.targets:
-            deq, codes = bnb_roundtrip(t.matrix(), fmt)
-            t.write(deq)
-            counts.append(code_counts(codes, 256 if fmt == "int8" else 16))
-        prepared.cache[fmt] = counts
+    def roundtrip(self, weight, fmt: str):
+        return bnb_roundtrip(weight, fmt)
+
+    def alphabet(self, fmt: str) -> int:
+        return 256 if fmt == "int8" else 16
 
     def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
         fmt = self.format_at(value)
-        alphabet = 256 if fmt == "int8" else 16
-        if fmt not in prepared.cache:  # from the originals alone; the model is not touched
-            prepared.cache[fmt] = [code_counts(bnb_roundtrip(t.matrix(), fmt)[1], alphabet) for t in prepared.targets]
         count = sum(t.original.numel() for t in prepared.targets)
         blocks = sum(math.ceil(t.original.numel() / BLOCK[fmt]) for t in prepared.targets)
         return self._length(prepared, payload=count * FORMAT_BITS[fmt], side=blocks * 32.0,
-                            entropy=sum(coded_bits(c, alphabet) for c in prepared.cache[fmt]))
+                            entropy=sum(coded_bits(c, self.alphabet(fmt)) for c in self.counts(prepared, fmt)))

@@ -1,7 +1,9 @@
 """A knob over named storage formats: the one setting of `bnb` and `mx`.
 
 The knob is a position in the compressor's `formats`, ordered from more to fewer bits per
-weight: 0 = unquantized, k = the k-th format, every position realisable.
+weight: 0 = unquantized, k = the k-th format, every position realisable. Each weight matrix is
+stored in the format by `roundtrip`; `apply` writes the result and keeps each tensor's code
+counts for the entropy-coded length (`counts` computes them from the originals otherwise).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from compressors.quantize import code_counts
 from compressors.registry import Compressor, Knob, Prepared
 from mdl_slt.errors import UserError
 
@@ -18,6 +21,14 @@ class FormatChoice(Compressor):
     """Base class: subclasses set `formats` (a tuple field) and `BITS`, bits per weight of each format."""
 
     BITS: ClassVar[dict[str, float]]
+
+    def roundtrip(self, weight, fmt: str):
+        """(dequantized (out × in) weight, integer codes) of `weight` stored in format `fmt`."""
+        raise NotImplementedError
+
+    def alphabet(self, fmt: str) -> int:
+        """How many codes format `fmt`'s elements have."""
+        raise NotImplementedError
 
     def __post_init__(self):
         bits = [self.BITS[f] for f in self.formats]
@@ -39,3 +50,19 @@ class FormatChoice(Compressor):
 
     def format_at(self, value: float) -> str:
         return self.formats[int(value) - 1]
+
+    def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
+        fmt = self.format_at(value)
+        counts = []
+        for t in prepared.targets:
+            dequantized, codes = self.roundtrip(t.matrix(), fmt)
+            t.write(dequantized)
+            counts.append(code_counts(codes, self.alphabet(fmt)))
+        prepared.cache[fmt] = counts
+
+    def counts(self, prepared: Prepared, fmt: str) -> list[list[int]]:
+        """Each target's code counts in format `fmt`, from the originals where no `apply` kept them."""
+        if fmt not in prepared.cache:  # the model is not touched
+            prepared.cache[fmt] = [code_counts(self.roundtrip(t.matrix(), fmt)[1], self.alphabet(fmt))
+                                   for t in prepared.targets]
+        return prepared.cache[fmt]

@@ -10,25 +10,24 @@ block-by-block pass, shared with sparsegpt, wanda and awq) and factorises them (
 Hessians come from the uncompressed model (static groups); each bit width then costs only the
 column sweep.
 
-The grid (symmetric, per output channel or group, clip ratio by weight error) and the
-description length are those of `rtn` with the same options.
+The grid (symmetric by default, per output channel or group, clip ratio by weight error) and the
+description length are those of `rtn` with the same options (compressors.quantize.GridQuantizer).
 auto-gptq cannot quantize without CUDA and breaks with transformers 5, so this is our own;
 the tensor math (`gptq_quantize`) is apart from the module walking, as in llm-compressor.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
 from compressors import layout
-from compressors.grid import Grid, as_groups, fit_grid
-from compressors.quantize import BITS_KNOB, bit_levels, code_counts, levels_for, quantized_length
 from compressors.calibration import input_statistics, inverse_hessian_factor, linear_targets
-from compressors.registry import Compressor, DescriptionLength, Knob, Prepared, register
+from compressors.grid import Grid, as_groups, fit_grid
+from compressors.quantize import GridQuantizer
+from compressors.registry import Prepared, register
 from compressors.targets import Role
 from mdl_slt.errors import UserError
 
@@ -87,11 +86,10 @@ def prepare_factors(compressor, model, calibration) -> Prepared:
 
 @register
 @dataclass(frozen=True)
-class GPTQ(Compressor):
-    """GPTQ: column-wise quantization with inverse-Hessian error feedback (symmetric grid)."""
+class GPTQ(GridQuantizer):
+    """GPTQ: column-wise quantization with inverse-Hessian error feedback (symmetric grid by default)."""
 
     name: ClassVar[str] = "gptq"
-    knob: ClassVar[Knob] = BITS_KNOB
     targets: tuple[Role, ...] = GPTQ_TARGETS
     granularity: Literal["channel", "group"] = "channel"
     group_size: Annotated[int, Field(ge=1)] = 128
@@ -103,21 +101,16 @@ class GPTQ(Compressor):
     def __post_init__(self):
         data_aware_targets(self.name, self.targets)
 
-    def snap(self, value: float, prepared: Prepared | None = None) -> float:
-        return math.log2(levels_for(value, True))
-
-    def levels(self, prepared: Prepared) -> list[float]:
-        return bit_levels(True)
-
     def prepare(self, model, calibration=None) -> Prepared:
         return prepare_factors(self, model, calibration)
 
     def _grids(self, weight, levels: int):
         """Per-channel grid, or one per group of `group_size` columns (static groups)."""
         if self.granularity == "channel":
-            return [fit_grid(weight, levels, True, self.clip_candidates, self.range_search)], [0] * weight.shape[1]
+            grid = fit_grid(weight, levels, self.symmetric, self.clip_candidates, self.range_search)
+            return [grid], [0] * weight.shape[1]
         size = as_groups(weight, "group", self.group_size).shape[1]
-        grids = [fit_grid(weight[:, s:s + size], levels, True, self.clip_candidates, self.range_search)
+        grids = [fit_grid(weight[:, s:s + size], levels, self.symmetric, self.clip_candidates, self.range_search)
                  for s in range(0, weight.shape[1], size)]
         return grids, [c // size for c in range(weight.shape[1])]
 
@@ -127,26 +120,9 @@ class GPTQ(Compressor):
         grids, group_of_column = self._grids(weight, levels)
         return gptq_quantize(weight, factor.to(weight.device), dead.to(weight.device), grids, group_of_column)
 
-    def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
-        levels = levels_for(value)
-        counts = []
-        for t in prepared.targets:
-            q, codes = self._quantize(prepared, t, levels)
-            t.write(q)
-            counts.append(code_counts(codes, levels))
-        prepared.cache[("counts", levels)] = counts
-
-    def _groups_per_row(self, columns: int) -> int:
-        return 1 if self.granularity == "channel" else columns // min(self.group_size, columns)
-
-    def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
-        levels = levels_for(value)
-        key = ("counts", levels)
-        if key not in prepared.cache:  # from the originals alone; the model is not touched
-            prepared.cache[key] = [code_counts(self._quantize(prepared, t, levels)[1], levels)
-                                   for t in prepared.targets]
+    def _group_count(self, prepared: Prepared) -> int:
         groups = 0
         for t in prepared.targets:
             rows, columns = layout.matrix(t.original, t.module).shape
-            groups += rows * self._groups_per_row(columns)
-        return quantized_length(self, prepared, levels, True, groups, prepared.cache[key])
+            groups += rows * (1 if self.granularity == "channel" else columns // min(self.group_size, columns))
+        return groups

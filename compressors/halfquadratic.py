@@ -15,7 +15,6 @@ width, fp32 (32 bits each); entropy-coded, each tensor's codes (compressors.codi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Annotated, ClassVar
 

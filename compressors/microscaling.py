@@ -25,7 +25,6 @@ from typing import ClassVar, Literal
 
 from compressors.coding import coded_bits
 from compressors.formats import FormatChoice
-from compressors.quantize import code_counts
 from compressors.registry import DescriptionLength, Prepared, register
 
 ELEMENTS = {"e4m3": (4, 3, 7), "e2m3": (2, 3, 1), "e2m1": (2, 1, 1)}  # exponent bits, mantissa bits, bias
@@ -106,24 +105,18 @@ class Microscaling(FormatChoice):
     BITS: ClassVar[dict[str, float]] = {f: element_width(e) + 8 / b for f, (e, b, _) in FORMATS.items()}
     formats: tuple[Literal["mxfp8", "mxfp6", "nvfp4", "mxfp4"], ...] = ("mxfp8", "mxfp6", "nvfp4", "mxfp4")
 
-    def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
-        fmt = self.format_at(value)
-        counts = []
-        for t in prepared.targets:
-            dequantized, codes = mx_roundtrip(t.matrix(), fmt)
-            t.write(dequantized)
-            counts.append(code_counts(codes, 2 ** element_width(FORMATS[fmt][0])))
-        prepared.cache[fmt] = counts
+    def roundtrip(self, weight, fmt: str):
+        return mx_roundtrip(weight, fmt)
+
+    def alphabet(self, fmt: str) -> int:
+        return 2 ** element_width(FORMATS[fmt][0])
 
     def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
         fmt = self.format_at(value)
         element, block, scale_format = FORMATS[fmt]
-        width = element_width(element)
-        if fmt not in prepared.cache:  # from the originals alone; the model is not touched
-            prepared.cache[fmt] = [code_counts(mx_roundtrip(t.matrix(), fmt)[1], 2**width) for t in prepared.targets]
         shapes = [t.matrix().shape for t in prepared.targets]
         count = sum(rows * columns for rows, columns in shapes)
         blocks = sum(rows * math.ceil(columns / block) for rows, columns in shapes)
         tensors = 32.0 * len(shapes) if scale_format == "e4m3" else 0.0
-        return self._length(prepared, payload=count * width, side=8.0 * blocks + tensors,
-                            entropy=sum(coded_bits(c, 2**width) for c in prepared.cache[fmt]))
+        return self._length(prepared, payload=count * element_width(element), side=8.0 * blocks + tensors,
+                            entropy=sum(coded_bits(c, self.alphabet(fmt)) for c in self.counts(prepared, fmt)))

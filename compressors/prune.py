@@ -63,17 +63,16 @@ class Magnitude(RankedPruner):
             prepared.cache[t.name] = part.reshape(scores[t.name].shape)
         return prepared
 
+    def _group_sizes(self, prepared: Prepared) -> list[int]:
+        if self.scope == "layer":
+            return super()._group_sizes(prepared)
+        return [sum(t.original.numel() for t in prepared.targets)]
+
     def _cuts(self, prepared: Prepared, value: float) -> dict:
         if self.scope == "layer":
             return super()._cuts(prepared, value)
-        total = removed(value, sum(t.original.numel() for t in prepared.targets))
+        total = removed(value, self._group_sizes(prepared)[0])
         return {t.name: total for t in prepared.targets}
-
-    def snap(self, value: float, prepared: Prepared | None = None) -> float:
-        if self.scope == "layer" or prepared is None:
-            return super().snap(value, prepared)
-        size = sum(t.original.numel() for t in prepared.targets)
-        return removed(value, size) / size
 
 
 @register

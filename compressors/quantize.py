@@ -68,25 +68,60 @@ def quantized_length(compressor, prepared: Prepared, levels: int, symmetric: boo
                               entropy=sum(coded_bits(c, levels) for c in counts))
 
 
-@register
 @dataclass(frozen=True)
-class RoundToNearest(Compressor):
-    """Uniform round-to-nearest quantization: symmetric/asymmetric, tensor/channel/group scales."""
+class GridQuantizer(Compressor):
+    """Base class of the quantizers on compressors.grid's grids (rtn, gptq, awq): the knob snaps to
+    log₂ N of an admissible level count; `apply` writes each target's dequantized weights from
+    `_quantize` and keeps its code counts, from which `_description_length` counts (`quantized_length`
+    with `_group_count` groups), computing them from the originals where no `apply` did."""
 
-    name: ClassVar[str] = "rtn"
     knob: ClassVar[Knob] = BITS_KNOB
     symmetric: bool = True
-    granularity: Literal["tensor", "channel", "group"] = "tensor"
-    group_size: Annotated[int, Field(ge=1)] = 128
-    range_by: Literal["mse", "loss"] = "mse"
-    clip_candidates: Annotated[int, Field(ge=1, le=1000)] = 50
-    range_search: Literal["fast", "exhaustive"] = "fast"
 
     def snap(self, value: float, prepared: Prepared | None = None) -> float:
         return math.log2(levels_for(value, self.symmetric))
 
     def levels(self, prepared: Prepared) -> list[float]:
         return bit_levels(self.symmetric)
+
+    def _quantize(self, prepared: Prepared, t, levels: int):
+        """(dequantized (out × in) weight, integer codes) of target `t` at `levels`."""
+        raise NotImplementedError
+
+    def _group_count(self, prepared: Prepared) -> int:
+        """Groups with a scale of their own, over all targets."""
+        raise NotImplementedError
+
+    def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
+        levels = levels_for(value, self.symmetric)
+        counts = []
+        for t in prepared.targets:
+            dequantized, codes = self._quantize(prepared, t, levels)
+            t.write(dequantized)
+            counts.append(code_counts(codes, levels))
+        prepared.cache[("counts", levels)] = counts
+
+    def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
+        levels = levels_for(value, self.symmetric)
+        key = ("counts", levels)
+        if key not in prepared.cache:  # from the originals alone; the model is not touched
+            prepared.cache[key] = [code_counts(self._quantize(prepared, t, levels)[1], levels)
+                                   for t in prepared.targets]
+        return quantized_length(self, prepared, levels, self.symmetric, self._group_count(prepared),
+                                prepared.cache[key])
+
+
+@register
+@dataclass(frozen=True)
+class RoundToNearest(GridQuantizer):
+    """Uniform round-to-nearest quantization: symmetric/asymmetric, tensor/channel/group scales."""
+
+    name: ClassVar[str] = "rtn"
+    granularity: Literal["tensor", "channel", "group"] = "tensor"
+    group_size: Annotated[int, Field(ge=1)] = 128
+    range_by: Literal["mse", "loss"] = "mse"
+    clip_candidates: Annotated[int, Field(ge=1, le=1000)] = 50
+    range_search: Literal["fast", "exhaustive"] = "fast"
 
     def cost(self) -> Cost:
         if self.range_by == "loss":
@@ -141,23 +176,9 @@ class RoundToNearest(Compressor):
                     t.param.copy_(values)
         return min(losses, key=losses.get)
 
-    def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
-        levels = levels_for(value, self.symmetric)
-        ratio = self._ratio(prepared, levels)
-        counts = []
-        for t in prepared.targets:
-            groups, grid, codes = self._codes(prepared, t, levels, ratio)
-            t.write(from_groups(grid.decode(codes), t.matrix()))
-            counts.append(code_counts(codes, levels))
-        prepared.cache[("counts", levels)] = counts
+    def _quantize(self, prepared: Prepared, t, levels: int):
+        groups, grid, codes = self._codes(prepared, t, levels, self._ratio(prepared, levels))
+        return from_groups(grid.decode(codes), t.matrix()), codes
 
-    def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
-        levels = levels_for(value, self.symmetric)
-        key = ("counts", levels)
-        if key not in prepared.cache:  # from the originals alone; the model is not touched
-            ratio = self._ratio(prepared, levels)
-            prepared.cache[key] = [code_counts(self._codes(prepared, t, levels, ratio)[2], levels)
-                                   for t in prepared.targets]
-        groups = sum(self._groups(t).shape[0] for t in prepared.targets)
-        return quantized_length(self, prepared, levels, self.symmetric, groups, prepared.cache[key])
-
+    def _group_count(self, prepared: Prepared) -> int:
+        return sum(self._groups(t).shape[0] for t in prepared.targets)

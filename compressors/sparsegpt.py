@@ -20,9 +20,8 @@ from typing import Annotated, ClassVar
 from pydantic import Field
 
 from compressors.gptq import GPTQ_TARGETS, data_aware_targets, prepare_factors
-from compressors.registry import Compressor, DescriptionLength, Knob, Prepared, register
-from compressors.sparsity import (SPARSITY_KNOB, Pattern, check_groups, group_of, nm_length, nm_levels, removed,
-                                  unstructured_length)
+from compressors.registry import DescriptionLength, Prepared, register
+from compressors.sparsity import Pruner, check_groups, group_of, nm_length, removed, unstructured_length
 from compressors.targets import Role
 from mdl_slt.errors import UserError
 
@@ -63,13 +62,11 @@ def sparsegpt_prune(weight, factor, dead, value: float, m: int | None, block: in
 
 @register
 @dataclass(frozen=True)
-class SparseGPT(Compressor):
+class SparseGPT(Pruner):
     """SparseGPT: second-order pruning with inverse-Hessian weight updates, unstructured or N:M."""
 
     name: ClassVar[str] = "sparsegpt"
-    knob: ClassVar[Knob] = SPARSITY_KNOB
     targets: tuple[Role, ...] = GPTQ_TARGETS
-    pattern: Pattern = "unstructured"
     block_size: Annotated[int, Field(ge=8)] = 128
     damp: Annotated[float, Field(gt=0, le=1)] = 0.01
     calibration_sequences: Annotated[int, Field(ge=1)] = 256
@@ -94,18 +91,8 @@ class SparseGPT(Compressor):
         rows, columns = t.matrix().shape
         return [rows * (min(s + self.block_size, columns) - s) for s in range(0, columns, self.block_size)]
 
-    def snap(self, value: float, prepared: Prepared | None = None) -> float:
-        """The least sparsity removing as many weights from every block."""
-        m = group_of(self.pattern)
-        if m:
-            return removed(value, m) / m
-        if prepared is None:
-            return value
-        return max(removed(value, size) / size for t in prepared.targets for size in self._blocks(t))
-
-    def levels(self, prepared: Prepared) -> list[float] | None:
-        m = group_of(self.pattern)
-        return nm_levels(m, self.knob.high) if m else None
+    def _group_sizes(self, prepared: Prepared) -> list[int]:
+        return [size for t in prepared.targets for size in self._blocks(t)]
 
     def _prune(self, prepared: Prepared, t, value: float):
         factor, dead = prepared.cache[t.name]
@@ -133,4 +120,4 @@ class SparseGPT(Compressor):
             parts = [unstructured_length(t.original.numel(),
                                          t.original.numel() - sum(removed(value, b) for b in self._blocks(t)))
                      for t in prepared.targets]
-        return self._length(prepared, *(sum(p[i] for p in parts) for i in range(3)))
+        return self._mask_length(prepared, parts)

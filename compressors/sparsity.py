@@ -89,18 +89,48 @@ SPARSITY_KNOB = Knob(name="sparsity", low=0.0, high=0.99, identity=0.0, more_com
 
 
 @dataclass(frozen=True)
-class RankedPruner(Compressor):
-    """A pruner that ranks every weight once in `prepare` (`_rank`) and removes the lowest ranks of
-    each comparison group: `_unstructured_width` weights when unstructured, M under N:M."""
+class Pruner(Compressor):
+    """Base class of the pruners (magnitude, wanda, sparsegpt): the sparsity knob and the pattern;
+    unstructured, s snaps to the least value removing as many weights from every comparison group
+    (`_group_sizes`), under N:M to z/M; the mask's length from per-target parts."""
 
     knob: ClassVar[Knob] = SPARSITY_KNOB
     pattern: Pattern = "unstructured"
+
+    def _group_sizes(self, prepared: Prepared) -> list[int]:
+        """The sizes of the unstructured comparison groups, each losing ⌊s·n⌋ weights."""
+        raise NotImplementedError
+
+    def snap(self, value: float, prepared: Prepared | None = None) -> float:
+        m = group_of(self.pattern)
+        if m:
+            return removed(value, m) / m
+        if prepared is None:
+            return value
+        return max(removed(value, size) / size for size in self._group_sizes(prepared))
+
+    def levels(self, prepared: Prepared) -> list[float] | None:
+        m = group_of(self.pattern)
+        return nm_levels(m, self.knob.high) if m else None
+
+    def _mask_length(self, prepared: Prepared, parts) -> DescriptionLength:
+        """The length from per-target (payload, side, entropy-coded payload) parts."""
+        return self._length(prepared, *(sum(p[i] for p in parts) for i in range(3)))
+
+
+@dataclass(frozen=True)
+class RankedPruner(Pruner):
+    """A pruner that ranks every weight once in `prepare` (`_rank`) and removes the lowest ranks of
+    each comparison group: `_unstructured_width` weights when unstructured, M under N:M."""
 
     def _unstructured_width(self, t) -> int:
         raise NotImplementedError
 
     def _width(self, t) -> int:
         return group_of(self.pattern) or self._unstructured_width(t)
+
+    def _group_sizes(self, prepared: Prepared) -> list[int]:
+        return [self._unstructured_width(t) for t in prepared.targets]
 
     def _rank(self, prepared: Prepared, scores: dict) -> None:
         """Keep each target's ranks within its groups, from (out × in) `scores`."""
@@ -114,19 +144,6 @@ class RankedPruner(Compressor):
         """Per target, the rank below which its weights are removed at sparsity `value`."""
         return {t.name: removed(value, self._width(t)) for t in prepared.targets}
 
-    def snap(self, value: float, prepared: Prepared | None = None) -> float:
-        """The least sparsity removing the same weights."""
-        m = group_of(self.pattern)
-        if m:
-            return removed(value, m) / m
-        if prepared is None:
-            return value
-        return max(removed(value, self._width(t)) / self._width(t) for t in prepared.targets)
-
-    def levels(self, prepared: Prepared) -> list[float] | None:
-        m = group_of(self.pattern)
-        return nm_levels(m, self.knob.high) if m else None
-
     def _kept(self, prepared: Prepared, t, cut: int):
         """(out × in) mask, True where a weight stays."""
         return prepared.cache[t.name] >= cut
@@ -138,7 +155,6 @@ class RankedPruner(Compressor):
 
     def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
         cuts, m = self._cuts(prepared, value), group_of(self.pattern)
-        parts = [nm_length(self._kept(prepared, t, cuts[t.name]), m) if m else
-                 unstructured_length(t.original.numel(), int(self._kept(prepared, t, cuts[t.name]).sum()))
-                 for t in prepared.targets]
-        return self._length(prepared, *(sum(p[i] for p in parts) for i in range(3)))
+        masks = [self._kept(prepared, t, cuts[t.name]) for t in prepared.targets]
+        return self._mask_length(prepared, [nm_length(mask, m) if m else unstructured_length(mask.numel(), int(mask.sum()))
+                                            for mask in masks])

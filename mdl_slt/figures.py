@@ -170,7 +170,8 @@ def description_lengths_vs_llc(table: pd.DataFrame, inside: pd.Series, style: St
     order = shown.groupby("compressor").critical_dl_bits.median().sort_values().index
     methods = [m for m in order if m in style.methods]
     fig, axes = _figure(1, len(epsilons), sharey=True, sharex=True)
-    offsets = {m: (i - (len(style.models) - 1) / 2) * 0.22 for i, m in enumerate(style.models)}
+    step = min(0.22, 0.76 / max(1, len(style.models) - 1))  # the sizes of a row within ±0.38 of its centre
+    offsets = {m: (i - (len(style.models) - 1) / 2) * step for i, m in enumerate(style.models)}
     xlim = tuple(v / 8e3 for v in robust_limits(shown.critical_dl_bits, log=True, spread=6))
     for ax, eps in zip(axes[0], epsilons):
         part = shown[shown.epsilon == eps]

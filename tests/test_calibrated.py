@@ -1,5 +1,7 @@
 """The data-aware compressors' tensor math, and the one collection of layer inputs they share."""
 
+import weakref
+
 import torch
 
 import compressors
@@ -51,6 +53,7 @@ def test_sparsegpt_updates_lower_the_output_error_of_its_own_mask_and_beat_magni
 
 def test_one_collection_of_layer_inputs_serves_every_data_aware_method(tiny_checkpoint, tiny_tokens, monkeypatch):
     calls = []
+    monkeypatch.setattr(calibration, "_KEPT", weakref.WeakKeyDictionary())  # none kept by earlier tests
     collect = calibration.collect_statistics
     monkeypatch.setattr(calibration, "collect_statistics", lambda *args: calls.append(1) or collect(*args))
     model, tokens = tiny_checkpoint.model, tiny_tokens.train
