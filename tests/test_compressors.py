@@ -36,9 +36,9 @@ def fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def check_conformance(name, model, eval_tokens, calibration):
+def check_conformance(name, model, eval_tokens, calibration, options=None):
     """The shared conformance checks, for any model: see the module docstring."""
-    method = compressors.get(name)
+    method = compressors.get(name, **(options or {}))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     base = evaluate_loss(model, eval_tokens)
     prepared = method.prepare(model, calibration)
@@ -64,15 +64,21 @@ def check_conformance(name, model, eval_tokens, calibration):
     tensors = len(prepared.targets)
     assert all(length.entropy_total_bits <= length.total_bits + tensors for length in lengths)
 
-    again = compressors.get(name).prepare(model, calibration)
+    again = compressors.get(name, **(options or {})).prepare(model, calibration)
     middle = values[len(values) // 2]
     with method.applied(model, again, middle):
         assert evaluate_loss(model, eval_tokens) == losses[len(values) // 2]
 
 
-@pytest.mark.parametrize("name", compressors.names())
-def test_conformance(name, tiny_checkpoint, tiny_tokens):
-    check_conformance(name, tiny_checkpoint.model, tiny_tokens.eval, tiny_tokens.train)
+CASES = {**{name: (name, {}) for name in compressors.names()},  # every compressor, and the N:M patterns
+         "magnitude n:4": ("magnitude", {"pattern": "n:4"}), "wanda n:8": ("wanda", {"pattern": "n:8"}),
+         "sparsegpt n:4": ("sparsegpt", {"pattern": "n:4"})}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_conformance(case, tiny_checkpoint, tiny_tokens):
+    name, options = CASES[case]
+    check_conformance(name, tiny_checkpoint.model, tiny_tokens.eval, tiny_tokens.train, options)
 
 
 @pytest.mark.parametrize("name", compressors.names())
@@ -90,14 +96,15 @@ def test_a_length_never_touches_the_model(name, tiny_checkpoint, tiny_tokens):
         assert fingerprint(model) == compressed
 
 
-@pytest.mark.parametrize("name", compressors.names())
-def test_each_distinct_compressed_model_is_evaluated_once(name, tiny_checkpoint, tiny_tokens):
+@pytest.mark.parametrize("case", CASES)
+def test_each_distinct_compressed_model_is_evaluated_once(case, tiny_checkpoint, tiny_tokens):
     """A real critical search: no two of its evaluations compress the model identically, and
     snapping is canonical (a snapped value snaps to itself and gives the same model)."""
     from mdl_slt.critical import find_critical
 
     model = tiny_checkpoint.model
-    method = compressors.get(name)
+    name, options = CASES[case]
+    method = compressors.get(name, **options)
     prepared = method.prepare(model, tiny_tokens.train)
     base = evaluate_loss(model, tiny_tokens.eval)
     seen = {}
