@@ -24,13 +24,12 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from compressors.calibration import input_statistics, linear_targets
+from compressors.calibration import snapshot_with_statistics
 from compressors.gptq import GPTQ_TARGETS, data_aware_targets
 from compressors.grid import as_groups, fit_grid, from_groups, grid_at
 from compressors.quantize import GridQuantizer
 from compressors.registry import DescriptionLength, Prepared, register
 from compressors.targets import Role
-from mdl_slt.errors import UserError
 
 ALPHAS = tuple(i / 20 for i in range(20))
 
@@ -51,10 +50,7 @@ class AWQ(GridQuantizer):
         data_aware_targets(self.name, self.targets)
 
     def prepare(self, model, calibration=None) -> Prepared:
-        if calibration is None:
-            raise UserError("awq needs calibration tokens to measure each layer's input magnitudes")
-        prepared = self._snapshot(model, linear_targets(model, self.targets), calibration)
-        statistics = input_statistics(model, prepared.targets, calibration[:self.calibration_sequences])
+        prepared, statistics = snapshot_with_statistics(self, model, calibration)
         for t in prepared.targets:
             prepared.cache[t.name] = statistics[t.name]
         return prepared

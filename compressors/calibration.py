@@ -188,3 +188,12 @@ def input_statistics(model, targets, calibration) -> dict[str, InputStatistics]:
     collect_statistics(model, targets, calibration, keep)
     _KEPT[model] = (key, found, spill)
     return found
+
+
+def snapshot_with_statistics(compressor, model, calibration):
+    """(prepared state of `compressor`'s linear targets, their input statistics from its first
+    `calibration_sequences` calibration sequences): the start of every data-aware `prepare`."""
+    if calibration is None:
+        raise UserError(f"{compressor.name} needs calibration tokens: it reads each layer's inputs")
+    prepared = compressor._snapshot(model, linear_targets(model, compressor.targets), calibration)
+    return prepared, input_statistics(model, prepared.targets, calibration[:compressor.calibration_sequences])

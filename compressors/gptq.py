@@ -24,7 +24,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from compressors import layout
-from compressors.calibration import input_statistics, inverse_hessian_factor, linear_targets
+from compressors.calibration import inverse_hessian_factor, snapshot_with_statistics
 from compressors.grid import Grid, as_groups, fit_grid
 from compressors.quantize import GridQuantizer
 from compressors.registry import Prepared, register
@@ -74,10 +74,7 @@ def data_aware_targets(name: str, targets) -> None:
 def prepare_factors(compressor, model, calibration) -> Prepared:
     """Snapshot the linear targets and keep each one's inverse-Hessian factor U and dead inputs
     (from the shared input statistics, compressors.calibration): gptq's and sparsegpt's prepare."""
-    if calibration is None:
-        raise UserError(f"{compressor.name} needs calibration tokens to estimate each layer's input Hessian")
-    prepared = compressor._snapshot(model, linear_targets(model, compressor.targets), calibration)
-    statistics = input_statistics(model, prepared.targets, calibration[:compressor.calibration_sequences])
+    prepared, statistics = snapshot_with_statistics(compressor, model, calibration)
     for t in prepared.targets:
         factor, dead = inverse_hessian_factor(statistics[t.name].hessian, compressor.damp)
         prepared.cache[t.name] = (prepared.keep(factor), dead)

@@ -15,12 +15,11 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field
 
-from compressors.calibration import input_statistics, linear_targets
+from compressors.calibration import snapshot_with_statistics
 from compressors.gptq import GPTQ_TARGETS, data_aware_targets
 from compressors.registry import Prepared, register
 from compressors.sparsity import RankedPruner
 from compressors.targets import Role
-from mdl_slt.errors import UserError
 
 
 @register
@@ -39,10 +38,7 @@ class Wanda(RankedPruner):
         return t.matrix().shape[1]
 
     def prepare(self, model, calibration=None) -> Prepared:
-        if calibration is None:
-            raise UserError("wanda needs calibration tokens to measure each layer's input norms")
-        prepared = self._snapshot(model, linear_targets(model, self.targets), calibration)
-        statistics = input_statistics(model, prepared.targets, calibration[:self.calibration_sequences])
+        prepared, statistics = snapshot_with_statistics(self, model, calibration)
         self._rank(prepared, {t.name: t.matrix().float().abs() * statistics[t.name].column_norms.float()
                               for t in prepared.targets})
         return prepared

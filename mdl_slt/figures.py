@@ -8,6 +8,7 @@ beyond robust limits are drawn at the edge (as triangles) and counted.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import matplotlib
@@ -45,8 +46,7 @@ class Style:
 
     def only(self, methods: list[str]) -> "Style":
         """The same colours and markers, for a subset of the methods (a page of them)."""
-        part = object.__new__(Style)
-        part.models, part.colour, part.marker = self.models, self.colour, self.marker
+        part = copy.copy(self)
         part.methods = [m for m in self.methods if m in methods]
         return part
 
