@@ -24,33 +24,27 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from compressors.calibration import snapshot_with_statistics
-from compressors.gptq import GPTQ_TARGETS, data_aware_targets
+from compressors.calibration import DataAware
 from compressors.grid import as_groups, fit_grid, from_groups, grid_at
 from compressors.quantize import GridQuantizer
 from compressors.registry import DescriptionLength, Prepared, register
-from compressors.targets import Role
 
 ALPHAS = tuple(i / 20 for i in range(20))
 
 
 @register
 @dataclass(frozen=True)
-class AWQ(GridQuantizer):
+class AWQ(DataAware, GridQuantizer):
     """AWQ: activation-aware input scaling searched per layer, then group quantization."""
 
     name: ClassVar[str] = "awq"
-    targets: tuple[Role, ...] = GPTQ_TARGETS
+    granularity: ClassVar[str] = "group"
     group_size: Annotated[int, Field(ge=1)] = 128
     clip_candidates: Annotated[int, Field(ge=1, le=1000)] = 50
     range_search: Literal["fast", "exhaustive"] = "fast"
-    calibration_sequences: Annotated[int, Field(ge=1)] = 256
-
-    def __post_init__(self):
-        data_aware_targets(self.name, self.targets)
 
     def prepare(self, model, calibration=None) -> Prepared:
-        prepared, statistics = snapshot_with_statistics(self, model, calibration)
+        prepared, statistics = self._with_statistics(model, calibration)
         for t in prepared.targets:
             prepared.cache[t.name] = statistics[t.name]
         return prepared
@@ -58,7 +52,7 @@ class AWQ(GridQuantizer):
     def _round(self, weight, levels: int, clip: bool):
         """(dequantized, codes) of `weight` on this compressor's grid: the `rtn` grid with its clip
         search, or the plain min–max grid (`clip` False) the scale search uses."""
-        groups = as_groups(weight, "group", self.group_size)
+        groups = as_groups(weight, self.granularity, self.group_size)
         grid = fit_grid(groups, levels, self.symmetric, self.clip_candidates, self.range_search) if clip \
             else grid_at(groups, levels, self.symmetric, 1.0)
         codes = grid.encode(groups)
@@ -76,17 +70,15 @@ class AWQ(GridQuantizer):
             s = magnitude**alpha
             s = s / (s.max() * s.min()).sqrt()
             dequantized, codes = self._round(weight * s, levels, clip)
-            delta = dequantized / s - weight
-            return float(((delta @ hessian) * delta).sum()), dequantized / s, codes
+            dequantized = dequantized / s
+            delta = dequantized - weight
+            return float(((delta @ hessian) * delta).sum()), dequantized, codes
 
         alpha = min(ALPHAS, key=lambda a: scaled(a, clip=False)[0])
-        best = min({alpha, 0.0}, key=lambda a: (scaled(a, clip=True)[0], a))
-        return scaled(best, clip=True)[1:]
-
-    def _group_count(self, prepared: Prepared) -> int:
-        return sum(as_groups(t.matrix(), "group", self.group_size).shape[0] for t in prepared.targets)
+        clipped = {a: scaled(a, clip=True) for a in {alpha, 0.0}}  # a tie goes to α = 0
+        return clipped[min(clipped, key=lambda a: (clipped[a][0], a))][1:]
 
     def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
         length = super()._description_length(prepared, value)
-        scales = 32.0 * sum(t.matrix().shape[1] for t in prepared.targets)
+        scales = 32.0 * sum(t.shape[1] for t in prepared.targets)
         return dataclasses.replace(length, side_bits=length.side_bits + scales)

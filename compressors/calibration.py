@@ -14,6 +14,8 @@ blocks (the unembedding) take one more full pass.
 on the model (memory-mapped when large, compressors.spill), so gptq, sparsegpt, wanda and awq in
 one experiment share one collection per checkpoint. The kept statistics are used only while the
 model's weights are those they were collected on (a checksum of every parameter is compared).
+`DataAware` is their base class: the targets they can take, the check of them, and the start of
+their `prepare`.
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ from __future__ import annotations
 import hashlib
 import weakref
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
 
 from compressors import layout
+from compressors.registry import Compressor, Prepared
 from compressors.spill import Spill, spill_bytes
+from compressors.targets import Role
 from mdl_slt.errors import UserError
 
 BATCH = 16  # calibration sequences per forward pass
@@ -119,7 +126,7 @@ def collect_statistics(model, targets, calibration, on_block) -> None:
     def hooked(chosen):
         sums, hooks = {}, []
         for t in chosen:
-            width = t.original.shape[0] if layout.is_transposed(t.module) else t.original.shape[-1]
+            width = t.shape[1]  # the layer's inputs
             zeros = dict(dtype=torch.float64, device=t.param.device)
             sums[t.name] = [torch.zeros(width, width, **zeros), torch.zeros(width, **zeros), 0]
 
@@ -167,33 +174,43 @@ def _checksum(model) -> tuple:
 def input_statistics(model, targets, calibration) -> dict[str, InputStatistics]:
     """{target name: InputStatistics} from `calibration` (a LongTensor of token sequences),
     collected once per model, targets and tokens while the weights stay the same (see above)."""
-    import torch
-
     tokens = hashlib.sha256(calibration.detach().cpu().numpy().tobytes()).hexdigest()
     key = (tuple(t.name for t in targets), tuple(calibration.shape), tokens, _checksum(model))
     kept = _KEPT.get(model)
     if kept is not None and kept[0] == key:
         return kept[1]
     _KEPT.pop(model, None)
-    width = sum((t.original.shape[0] if layout.is_transposed(t.module) else t.original.shape[-1]) ** 2
-                for t in targets)
-    spill = Spill() if 8 * width > spill_bytes() else None
+    spill = Spill() if sum(8 * t.shape[1] ** 2 for t in targets) > spill_bytes() else None  # float64 H
     found: dict[str, InputStatistics] = {}
 
     def keep(statistics):
         for name, s in statistics.items():
-            found[name] = InputStatistics(spill.put(s.hessian) if spill else s.hessian.to(torch.float64),
-                                          s.abs_mean, s.tokens)
+            found[name] = InputStatistics(spill.put(s.hessian) if spill else s.hessian, s.abs_mean, s.tokens)
 
     collect_statistics(model, targets, calibration, keep)
     _KEPT[model] = (key, found, spill)
     return found
 
 
-def snapshot_with_statistics(compressor, model, calibration):
-    """(prepared state of `compressor`'s linear targets, their input statistics from its first
-    `calibration_sequences` calibration sequences): the start of every data-aware `prepare`."""
-    if calibration is None:
-        raise UserError(f"{compressor.name} needs calibration tokens: it reads each layer's inputs")
-    prepared = compressor._snapshot(model, linear_targets(model, compressor.targets), calibration)
-    return prepared, input_statistics(model, prepared.targets, calibration[:compressor.calibration_sequences])
+@dataclass(frozen=True)
+class DataAware(Compressor):
+    """Base class of the compressors that read each layer's inputs (gptq, sparsegpt, wanda, awq):
+    their targets are the linear layers of the roles given (never the embedding, norms or biases),
+    and their statistics come from the first `calibration_sequences` calibration sequences."""
+
+    targets: tuple[Role, ...] = ("attention", "mlp", "unembedding")
+    calibration_sequences: Annotated[int, Field(ge=1)] = 256
+
+    def __post_init__(self):
+        if "embedding" in self.targets:
+            raise UserError(f"{self.name} needs each layer's inputs, which an embedding does not have: drop "
+                            "'embedding' from targets (rtn can quantize it)")
+        if {"norm", "bias"} & set(self.targets):
+            raise UserError(f"{self.name} compresses weight matrices: drop 'norm' and 'bias' from targets")
+
+    def _with_statistics(self, model, calibration) -> tuple[Prepared, dict[str, InputStatistics]]:
+        """(the prepared state of the linear targets, their input statistics): the start of `prepare`."""
+        if calibration is None:
+            raise UserError(f"{self.name} needs calibration tokens: it reads each layer's inputs")
+        prepared = self._snapshot(model, linear_targets(model, self.targets), calibration)
+        return prepared, input_statistics(model, prepared.targets, calibration[:self.calibration_sequences])

@@ -23,15 +23,10 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from compressors import layout
-from compressors.calibration import inverse_hessian_factor, snapshot_with_statistics
+from compressors.calibration import DataAware, inverse_hessian_factor
 from compressors.grid import Grid, as_groups, fit_grid
 from compressors.quantize import GridQuantizer
 from compressors.registry import Prepared, register
-from compressors.targets import Role
-from mdl_slt.errors import UserError
-
-GPTQ_TARGETS = ("attention", "mlp", "unembedding")
 
 
 def gptq_quantize(weight, factor, dead, grids: list[Grid], group_of_column, block: int = 128):
@@ -62,19 +57,10 @@ def gptq_quantize(weight, factor, dead, grids: list[Grid], group_of_column, bloc
     return q, codes
 
 
-def data_aware_targets(name: str, targets) -> None:
-    """The check every compressor reading layer inputs makes of its `targets`."""
-    if "embedding" in targets:
-        raise UserError(f"{name} needs each layer's inputs, which an embedding does not have: drop "
-                        "'embedding' from targets (rtn can quantize it)")
-    if {"norm", "bias"} & set(targets):
-        raise UserError(f"{name} compresses weight matrices: drop 'norm' and 'bias' from targets")
-
-
 def prepare_factors(compressor, model, calibration) -> Prepared:
     """Snapshot the linear targets and keep each one's inverse-Hessian factor U and dead inputs
     (from the shared input statistics, compressors.calibration): gptq's and sparsegpt's prepare."""
-    prepared, statistics = snapshot_with_statistics(compressor, model, calibration)
+    prepared, statistics = compressor._with_statistics(model, calibration)
     for t in prepared.targets:
         factor, dead = inverse_hessian_factor(statistics[t.name].hessian, compressor.damp)
         prepared.cache[t.name] = (prepared.keep(factor), dead)
@@ -83,20 +69,15 @@ def prepare_factors(compressor, model, calibration) -> Prepared:
 
 @register
 @dataclass(frozen=True)
-class GPTQ(GridQuantizer):
+class GPTQ(DataAware, GridQuantizer):
     """GPTQ: column-wise quantization with inverse-Hessian error feedback (symmetric grid by default)."""
 
     name: ClassVar[str] = "gptq"
-    targets: tuple[Role, ...] = GPTQ_TARGETS
     granularity: Literal["channel", "group"] = "channel"
     group_size: Annotated[int, Field(ge=1)] = 128
     damp: Annotated[float, Field(gt=0, le=1)] = 0.01
     clip_candidates: Annotated[int, Field(ge=1, le=1000)] = 50
     range_search: Literal["fast", "exhaustive"] = "fast"
-    calibration_sequences: Annotated[int, Field(ge=1)] = 256
-
-    def __post_init__(self):
-        data_aware_targets(self.name, self.targets)
 
     def prepare(self, model, calibration=None) -> Prepared:
         return prepare_factors(self, model, calibration)
@@ -116,10 +97,3 @@ class GPTQ(GridQuantizer):
         weight = t.matrix().float()
         grids, group_of_column = self._grids(weight, levels)
         return gptq_quantize(weight, factor.to(weight.device), dead.to(weight.device), grids, group_of_column)
-
-    def _group_count(self, prepared: Prepared) -> int:
-        groups = 0
-        for t in prepared.targets:
-            rows, columns = layout.matrix(t.original, t.module).shape
-            groups += rows * (1 if self.granularity == "channel" else columns // min(self.group_size, columns))
-        return groups

@@ -114,7 +114,7 @@ class Microscaling(FormatChoice):
     def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
         fmt = self.format_at(value)
         element, block, scale_format = FORMATS[fmt]
-        shapes = [t.matrix().shape for t in prepared.targets]
+        shapes = [t.shape for t in prepared.targets]
         count = sum(rows * columns for rows, columns in shapes)
         blocks = sum(rows * math.ceil(columns / block) for rows, columns in shapes)
         tensors = 32.0 * len(shapes) if scale_format == "e4m3" else 0.0

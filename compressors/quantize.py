@@ -21,6 +21,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
+from compressors import layout
 from compressors.coding import coded_bits
 from compressors.grid import as_groups, fit_grid, from_groups, grid_at, side_bits_per_group
 from compressors.registry import Compressor, Cost, DescriptionLength, Knob, Prepared, register
@@ -73,7 +74,8 @@ class GridQuantizer(Compressor):
     """Base class of the quantizers on compressors.grid's grids (rtn, gptq, awq): the knob snaps to
     log₂ N of an admissible level count; `apply` writes each target's dequantized weights from
     `_quantize` and keeps its code counts, from which `_description_length` counts (`quantized_length`
-    with `_group_count` groups), computing them from the originals where no `apply` did."""
+    with a scale per group of `granularity` and `group_size`), computing them from the originals where
+    no `apply` did."""
 
     knob: ClassVar[Knob] = BITS_KNOB
     symmetric: bool = True
@@ -89,8 +91,9 @@ class GridQuantizer(Compressor):
         raise NotImplementedError
 
     def _group_count(self, prepared: Prepared) -> int:
-        """Groups with a scale of their own, over all targets."""
-        raise NotImplementedError
+        """Groups with a scale of their own, over all targets (per `granularity` and `group_size`)."""
+        return sum(as_groups(layout.matrix(t.original, t.module), self.granularity, self.group_size).shape[0]
+                   for t in prepared.targets)
 
     def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
         levels = levels_for(value, self.symmetric)
@@ -179,6 +182,3 @@ class RoundToNearest(GridQuantizer):
     def _quantize(self, prepared: Prepared, t, levels: int):
         groups, grid, codes = self._codes(prepared, t, levels, self._ratio(prepared, levels))
         return from_groups(grid.decode(codes), t.matrix()), codes
-
-    def _group_count(self, prepared: Prepared) -> int:
-        return sum(self._groups(t).shape[0] for t in prepared.targets)

@@ -103,6 +103,11 @@ class Target:
         """The original on the parameter's device: one layer's transient copy when spilled."""
         return self.original.to(self.param.device)
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The (out × in) shape of the weight (see compressors.layout), without moving it to the device."""
+        return tuple(layout.matrix(self.original, self.module).shape)
+
     def matrix(self):
         """The original as an (out × in) matrix on the parameter's device (see compressors.layout)."""
         return layout.matrix(self.working, self.module)

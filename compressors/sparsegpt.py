@@ -19,10 +19,10 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field
 
-from compressors.gptq import GPTQ_TARGETS, data_aware_targets, prepare_factors
+from compressors.calibration import DataAware
+from compressors.gptq import prepare_factors
 from compressors.registry import DescriptionLength, Prepared, register
-from compressors.sparsity import Pruner, check_groups, group_of, nm_length, removed, unstructured_length
-from compressors.targets import Role
+from compressors.sparsity import Pruner, group_of, nm_length, removed, unstructured_length
 from mdl_slt.errors import UserError
 
 
@@ -62,17 +62,15 @@ def sparsegpt_prune(weight, factor, dead, value: float, m: int | None, block: in
 
 @register
 @dataclass(frozen=True)
-class SparseGPT(Pruner):
+class SparseGPT(DataAware, Pruner):
     """SparseGPT: second-order pruning with inverse-Hessian weight updates, unstructured or N:M."""
 
     name: ClassVar[str] = "sparsegpt"
-    targets: tuple[Role, ...] = GPTQ_TARGETS
     block_size: Annotated[int, Field(ge=8)] = 128
     damp: Annotated[float, Field(gt=0, le=1)] = 0.01
-    calibration_sequences: Annotated[int, Field(ge=1)] = 256
 
     def __post_init__(self):
-        data_aware_targets(self.name, self.targets)
+        super().__post_init__()
         m = group_of(self.pattern)
         if m and self.block_size % m:
             raise UserError(f"sparsegpt: block_size {self.block_size} must be a multiple of {m} for pattern "
@@ -80,15 +78,12 @@ class SparseGPT(Pruner):
 
     def prepare(self, model, calibration=None) -> Prepared:
         prepared = prepare_factors(self, model, calibration)
-        m = group_of(self.pattern)
-        for t in prepared.targets:
-            if m:
-                check_groups(self.name, t.matrix().shape[1], m, t.name)
+        self._check_pattern(prepared)
         return prepared
 
     def _blocks(self, t) -> list[int]:
         """Weights in each column block of target `t`."""
-        rows, columns = t.matrix().shape
+        rows, columns = t.shape
         return [rows * (min(s + self.block_size, columns) - s) for s in range(0, columns, self.block_size)]
 
     def _group_sizes(self, prepared: Prepared) -> list[int]:

@@ -113,6 +113,12 @@ class Pruner(Compressor):
         m = group_of(self.pattern)
         return nm_levels(m, self.knob.high) if m else None
 
+    def _check_pattern(self, prepared: Prepared) -> None:
+        """Under N:M, every target's rows must split into groups of M."""
+        m = group_of(self.pattern)
+        for t in prepared.targets if m else []:
+            check_groups(self.name, t.shape[1], m, t.name)
+
     def _mask_length(self, prepared: Prepared, parts) -> DescriptionLength:
         """The length from per-target (payload, side, entropy-coded payload) parts."""
         return self._length(prepared, *(sum(p[i] for p in parts) for i in range(3)))
@@ -134,10 +140,8 @@ class RankedPruner(Pruner):
 
     def _rank(self, prepared: Prepared, scores: dict) -> None:
         """Keep each target's ranks within its groups, from (out × in) `scores`."""
-        m = group_of(self.pattern)
+        self._check_pattern(prepared)
         for t in prepared.targets:
-            if m:
-                check_groups(self.name, scores[t.name].shape[1], m, t.name)
             prepared.cache[t.name] = prepared.keep(ranks_within(scores[t.name], self._width(t)))
 
     def _cuts(self, prepared: Prepared, value: float) -> dict:

@@ -57,9 +57,6 @@ class Style:
     def size_handles(self):
         return [Line2D([], [], color=self.colour[m], marker="o", linestyle="", label=short(m)) for m in self.models]
 
-    def method_handles(self):
-        return [Line2D([], [], color="0.3", marker=self.marker[m], linestyle="", label=m) for m in self.methods]
-
 
 def _figure(rows: int, cols: int, **options):
     fig, axes = plt.subplots(rows, cols, figsize=FIGURE_SIZE, squeeze=False, **options)
@@ -111,15 +108,26 @@ def robust_limits(values, log: bool = False, spread: float = 3.0) -> tuple[float
     return (10**low, 10**high) if log else (low, high)
 
 
-def clipped_scatter(ax, x, y, xlim, ylim, **style) -> int:
-    """Scatter with points outside the limits drawn at the edge as triangles; returns how many."""
+def beyond(x, y, xlim, ylim):
+    """Which points fall outside the limits (a boolean array)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
-    cx, cy = np.clip(x, *xlim), np.clip(y, *ylim)
-    outside = (cx != x) | (cy != y)
+    return (np.clip(x, *xlim) != x) | (np.clip(y, *ylim) != y)
+
+
+def clipped_scatter(ax, x, y, xlim, ylim, **style) -> None:
+    """Scatter with points outside the limits (`beyond`) drawn at the edge as triangles."""
+    outside = beyond(x, y, xlim, ylim)
+    cx, cy = np.clip(np.asarray(x, float), *xlim), np.clip(np.asarray(y, float), *ylim)
     ax.scatter(cx[~outside], cy[~outside], **style)
     if outside.any():
         ax.scatter(cx[outside], cy[outside], **{**style, "marker": "^"}, edgecolor="black", linewidth=0.5)
-    return int(outside.sum())
+
+
+def spread(names: list[str], widest: float, span: float) -> dict[str, float]:
+    """Offsets that place `names` side by side about a category's centre: `widest` apart at most,
+    together never wider than `span`."""
+    step = min(widest, span / max(1, len(names) - 1))
+    return {name: (i - (len(names) - 1) / 2) * step for i, name in enumerate(names)}
 
 
 def methods_compared(fits: pd.DataFrame, style: Style) -> plt.Figure:
@@ -132,8 +140,7 @@ def methods_compared(fits: pd.DataFrame, style: Style) -> plt.Figure:
     fits = fits.assign(slope_t=fits.slope / fits.slope_se) if "slope" in fits else fits
     fig, axes = _figure(len(metrics), len(epsilons), sharex=True)
     positions = {m: i for i, m in enumerate(style.methods)}
-    offsets = {m: (i - (len(style.models) - 1) / 2) * min(0.15, 0.6 / len(style.models))
-               for i, m in enumerate(style.models)}
+    offsets = spread(style.models, widest=0.15, span=0.6)
     many = len(style.methods) > 4
     for col, eps in enumerate(epsilons):
         part = fits[(fits.epsilon == eps)]
@@ -170,8 +177,7 @@ def description_lengths_vs_llc(table: pd.DataFrame, inside: pd.Series, style: St
     order = shown.groupby("compressor").critical_dl_bits.median().sort_values().index
     methods = [m for m in order if m in style.methods]
     fig, axes = _figure(1, len(epsilons), sharey=True, sharex=True)
-    step = min(0.22, 0.76 / max(1, len(style.models) - 1))  # the sizes of a row within ±0.38 of its centre
-    offsets = {m: (i - (len(style.models) - 1) / 2) * step for i, m in enumerate(style.models)}
+    offsets = spread(style.models, widest=0.22, span=0.76)  # the sizes of a row within ±0.38 of its centre
     xlim = tuple(v / 8e3 for v in robust_limits(shown.critical_dl_bits, log=True, spread=6))
     for ax, eps in zip(axes[0], epsilons):
         part = shown[shown.epsilon == eps]
@@ -375,8 +381,8 @@ def _sweep_limits(sweep: pd.DataFrame):
 def sweep_edge(sweep: pd.DataFrame) -> int:
     """Points of the ε sweep drawn at the edge of their axes or left out (slope ≤ 0)."""
     shown, xlim, ylims = _sweep_limits(sweep)
-    edge = sum(int(((part.llc_mean < xlim[0]) | (part.llc_mean > xlim[1]) | (part.eps_slope_bits < ylims[comp][0]) |
-                    (part.eps_slope_bits > ylims[comp][1])).sum()) for comp, part in shown.groupby("compressor"))
+    edge = sum(int(beyond(part.llc_mean, part.eps_slope_bits, xlim, ylims[comp]).sum())
+               for comp, part in shown.groupby("compressor"))
     return edge + int((sweep.eps_slope_bits <= 0).sum())
 
 

@@ -63,8 +63,8 @@ def figure_pages(a: Analysis) -> list[tuple[str, str, Callable]]:
         ("Critical description lengths of every method on one axis",
          "The compressed model's size at the critical point (kB, log axis), a row per method, most compressing "
          "first; per size a line through its checkpoints in the window in order of λ̂, the arrow at the largest; "
-         "dotted: the size in fp32, where inside the axis. Look for: which method compresses furthest, and arrows pointing right: the "
-         "size rising with λ̂ within a model.",
+         "dotted: the size in fp32, where inside the axis. Look for: which method compresses furthest, and arrows "
+         "pointing right: the size rising with λ̂ within a model.",
          lambda: figures.description_lengths_vs_llc(a.table, a.inside, style)),
         *paged("Critical compression against the LLC, per method and ε",
                f"Lines: per-size OLS fits with their R². {window}. Bars: ±2 standard errors of λ̂ (across) and of the "
