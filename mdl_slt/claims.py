@@ -5,7 +5,9 @@ tag) and when its lease ends. A process claims a unit only when no other holder'
 live (one SQL statement, so two processes never both win), renews the leases of every unit it
 holds from a background thread every `LEASE_S / 3` seconds, and releases each when the unit's
 last outcome is stored. A process that dies stops renewing: after its lease lapses, another takes
-its units over. Each process also holds a claim on itself while it runs, so N `mdl-slt run` of
+its units over; at once when the dead holder ran on the same machine (the same host name and
+process namespace), whose process id is then gone. Each process also holds a claim on itself
+while it runs, so N `mdl-slt run` of
 one experiment (a Slurm job array, say) measure every task once, and the one that finishes while
 no other is still at work writes the report.
 
@@ -28,12 +30,35 @@ LEASE_S = 60.0  # a claim lapses this long after its holder's last renewal
 WAIT = "wait"
 
 
+def machine() -> str:
+    """This host's name and, where Linux shows it, the process namespace: where a process id means one process."""
+    try:
+        return f"{socket.gethostname()}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return socket.gethostname()
+
+
+def gone(holder: str, here: str) -> bool:
+    """Whether `holder` (machine:pid:tag) ran on this machine and its process no longer exists."""
+    where, pid, _ = holder.rsplit(":", 2)
+    if where != here or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
+
+
 class Claims:
     """This process's claims on the units of one store, renewed while they are held."""
 
     def __init__(self, store, pending: list, lease_s: float = LEASE_S):
         self.store, self.lease_s = store, lease_s
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.here = machine()
+        self.holder = f"{self.here}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.waiting = list(pending)  # (unit, tasks) not yet handed out
         self.handed: dict[str, int] = {}  # unit → how many tasks it was handed out with
         self.held: set[str] = set()
@@ -58,6 +83,7 @@ class Claims:
 
     def next(self):
         """A unit to measure now with its tasks not yet done, claimed; WAIT; or None when done."""
+        self._lapse_dead()
         done = self.store.settled_since(self.since)
         still = []
         for unit, tasks in self.waiting:
@@ -89,7 +115,14 @@ class Claims:
         """Release every claim; True when no other process is still at work (this one is last)."""
         with self._lock:
             self.held.clear()
+        self._lapse_dead()
         return self.store.finish_claims(self.holder)
+
+    def _lapse_dead(self) -> None:
+        """End the leases of holders that died on this machine: their units need not wait out the lease."""
+        for holder in self.store.live_holders():
+            if gone(holder, self.here):
+                self.store.lapse(holder)
 
     def _renew(self) -> None:
         with Store(self.store.path) as store:  # its own connection: sqlite objects stay in their thread

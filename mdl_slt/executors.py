@@ -24,6 +24,7 @@ from mdl_slt.measure import Outcome, measure_unit, reason
 from mdl_slt.plan import Task, Unit
 
 POLL_S = 0.2
+LATE_S = 60.0  # how long outcomes may trail their worker's return (a queue under load) before they count as lost
 _OUTCOMES = None  # the worker's queue back to the writer, set by `_worker_init`
 
 
@@ -85,9 +86,10 @@ def _collect(source, submit, get, finished, slots: int) -> Iterator[Outcome]:
 
     `submit(unit, tasks)` starts a unit and returns its handle; `get(timeout)` returns the next
     outcome or None; `finished(handles)` → [(handle, error or None)] for units whose worker has
-    returned. A unit whose worker failed has its unreported tasks failed with that error.
+    returned. A unit whose worker failed has its unreported tasks failed with that error; a unit
+    whose worker returned is read until its last outcome arrives (they may trail the return).
     """
-    running, waiting, exhausted = {}, {}, False
+    running, waiting, returned, exhausted = {}, {}, {}, False
     while True:
         while not exhausted and len(running) < slots:
             item = source.next()
@@ -98,7 +100,7 @@ def _collect(source, submit, get, finished, slots: int) -> Iterator[Outcome]:
             unit, tasks = item
             running[submit(unit, tasks)] = (unit, tasks)
             waiting[str(unit)] = {t.key: t for t in tasks}
-        if exhausted and not running:
+        if exhausted and not running and not any(waiting.values()):
             return
         outcome = get(POLL_S)
         if outcome is not None:
@@ -110,7 +112,16 @@ def _collect(source, submit, get, finished, slots: int) -> Iterator[Outcome]:
             if error is not None:  # nothing more will come from a dead worker
                 for task in waiting[unit].values():
                     yield Outcome(unit, task, error=error)
-            waiting[unit] = {}
+                waiting[unit] = {}
+            else:  # it sent an outcome per task: those not read yet are still on their way
+                returned[unit] = time.monotonic()
+        for unit, at in list(returned.items()):
+            if waiting[unit] and time.monotonic() - at > LATE_S:
+                for task in waiting[unit].values():
+                    yield Outcome(unit, task, error=f"its outcome never arrived, {LATE_S:.0f} s after its worker returned")
+                waiting[unit] = {}
+            if not waiting[unit]:
+                del returned[unit]
 
 
 def _in_pool(source, experiment: Experiment, home: Path, workers: int, gpus: int) -> Iterator[Outcome]:

@@ -195,6 +195,15 @@ class Store:
             self.db.executemany("UPDATE claims SET expires = ? WHERE unit = ? AND holder = ?",
                                 [(time.time() + lease_s, u, holder) for u in units])
 
+    def live_holders(self) -> list[str]:
+        """Holders with a live lease on some unit."""
+        return [h for (h,) in self.db.execute("SELECT DISTINCT holder FROM claims WHERE expires >= ?", (time.time(),))]
+
+    def lapse(self, holder: str) -> None:
+        """End every lease of `holder` now (it is known to be dead)."""
+        with self.db:
+            self.db.execute("UPDATE claims SET expires = 0 WHERE holder = ?", (holder,))
+
     def release(self, unit: str, holder: str) -> None:
         with self.db:
             self.db.execute("DELETE FROM claims WHERE unit = ? AND holder = ?", (unit, holder))

@@ -33,10 +33,21 @@ def home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_suite(home):
+def tiny_suite(home, tmp_path_factory):
+    """The tiny suite in this process's home. Under pytest-xdist it is built once for all workers,
+    under a file lock, and copied into each worker's home, since some tests change their copy."""
+    import shutil
+
+    from filelock import FileLock
+
     from mdl_slt.suite import build_suite
 
-    manifest = build_suite(home, TINY, workers=2)
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return home, build_suite(home, TINY, workers=2)
+    shared = tmp_path_factory.getbasetemp().parent / "tiny-suite"
+    with FileLock(f"{shared}.lock"):
+        manifest = build_suite(shared, TINY, workers=2)
+    shutil.copytree(shared, home, symlinks=True, dirs_exist_ok=True)
     return home, manifest
 
 

@@ -103,14 +103,14 @@ store: {root}/pythia.sqlite
 report: {root}/pythia.pdf
 models:
   - id: EleutherAI/pythia-14m
-    steps: {{schedule: pythia, stop: 2}}
+    steps: {{schedule: pythia, stop: 1}}
 data:
   source: files
   files: ["{root}/text/*.txt"]
   context_length: 64
   eval_sequences: 8
   llc_sequences: 32
-llc: {{preset: pythia, num_chains: 2, num_draws: 16, num_burnin: 4, batch_size: 4}}
+llc: {{preset: pythia, num_chains: 2, num_draws: 16, num_burnin: 4, batch_size: 2}}
 critical:
   compressors: [{{name: rtn, options: {{targets: [attention, mlp]}}, precision: 0.5}}]
   epsilons: [0.05, 0.2]
@@ -124,10 +124,10 @@ critical:
     with sqlite3.connect(root / "pythia.sqlite") as db:
         rows = db.execute("SELECT task, revision, tokens_seen, num_params, detail FROM records").fetchall()
     llc = {r[1]: r for r in rows if r[0] == "llc"}
-    assert sorted(llc) == ["step0", "step1", "step2"]  # Pythia's schedule up to step 2; step4 is left out
+    assert sorted(llc) == ["step0", "step1"]  # Pythia's schedule up to step 1; steps 2 and 4 are left out
     assert all(r[2] == int(r[1][4:]) * 2_097_152 and r[3] == 14_067_712 for r in llc.values())
-    assert json.loads(llc["step2"][4])["config"]["step_size"] == 1e-3  # the paper's step for 14m
-    assert sum(r[0] == "critical" for r in rows) == 2 * 3
+    assert json.loads(llc["step1"][4])["config"]["step_size"] == 1e-3  # the paper's step for 14m
+    assert sum(r[0] == "critical" for r in rows) == 2 * 2
     assert (root / "pythia.pdf").read_bytes().startswith(b"%PDF")
     from mdl_slt.data import DataConfig, token_sets
 

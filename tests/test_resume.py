@@ -74,12 +74,16 @@ def test_validate_prints_the_plan_without_running(tiny_suite, tmp_path):
 
 
 def test_sigkill_then_rerun_gives_exactly_the_uninterrupted_records(tiny_suite, tmp_path):
+    """The rerun takes the killed run's checkpoint over at once: its holder died on this machine, so
+    the hour-long lease is not waited out."""
     home, _ = tiny_suite
-    whole = write(tmp_path, "whole", "all")
+    revisions = "[step1, step4, step8, step24]"
+    whole = write(tmp_path, "whole", revisions)
     assert run_cli("run", whole, home=home).returncode == 0
     expected = records(tmp_path / "whole.sqlite")
 
-    killed = write(tmp_path, "killed", "all")
+    killed = write(tmp_path, "killed", revisions)
+    killed.write_text(killed.read_text().replace("name: resume", "name: resume\nlease_s: 3600"))
     store = tmp_path / "killed.sqlite"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MDL_SLT_HOME": str(home)}
     proc = subprocess.Popen([sys.executable, "-m", "mdl_slt.cli", "run", str(killed)], env=env,
@@ -143,6 +147,43 @@ def test_ray_executor_gives_the_records_of_the_local_one(tiny_suite, tmp_path):
     expected = records(tmp_path / "local.sqlite")
     assert len(expected) > 10 and records(tmp_path / "remote.sqlite") == expected
     assert sum(key.startswith("step_size|mdl-slt/tiny-a|") for key in expected) == 1  # chosen once, as a task
+
+
+def test_outcomes_that_trail_their_workers_return_are_read_and_a_dead_workers_are_failed(monkeypatch):
+    """A queue under load can deliver a unit's outcomes after its worker has returned: they are
+    still read; a worker that died fails what it had not reported; outcomes that never come, once late."""
+    from types import SimpleNamespace
+
+    from mdl_slt import executors
+    from mdl_slt.measure import Outcome
+
+    tasks = {unit: [SimpleNamespace(key=f"{unit}/{i}") for i in range(2)] for unit in ("trails", "dies", "loses")}
+    source = SimpleNamespace(next=lambda: handed.pop(0) if handed else None)
+    handed = list(tasks.items())
+    queue, polls = [], []
+
+    def submit(unit, unit_tasks):  # the worker runs at once; `dies` reports one task, `loses` none
+        if unit == "dies":
+            queue.insert(0, (0, Outcome(unit, unit_tasks[0])))  # readable at the first poll
+        if unit == "trails":
+            queue.extend((3, Outcome(unit, t)) for t in unit_tasks)  # readable only after 3 polls
+        return unit
+
+    def get(timeout):
+        polls.append(1)
+        if queue and len(polls) > queue[0][0]:
+            return queue.pop(0)[1]
+        return None
+
+    def finished(handles):  # every worker has returned by the first check; `dies` with an error
+        return [(h, "the worker process died (killed)" if h == "dies" else None) for h in handles]
+
+    monkeypatch.setattr(executors, "LATE_S", 0.5)
+    outcomes = list(executors._collect(source, submit, get, finished, slots=3))
+    by_key = {o.task.key: o.error for o in outcomes}
+    assert len(outcomes) == 6 and by_key["trails/0"] is None and by_key["trails/1"] is None
+    assert by_key["dies/0"] is None and by_key["dies/1"] == "the worker process died (killed)"
+    assert all("never arrived" in by_key[f"loses/{i}"] for i in range(2))
 
 
 def test_unloadable_checkpoints_are_failures_with_their_reason(tiny_suite, tmp_path):
@@ -321,7 +362,8 @@ def test_a_checkpoint_rebuilt_with_other_bytes_is_measured_again(tiny_suite, tmp
 def test_processes_sharing_a_store_measure_each_task_once_and_take_over_from_a_killed_one(tiny_suite, tmp_path):
     """Two `mdl-slt run` of one experiment on one store (a job array) claim checkpoints: together
     they give the single process's records, each task measured once and the report written once;
-    when one is killed mid-task, the other takes its checkpoint over after the lease lapses."""
+    when one is killed mid-task, the other takes its checkpoint over (at once, the hour-long lease
+    notwithstanding: the victim died on this machine) and, last at work, writes the report."""
     home, _ = tiny_suite
     revisions = "[step1, step4, step8, step24]"
     single = write(tmp_path, "single", revisions)
@@ -333,9 +375,9 @@ def test_processes_sharing_a_store_measure_each_task_once_and_take_over_from_a_k
         return subprocess.Popen([sys.executable, "-m", "mdl_slt.cli", "run", str(tmp_path / f"{name}.yaml")], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
-    for name in ("shared", "killed"):
+    for name, lease in (("shared", 3), ("killed", 3600)):
         write(tmp_path, name, revisions).write_text((tmp_path / f"{name}.yaml").read_text().replace(
-            "name: resume", f"name: resume\nlease_s: 3\nreport: {tmp_path}/{name}.pdf"))
+            "name: resume", f"name: resume\nlease_s: {lease}\nreport: {tmp_path}/{name}.pdf"))
     first, second = start("shared"), start("shared")
     said = [p.communicate(timeout=300)[1] for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], said
@@ -367,3 +409,4 @@ def test_processes_sharing_a_store_measure_each_task_once_and_take_over_from_a_k
     _, err = survivor.communicate(timeout=300)
     assert survivor.returncode == 0, err
     assert records(store) == expected  # the killed process's checkpoint was taken over and measured whole
+    assert "report " in err and (tmp_path / "killed.pdf").exists()

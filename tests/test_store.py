@@ -68,3 +68,32 @@ def test_missing_or_damaged_store_is_a_clear_error(tmp_path):
     bad.write_bytes(b"garbage" * 1000)
     with pytest.raises(UserError, match="cannot open results store"):
         Store(bad)
+
+
+def test_claims_wait_for_a_live_lease_but_not_for_a_holder_that_died_on_this_machine(tmp_path):
+    """A lease is trusted while it runs, except when its holder ran here and its process is gone;
+    a lapsed lease is taken over wherever its holder ran."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from mdl_slt.claims import WAIT, Claims, machine
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        with Store(tmp_path / "r.sqlite") as store:
+            holders = {"alive here": f"{machine()}:{alive.pid}:aaaaaa", "dead here": f"{machine()}:{dead.pid}:bbbbbb",
+                       "elsewhere": f"elsewhere/1:{dead.pid}:cccccc", "lapsed": f"elsewhere/1:{alive.pid}:dddddd"}
+            for unit, holder in holders.items():
+                assert store.claim(unit, holder, -1.0 if unit == "lapsed" else 3600.0)
+            task = SimpleNamespace(key="a task")
+            with Claims(store, [(unit, [task]) for unit in holders]) as claims:
+                taken = [claims.next()[0] for _ in range(2)]
+                assert sorted(taken) == ["dead here", "lapsed"] and claims.next() == WAIT
+                assert not claims.finish()  # the live holders are still at work
+            assert set(store.live_holders()) == {holders["alive here"], holders["elsewhere"]}
+    finally:
+        alive.kill()
+        alive.wait()

@@ -65,7 +65,6 @@ def run(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)
         address: Optional[str] = typer.Option(None, help="Ray cluster address HOST:PORT [default: a Ray "
                                                          "instance on this machine].")):
     """Run an experiment: every checkpoint's base loss, LLC and critical compression; then its report."""
-    from mdl_slt.report import write_report
     from mdl_slt.runner import run_experiment
 
     chosen = experiment(experiment_file, set_, executor=executor, address=address)
@@ -81,6 +80,8 @@ def run(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)
         console.print("no compressors listed: the store holds λ̂ and base losses, and no report is written (it "
                       "fits critical compression)", highlight=False)
     elif chosen.report is not None and summary.measured + summary.skipped + summary.by_others > 0:
+        from mdl_slt.report import write_report  # matplotlib's import costs seconds: only when a report is due
+
         written = write_report(chosen.store, chosen.report)
         console.print(f"report {written['pdf']} ({written['pages']} pages) and CSV beside it", highlight=False)
     if summary.failures:
