@@ -3,12 +3,14 @@
 # `bash setup.sh test` adds the test extras (pytest, Ray, datasets) and Debian's poppler-utils,
 # which the report test uses to render the PDF.
 # torch comes first through pip, pinned, so that the CPU wheel is kept and no CUDA build is pulled;
-# everything else through uv (from PyPI), which resolves and installs in seconds where pip takes minutes.
+# everything else through uv (from PyPI), which resolves and installs in seconds where pip takes minutes,
+# compiled to bytecode at install: uv writes no .pyc files by default, and where PYTHONDONTWRITEBYTECODE
+# is set (many containers) Python never writes them, so every process would compile transformers anew.
 set -euo pipefail
 cd "$(dirname "$0")"
 python3 -m venv .venv
 .venv/bin/pip install -q torch==2.13.0 uv
-install() { .venv/bin/uv pip install -q --python .venv/bin/python "$@"; }
+install() { .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python "$@"; }
 if [ "${1:-}" = "test" ]; then
   install -e '.[test]'
   if ! command -v pdftoppm >/dev/null; then
