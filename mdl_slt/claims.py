@@ -48,7 +48,7 @@ def gone(holder: str, here: str) -> bool:
     except ProcessLookupError:
         return True
     except PermissionError:  # another user's live process
-        return False
+        pass
     return False
 
 
