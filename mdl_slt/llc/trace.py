@@ -28,6 +28,7 @@ import json
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -146,6 +147,25 @@ def detect_burnin(levels: np.ndarray) -> int:
     return int(np.argmin(squared_error[: batches // 2 + 1])) * MSER_BATCH
 
 
+def arviz():
+    """The arviz module, imported once per process under a lock beside its daily stamp: at import
+    arviz (0.23) writes `<user cache>/arviz/daily_warning` through one shared temporary name, so
+    workers importing it for the first time on a fresh home at once collide (FileNotFoundError).
+    Its refactor announcement is silenced here (it concerns arviz's own users, not ours)."""
+    import sys
+
+    if "arviz" in sys.modules:
+        return sys.modules["arviz"]
+    from platformdirs import user_cache_dir
+
+    from mdl_slt.files import locked
+
+    with locked(Path(user_cache_dir("arviz", "arviz")) / "daily_warning"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+    return az
+
+
 def chain_diagnostics(samples: np.ndarray) -> dict:
     """R̂ (rank-normalised split), bulk ESS pooled and per chain, MCSE of the mean pooled and per
     chain, of a chains × draws array (arviz); NaN where there are too few draws (R̂: chains)."""
@@ -153,10 +173,9 @@ def chain_diagnostics(samples: np.ndarray) -> dict:
     chains, draws = samples.shape
     if draws < 4:
         return {"r_hat": nan, "ess": nan, "ess_per_chain": [nan] * chains, "mcse": nan, "mcse_per_chain": [nan] * chains}
+    az = arviz()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # arviz announces its refactor on import; constant chains warn
-        import arviz as az
-
+        warnings.simplefilter("ignore")  # constant chains warn
         return {"r_hat": float(az.rhat(samples, method="rank")) if chains > 1 else nan,
                 "ess": float(az.ess(samples, method="bulk")),
                 "ess_per_chain": [float(az.ess(samples[c:c + 1], method="bulk")) for c in range(chains)],
