@@ -51,7 +51,7 @@ def range_fit_times(model, tokens) -> None:
             start = time.perf_counter()
             error = 0.0
             for t in prepared.targets:
-                groups = as_groups(t.matrix(), "tensor", 128)
+                (groups,) = as_groups(t.matrix(), "tensor", 128)
                 grid = fit_grid(groups, levels, True, 50, search)
                 error += float(((grid.decode(grid.encode(groups)) - groups) ** 2).sum())
             times[search], errors[search] = time.perf_counter() - start, error

@@ -25,7 +25,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from compressors.calibration import DataAware
-from compressors.grid import as_groups, fit_grid, from_groups, grid_at
+from compressors.grid import as_groups, fit_grid, grid_at, rounded
 from compressors.quantize import GridQuantizer
 from compressors.registry import DescriptionLength, Prepared, register
 
@@ -52,11 +52,12 @@ class AWQ(DataAware, GridQuantizer):
     def _round(self, weight, levels: int, clip: bool):
         """(dequantized, codes) of `weight` on this compressor's grid: the `rtn` grid with its clip
         search, or the plain min–max grid (`clip` False) the scale search uses."""
-        groups = as_groups(weight, self.granularity, self.group_size)
-        grid = fit_grid(groups, levels, self.symmetric, self.clip_candidates, self.range_search) if clip \
-            else grid_at(groups, levels, self.symmetric, 1.0)
-        codes = grid.encode(groups)
-        return from_groups(grid.decode(codes), weight), codes
+        def grid_of(groups):
+            if clip:
+                return fit_grid(groups, levels, self.symmetric, self.clip_candidates, self.range_search)
+            return grid_at(groups, levels, self.symmetric, 1.0)
+
+        return rounded(as_groups(weight, self.granularity, self.group_size), weight, grid_of)
 
     def _quantize(self, prepared: Prepared, t, levels: int):
         """(dequantized, codes): α searched on the min–max grid, then the clipped grid at that α or at

@@ -24,7 +24,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from compressors.calibration import DataAware, inverse_hessian_factor
-from compressors.grid import Grid, as_groups, fit_grid
+from compressors.grid import Grid, fit_grid
 from compressors.quantize import GridQuantizer
 from compressors.registry import Prepared, register
 
@@ -87,7 +87,7 @@ class GPTQ(DataAware, GridQuantizer):
         if self.granularity == "channel":
             grid = fit_grid(weight, levels, self.symmetric, self.clip_candidates, self.range_search)
             return [grid], [0] * weight.shape[1]
-        size = as_groups(weight, "group", self.group_size).shape[1]
+        size = min(self.group_size, weight.shape[1])  # a last, shorter group where size does not divide the row
         grids = [fit_grid(weight[:, s:s + size], levels, self.symmetric, self.clip_candidates, self.range_search)
                  for s in range(0, weight.shape[1], size)]
         return grids, [c // size for c in range(weight.shape[1])]

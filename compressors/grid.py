@@ -1,7 +1,8 @@
 """Uniform quantization grids: the pure tensor math shared by round-to-nearest and GPTQ.
 
-Weights are viewed as groups (rows of a 2-D array): one group per tensor, per output channel,
-or per `group_size` consecutive inputs of a channel. With N levels, each group g has a scale
+Weights are viewed as groups (rows of 2-D arrays): one group per tensor, per output channel,
+or per `group_size` consecutive inputs of a channel (the last one of a row shorter where
+`group_size` does not divide it). With N levels, each group g has a scale
 s_g and a zero point z_g and decodes codes q ∈ {0..N−1} to s_g·(q − z_g):
 
 - symmetric: z = (N−1)/2, a grid symmetric about zero, clipped at ±α·max|w_g|;
@@ -48,25 +49,55 @@ def clip_ratios(candidates: int) -> list[float]:
     return [(i + 1) / candidates for i in range(candidates)]
 
 
-def as_groups(weight, granularity: str, group_size: int):
-    """View an (out × in) weight as a (G, L) float array of groups; `from_groups` undoes it."""
+def as_groups(weight, granularity: str, group_size: int) -> list:
+    """View an (out × in) weight as its groups: a list of (G, L) float arrays, one per group length;
+    `from_groups` undoes it. Per tensor and per channel one array; in groups of `group_size`
+    inputs, a row that `group_size` does not divide ends in a shorter group of its own, with its
+    own scale (as GPTQ implementations allow), so every width is quantizable on the defaults."""
     w = weight.detach().float()
     if granularity == "tensor":
-        return w.reshape(1, -1)
+        return [w.reshape(1, -1)]
     rows = w.reshape(w.shape[0], -1)
     if granularity == "channel":
-        return rows
-    size = min(group_size, rows.shape[1])
-    if rows.shape[1] % size:
-        from mdl_slt.errors import UserError
-
-        raise UserError(f"group_size {group_size} does not divide a weight row of {rows.shape[1]}: "
-                        "choose a divisor, or granularity 'channel'")
-    return rows.reshape(-1, size)
+        return [rows]
+    return consecutive(rows, group_size)
 
 
-def from_groups(groups, like):
-    return groups.reshape(like.shape).to(like.dtype)
+def consecutive(rows, size: int) -> list:
+    """Each row of a (R, C) array in groups of `size` consecutive values: [(R·⌊C/size⌋, size)], and
+    where `size` does not divide C, then each row's last r = C mod size values, (R, r)."""
+    size = min(size, rows.shape[1])
+    whole = rows.shape[1] // size * size
+    parts = [rows[:, :whole].reshape(-1, size)]
+    if whole < rows.shape[1]:
+        parts.append(rows[:, whole:])
+    return parts
+
+
+def from_groups(parts: list, like):
+    """The groups of `as_groups` or `consecutive` (as computed, e.g. dequantized) in `like`'s shape
+    and dtype."""
+    import torch
+
+    if len(parts) == 1:
+        return parts[0].reshape(like.shape).to(like.dtype)
+    rows = parts[1].shape[0]  # a partial last group holds one group per row
+    return torch.cat([parts[0].reshape(rows, -1), parts[1]], dim=1).reshape(like.shape).to(like.dtype)
+
+
+def rounded(parts: list, like, grid_of):
+    """(dequantized weight in `like`'s shape, the integer codes, flat) of groups `parts` on the grid
+    `grid_of(groups)` of each array of them."""
+    import torch
+
+    grids = [grid_of(groups) for groups in parts]
+    codes = [grid.encode(groups) for grid, groups in zip(grids, parts)]
+    return (from_groups([grid.decode(c) for grid, c in zip(grids, codes)], like),
+            torch.cat([c.reshape(-1) for c in codes]))
+
+
+def group_count(parts: list) -> int:
+    return sum(groups.shape[0] for groups in parts)
 
 
 def grid_at(groups, levels: int, symmetric: bool, ratio) -> Grid:

@@ -21,7 +21,7 @@ from typing import Annotated, ClassVar
 from pydantic import Field
 
 from compressors.coding import coded_bits
-from compressors.grid import from_groups
+from compressors.grid import consecutive, from_groups, group_count
 from compressors.quantize import code_counts
 from compressors.registry import Compressor, DescriptionLength, Knob, Prepared, register
 from mdl_slt.errors import UserError
@@ -74,17 +74,17 @@ class HalfQuadratic(Compressor):
     def levels(self, prepared: Prepared) -> list[float]:
         return [float(w) for w in WIDTHS]
 
-    def _groups(self, t):
-        """The (out × in) weight as (G, group_size) consecutive weights."""
-        weight = t.matrix()
-        if weight.numel() % self.group_size:
-            raise UserError(f"hqq: group_size {self.group_size} does not divide the {weight.numel()} weights of "
-                            f"{t.name}: choose a divisor (e.g. 32)")
-        return weight.float().reshape(-1, self.group_size)
+    def _groups(self, weight) -> list:
+        """The (out × in) weight in groups of `group_size` consecutive weights, the last one shorter
+        where `group_size` does not divide its size."""
+        return consecutive(weight.float().reshape(1, -1), self.group_size)
 
     def _quantize(self, t, bits: int):
-        dequantized, codes = hqq_roundtrip(self._groups(t), bits)
-        return from_groups(dequantized, t.matrix()), codes
+        import torch
+
+        found = [hqq_roundtrip(groups, bits) for groups in self._groups(t.matrix())]
+        return (from_groups([dequantized for dequantized, _ in found], t.matrix()),
+                torch.cat([codes.reshape(-1) for _, codes in found]))
 
     def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
         bits = int(value)
@@ -100,6 +100,6 @@ class HalfQuadratic(Compressor):
         if bits not in prepared.cache:  # from the originals alone; the model is not touched
             prepared.cache[bits] = [code_counts(self._quantize(t, bits)[1], 2**bits) for t in prepared.targets]
         count = sum(t.original.numel() for t in prepared.targets)
-        groups = sum(t.original.numel() // self.group_size for t in prepared.targets)
+        groups = sum(group_count(self._groups(t.original)) for t in prepared.targets)
         return self._length(prepared, payload=count * bits, side=groups * 64.0,
                             entropy=sum(coded_bits(c, 2**bits) for c in prepared.cache[bits]))

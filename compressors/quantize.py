@@ -23,7 +23,7 @@ from pydantic import Field
 
 from compressors import layout
 from compressors.coding import coded_bits
-from compressors.grid import as_groups, fit_grid, from_groups, grid_at, side_bits_per_group
+from compressors.grid import as_groups, fit_grid, grid_at, group_count, rounded, side_bits_per_group
 from compressors.registry import Compressor, Cost, DescriptionLength, Knob, Prepared, register
 from mdl_slt.errors import UserError
 
@@ -92,7 +92,7 @@ class GridQuantizer(Compressor):
 
     def _group_count(self, prepared: Prepared) -> int:
         """Groups with a scale of their own, over all targets (per `granularity` and `group_size`)."""
-        return sum(as_groups(layout.matrix(t.original, t.module), self.granularity, self.group_size).shape[0]
+        return sum(group_count(as_groups(layout.matrix(t.original, t.module), self.granularity, self.group_size))
                    for t in prepared.targets)
 
     def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
@@ -137,16 +137,15 @@ class RoundToNearest(GridQuantizer):
             raise UserError("rtn with range_by 'loss' needs calibration tokens")
         return super().prepare(model, calibration)
 
-    def _groups(self, t):
-        return as_groups(t.matrix(), self.granularity, self.group_size)
-
     def _codes(self, prepared: Prepared, t, levels: int, ratio: float | None):
-        """(groups, grid, codes) of target `t` at `levels`; clip ratio per group by weight error,
-        or the one given."""
-        groups = self._groups(t)
-        grid = fit_grid(groups, levels, self.symmetric, self.clip_candidates, self.range_search) if ratio is None \
-            else grid_at(groups, levels, self.symmetric, ratio)
-        return groups, grid, grid.encode(groups)
+        """(dequantized (out × in) weight, integer codes) of target `t` at `levels`; clip ratio per
+        group by weight error, or the one given."""
+        def grid_of(groups):
+            if ratio is None:
+                return fit_grid(groups, levels, self.symmetric, self.clip_candidates, self.range_search)
+            return grid_at(groups, levels, self.symmetric, ratio)
+
+        return rounded(as_groups(t.matrix(), self.granularity, self.group_size), t.matrix(), grid_of)
 
     def _ratio(self, prepared: Prepared, levels: int) -> float | None:
         """None (per-group weight-error fit), or the model-wide ratio of least calibration loss."""
@@ -170,8 +169,7 @@ class RoundToNearest(GridQuantizer):
         try:
             for ratio in LOSS_RANGE_RATIOS:
                 for t in prepared.targets:
-                    groups, grid, codes = self._codes(prepared, t, levels, ratio)
-                    t.write(from_groups(grid.decode(codes), t.matrix()))
+                    t.write(self._codes(prepared, t, levels, ratio)[0])
                 losses[ratio] = evaluate_loss(prepared.model, tokens)
         finally:
             with torch.no_grad():
@@ -180,5 +178,4 @@ class RoundToNearest(GridQuantizer):
         return min(losses, key=losses.get)
 
     def _quantize(self, prepared: Prepared, t, levels: int):
-        groups, grid, codes = self._codes(prepared, t, levels, self._ratio(prepared, levels))
-        return from_groups(grid.decode(codes), t.matrix()), codes
+        return self._codes(prepared, t, levels, self._ratio(prepared, levels))

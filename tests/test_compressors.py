@@ -249,7 +249,7 @@ def test_the_fast_range_fit_stays_within_a_percent_of_the_exhaustive_one():
                "channel": torch.randn(128, 96, generator=gen) * torch.logspace(-2, 0, 128)[:, None]}
     for label, w in weights.items():
         granularity = "channel" if label == "channel" else "tensor"
-        groups = as_groups(w, granularity, 128)
+        (groups,) = as_groups(w, granularity, 128)
         for levels in (2, 6, 16, 256):
             errors = {}
             for search in ("fast", "exhaustive"):

@@ -47,6 +47,30 @@ def test_rtn_asymmetric_groups():
     assert sum(counts) == 16 and length.entropy_payload_bits == pytest.approx(coded_bits(counts, 8))
 
 
+def test_a_row_that_the_group_size_does_not_divide_ends_in_a_shorter_group():
+    """Rows of 10 in groups of 4: two whole groups and one of 2 per row, each with its own scale,
+    counted in the length; the short group is quantized on its own grid, exactly."""
+    from compressors.grid import as_groups, fit_grid, from_groups
+
+    model = linear(3, 10)
+    weight = model[0].weight.detach()
+    parts = as_groups(weight, "group", 4)
+    assert [tuple(p.shape) for p in parts] == [(6, 4), (3, 2)]
+    assert torch.equal(from_groups(parts, weight), weight)  # the groups put back are the weight
+    for symmetric, side in ((True, 32), (False, 32 + 3)):
+        rtn = compressors.get("rtn", symmetric=symmetric, granularity="group", group_size=4, targets=["mlp"])
+        prepared = rtn.prepare(model)
+        length = rtn.description_length(prepared, 3.0)  # 8 levels
+        assert length.payload_bits == 30 * 3 and length.side_bits == 9 * side  # 6 + 3 groups
+        with rtn.applied(model, prepared, 3.0):
+            tail = model[0].weight[:, 8:].detach().clone()
+        grid = fit_grid(weight[:, 8:].float(), 8, symmetric)
+        assert torch.equal(tail, grid.decode(grid.encode(weight[:, 8:].float())))
+    hqq = compressors.get("hqq", group_size=4, targets=["mlp"])
+    length = hqq.description_length(hqq.prepare(model), 3.0)  # 30 weights: 7 groups of 4 and one of 2
+    assert (length.payload_bits, length.side_bits) == (30 * 3, 8 * (32 + 32))
+
+
 def test_rtn_per_channel():
     model = linear(3, 4, bias=True)
     rtn = compressors.get("rtn", granularity="channel", targets=["mlp"])

@@ -89,6 +89,29 @@ def test_every_compressor_on_every_family(family, name, loaded, tiny_tokens):
     check_conformance(name, loaded[family].model, tiny_tokens.eval, tiny_tokens.train)
 
 
+@pytest.mark.parametrize("name, options", [("rtn", {"granularity": "group"}), ("gptq", {"granularity": "group"}),
+                                           ("awq", {}), ("hqq", {})])
+def test_group_wise_methods_run_on_their_defaults_where_the_group_does_not_divide_a_row(name, options, tiny_suite,
+                                                                                       tiny_tokens):
+    """GPT-NeoX of hidden 48 and MLP width 192 (SmolLM2-135M's hidden is 576): the default group of
+    128 inputs divides neither 192 nor its rows' flattening, and each method still runs and passes
+    conformance, its length counting the last, shorter group's scale."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(vocab_size=256, hidden_size=48, num_attention_heads=4, num_hidden_layers=1,
+                           intermediate_size=192, rotary_pct=0.25, max_position_embeddings=128,
+                           tie_word_embeddings=False)
+    model = GPTNeoXForCausalLM(config).eval()
+    check_conformance(name, model, tiny_tokens.eval, tiny_tokens.train, options)
+    method = compressors.get(name, **options)
+    prepared = method.prepare(model, tiny_tokens.train)
+    if name in ("rtn", "gptq", "awq"):  # a group per 128 inputs of each row, the remainder a group of its own
+        expected = sum(t.shape[0] * math.ceil(t.shape[1] / min(128, t.shape[1])) for t in prepared.targets)
+        assert method._group_count(prepared) == expected
+        assert any(t.shape[1] % 128 for t in prepared.targets)
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_the_llc_on_every_family(family, loaded, tiny_tokens):
     from mdl_slt.llc.config import LLCConfig

@@ -61,7 +61,7 @@ def test_finer_scales_fit_better():
     w = torch.randn(16, 64) * torch.logspace(-2, 0, 16)[:, None]  # rows of very different scale
     error = {}
     for granularity in ("tensor", "channel", "group"):
-        groups = as_groups(w, granularity, 16)
+        (groups,) = as_groups(w, granularity, 16)
         grid = fit_grid(groups, 8, True, 50)
         error[granularity] = float(((grid.decode(grid.encode(groups)) - groups) ** 2).sum())
     assert error["tensor"] > error["channel"] > error["group"]
