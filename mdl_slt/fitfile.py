@@ -1,9 +1,9 @@
 """Saved fits: the lines `predict` uses, with the provenance to reproduce them. Needs no torch.
 
-A JSON file: the per-(model, compressor entry, ε) lines of critical compression on λ̂, the pooled
-lines on λ̂/d per (compressor, ε) for model sizes the fit never saw, the checkpoints behind each
-line, the analysis settings (window, critical value), and the settings of the measurements
-themselves, looked up by the config hashes of the rows each line fits (data and sampler of its
+A JSON file: the per-(model, compressor entry, ε) lines of critical compression on λ̂ and on the
+held-out loss, the answer across runs with its lines on λ̂, on the loss and on both (for runs the
+fit never saw), the checkpoints behind each line, the analysis settings (window, critical
+value), and the settings of the measurements themselves, looked up by the config hashes of the rows each line fits (data and sampler of its
 LLC task, data, compressor and search of its critical task): a prediction must estimate λ̂
 exactly as the fitted checkpoints were. Also the versions of the packages involved.
 """
@@ -11,6 +11,7 @@ exactly as the fitted checkpoints were. Also the versions of the packages involv
 from __future__ import annotations
 
 import json
+import math
 import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,7 +22,7 @@ from mdl_slt.analysis.lines import LineFit
 from mdl_slt.analysis.tables import GROUP
 from mdl_slt.errors import UserError
 
-FORMAT = "mdl-slt-fit/2"
+FORMAT = "mdl-slt-fit/3"
 PACKAGES = ("mdl-slt", "torch", "transformers", "numpy", "pandas", "scipy", "statsmodels")
 
 
@@ -35,13 +36,13 @@ def versions() -> dict:
     return found
 
 
-def build_fit_file(lines: dict, pooled: dict, configs: dict, analysis: dict, experiment: str, store: Path,
-                   loss_lines: dict | None = None, across_runs=None) -> dict:
-    """The payload of a fit file from the analysis's per-size lines, pooled λ̂/d lines and lines on
-    the held-out loss (as `fits.fit_lines`, `fits.pooled_lines` and `fits.loss_lines` give them),
-    the store's configs (config hash → {kind, settings}) and, when given, the answer across runs
-    (`pooled.across_runs`: each predictor's fit and leave-one-run-out error, one row per scope,
-    method and ε)."""
+def build_fit_file(lines: dict, configs: dict, analysis: dict, experiment: str, store: Path,
+                   loss_lines: dict | None = None, across_runs=None, across_lines: dict | None = None) -> dict:
+    """The payload of a fit file from the analysis's per-run lines and lines on the held-out loss
+    (as `fits.fit_lines` and `fits.loss_lines` give them), the store's configs (config hash →
+    {kind, settings}) and, when given, the answer across runs (`pooled.across_runs`: each
+    predictor's figures per scope, method and ε, and the lines on λ̂, on the loss and on both that
+    `predict` uses for a run the fit never saw, with the runs and sizes they pool)."""
     saved, used = [], set()
     for key, (fit, group) in lines.items():
         if fit is None:
@@ -53,16 +54,17 @@ def build_fit_file(lines: dict, pooled: dict, configs: dict, analysis: dict, exp
                       "critical_config": critical, "steps": sorted(int(s) for s in group.step.dropna()),
                       **_knob_range(group),
                       "fit": fit.to_dict(), **({"loss_fit": loss_fit.to_dict()} if loss_fit is not None else {})})
-    per_param = [{"compressor": key[0], "epsilon": key[1], "models": sorted(group.model.unique()),
-                  "llc_config": group.llc_config.iloc[0], "fit": fit.to_dict(), **_knob_range(group)}
-                 for key, (fit, group) in pooled.items()]
+    across = []
+    for row in ([] if across_runs is None else across_runs.to_dict(orient="records")):
+        forms, group = (across_lines or {}).get((row["scope"], row["compressor"], row["epsilon"]), ({}, None))
+        extra = {} if group is None else {"models": sorted(group.model.unique()), **_knob_range(group),
+                                          "sizes": sorted(int(d) for d in group.llc_params.unique()),
+                                          "lines": {form: line.to_dict() for form, line in forms.items()}}
+        across.append({**{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}, **extra})
     return {"format": FORMAT, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "experiment": experiment, "store": str(store), "analysis": analysis,
             "configs": {h: configs[h] for h in sorted(used) if h in configs},
-            "versions": versions(), "lines": saved, "pooled_per_param": per_param,
-            "across_runs": [] if across_runs is None else [
-                {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
-                for row in across_runs.to_dict(orient="records")]}
+            "versions": versions(), "lines": saved, "across_runs": across}
 
 
 def _knob_range(group) -> dict:
@@ -83,17 +85,26 @@ def _within(knob_range):
 
 @dataclass
 class Prediction:
+    """One (compressor, ε): λ̂'s line, beside it the line on the held-out loss and, across runs, the
+    line on both, each with its 95% prediction interval and its error on what it never saw
+    (leave-one-checkpoint-out within a run, leave-one-run-out across runs)."""
+
     compressor: str
     epsilon: float
     predicted: float
     lower: float
     upper: float
-    basis: str  # "model" (this size's line) or "λ/d" (the pooled line across sizes)
-    loo_rmse: float | None = None  # the line's leave-one-checkpoint-out error
-    loss_predicted: float | None = None  # from the line on the held-out loss instead (this size only)
+    basis: str  # "model" (the run's own line) or the pool of runs across runs ("runs of d = …", "all runs")
+    loo_rmse: float | None = None
+    loss_predicted: float | None = None
     loss_lower: float | None = None
     loss_upper: float | None = None
     loss_loo_rmse: float | None = None
+    both_predicted: float | None = None  # λ̂ and the loss together (across runs)
+    both_lower: float | None = None
+    both_upper: float | None = None
+    both_loo_rmse: float | None = None
+    best: str | None = None  # of "llc", "loss", "llc_loss": the line with the least error on what it never saw
 
 
 class FitFile:
@@ -134,26 +145,60 @@ class FitFile:
 
     def predict(self, model: str, llc: float, llc_se: float, num_params: int,
                 base_loss: float | None = None) -> list[Prediction]:
-        """Critical compression for every (compressor, ε): this size's line when the fit has one,
-        else the pooled line on λ̂/d; with the checkpoint's held-out loss, also the prediction of
-        the same size's line on the loss, so λ̂ is seen against the baseline it must beat."""
+        """Critical compression for every (compressor, ε): the run's own line when the fit has one,
+        beside the same checkpoints' line on the held-out loss; for a run the fit never saw, the
+        lines across runs of its size's pool when the fit has one, else of all runs (with log d)."""
         own = [line for line in self.payload["lines"] if line["model"] == model]
         if own:
-            chosen = [(line, llc, llc_se, "model") for line in own]
-        else:
-            chosen = [(line, llc / num_params, llc_se / num_params, "λ/d") for line in self.payload["pooled_per_param"]]
+            return sorted((self._own(line, llc, llc_se, base_loss) for line in own),
+                          key=lambda p: (p.compressor, p.epsilon))
+        pools = [row for row in self.payload.get("across_runs", []) if row.get("lines")]
+        scope = f"runs of d = {num_params:,}" if any(r["scope"] == f"runs of d = {num_params:,}" for r in pools) \
+            else "all runs"
+        chosen = [row for row in pools if row["scope"] == scope]
         if not chosen:
             known = sorted({line["model"] for line in self.payload["lines"]})
-            raise UserError(f"{self.path} has no line for {model} and no pooled line across sizes: "
-                            f"it covers {', '.join(known) or 'no model'}")
-        predictions = []
-        for line, x, x_se, basis in chosen:
-            fit = LineFit.from_dict(line["fit"])
-            inside = _within(line.get("knob_range"))
-            found = Prediction(line["compressor"], line["epsilon"], *inside(fit.predict(x, x_se)), basis, fit.loo_rmse)
-            if base_loss is not None and basis == "model" and "loss_fit" in line:
-                on_loss = LineFit.from_dict(line["loss_fit"])
-                found.loss_predicted, found.loss_lower, found.loss_upper = inside(on_loss.predict(base_loss))
-                found.loss_loo_rmse = on_loss.loo_rmse
-            predictions.append(found)
-        return sorted(predictions, key=lambda p: (p.compressor, p.epsilon))
+            raise UserError(f"{self.path} has no line for {model} and no lines across runs (it pools fewer than two "
+                            f"runs): it covers {', '.join(known) or 'no model'}")
+        values = {"const": 1.0, "llc": llc, "loss": base_loss, "log_d": math.log(num_params)}
+        return sorted((self._across(row, values, llc_se) for row in chosen), key=lambda p: (p.compressor, p.epsilon))
+
+    @staticmethod
+    def _own(line: dict, llc: float, llc_se: float, base_loss: float | None) -> Prediction:
+        fit = LineFit.from_dict(line["fit"])
+        inside = _within(line.get("knob_range"))
+        found = Prediction(line["compressor"], line["epsilon"], *inside(fit.predict(llc, llc_se)), "model",
+                           fit.loo_rmse)
+        errors = {"llc": fit.loo_rmse}
+        if base_loss is not None and "loss_fit" in line:
+            on_loss = LineFit.from_dict(line["loss_fit"])
+            found.loss_predicted, found.loss_lower, found.loss_upper = inside(on_loss.predict(base_loss))
+            found.loss_loo_rmse = errors["loss"] = on_loss.loo_rmse
+        found.best = _least(errors)
+        return found
+
+    @staticmethod
+    def _across(row: dict, values: dict, llc_se: float) -> Prediction:
+        from mdl_slt.analysis.pooled import Regression
+
+        lines = {form: Regression.from_dict(found) for form, found in row["lines"].items()}
+        inside = _within(row.get("knob_range"))
+
+        def at(form):
+            line = lines.get(form)
+            if line is None or any(values.get(c) is None for c in line.columns):
+                return (None, None, None), None
+            return inside(line.predict(values, llc_se)), line.loro
+
+        (mean, low, high), error = at("llc")
+        found = Prediction(row["compressor"], row["epsilon"], mean, low, high, row["scope"], error)
+        (found.loss_predicted, found.loss_lower, found.loss_upper), found.loss_loo_rmse = at("loss")
+        (found.both_predicted, found.both_lower, found.both_upper), found.both_loo_rmse = at("llc_loss")
+        found.best = _least({"llc": found.loo_rmse, "loss": found.loss_loo_rmse, "llc_loss": found.both_loo_rmse})
+        return found
+
+
+def _least(errors: dict) -> str | None:
+    """The name of the finite least error, or None."""
+    finite = {k: v for k, v in errors.items() if v is not None and math.isfinite(v)}
+    return min(finite, key=finite.get) if finite else None

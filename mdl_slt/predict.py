@@ -1,7 +1,8 @@
 """`predict`: a new checkpoint's critical compression from its LLC and a saved fit, and, with
 `verify`, the critical compression measured beside it; beside each prediction from λ̂, the one
-from the same checkpoints' line on the held-out loss, with both lines' leave-one-out errors, so
-a user sees whether λ̂ earned its cost.
+from the line on the held-out loss (and, for a run the fit never saw, the line on both, fitted
+across runs), each line with its error on what it never saw, so a user sees whether λ̂ earned
+its cost.
 
 The LLC is estimated with the fit's own data and sampler settings (or an experiment file's, whose
 differences from the fit's are named: the fit's lines hold for its own settings); verification
@@ -80,6 +81,9 @@ def predict_checkpoint(fit_path: Path, ref: str, experiment, home: Path, own_fil
         row = asdict(p)
         if verify:
             value = measured.get((p.compressor, p.epsilon))
-            row.update(measured=value, inside=value is not None and p.lower <= value <= p.upper)
+            row["measured"] = value
+            for prefix in ("", "loss_", "both_"):  # each line's interval judged on the measured value
+                low, high = row[f"{prefix}lower"], row[f"{prefix}upper"]
+                row[f"{prefix}inside"] = None if low is None else value is not None and low <= value <= high
         rows.append(row)
     return CheckpointPrediction(ckpt.ref, result, rows, differ)

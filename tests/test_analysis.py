@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mdl_slt.analysis.fits import (eps_sweep, fit_lines, fit_relation, loo_predictions, loss_lines, pooled_fits,
-                                   pooled_lines)
+from mdl_slt.analysis.fits import eps_sweep, fit_lines, fit_relation, loo_predictions, loss_lines, pooled_fits
 from mdl_slt.analysis.lines import fit_line, llc_errors
 from mdl_slt.analysis.tables import llc_description_length, measurements, select, window
 from mdl_slt.errors import UserError
@@ -101,13 +100,12 @@ def test_eps_sweep_recovers_lambda_from_description_lengths():
     assert sweep.eps_slope_bits.to_numpy() == pytest.approx([20.0, 35.0])
 
 
-def test_fit_file_round_trip_and_predictions_for_known_and_new_sizes(tmp_path):
+def test_fit_file_round_trip_and_predictions_for_a_fitted_run(tmp_path):
     table = synthetic(np.random.default_rng(5), {"small": (1.0, 0.05, 1000), "large": (1.0, 0.05 / 4, 4000)},
                       noise=0.01)
     table["base_loss"] = 4.0 - 0.02 * table.llc_mean  # a loss that falls as λ̂ rises, exactly
     lines = fit_lines(table)
-    payload = build_fit_file(lines, pooled_lines(table), CONFIGS, {"window": 0.9}, "synthetic", tmp_path / "x.sqlite",
-                             loss_lines(lines))
+    payload = build_fit_file(lines, CONFIGS, {"window": 0.9}, "synthetic", tmp_path / "x.sqlite", loss_lines(lines))
     path = tmp_path / "fit.json"
     path.write_text(json.dumps(payload))
     saved = FitFile.load(path)
@@ -118,15 +116,50 @@ def test_fit_file_round_trip_and_predictions_for_known_and_new_sizes(tmp_path):
     direct = fit_line(table[table.model == "small"].llc_mean, table[table.model == "small"].critical_value)
     assert (small.predicted, small.lower, small.upper) == pytest.approx(direct.predict(40.0))
     assert small.basis == "model" and small.predicted == pytest.approx(1.0 + 0.05 * 40, abs=0.02)
-    assert small.loss_predicted is None  # without the checkpoint's loss, no baseline
+    assert small.loss_predicted is None and small.best == "llc"  # without the checkpoint's loss, no baseline
     (both,) = saved.predict("small", 40.0, 0.0, 1000, base_loss=4.0 - 0.02 * 40)
     assert both.loss_predicted == pytest.approx(small.predicted, abs=1e-6)  # the loss here is λ̂ in other units
     assert both.loss_loo_rmse == pytest.approx(both.loo_rmse, rel=1e-6)
-    (new,) = saved.predict("medium", 80.0, 0.0, 2000)  # an unseen size: the λ/d line
-    assert new.basis == "λ/d" and new.lower < 1.0 + 0.05 * 1000 * 80 / 2000 < new.upper
+    with pytest.raises(UserError, match="no lines across runs"):  # a run it never saw, and no answer across runs
+        saved.predict("medium", 80.0, 0.0, 2000)
     path.write_text("{}")
-    with pytest.raises(UserError, match="is not a mdl-slt-fit/2 fit file"):
+    with pytest.raises(UserError, match="is not a mdl-slt-fit/3 fit file"):
         FitFile.load(path)
+
+
+def test_a_run_the_fit_never_saw_is_predicted_by_the_lines_across_runs(tmp_path):
+    """Four runs of one size in which λ̂ and the loss part; c* = 0.1·λ̂ + 10·(4.5 − L). A fit on three
+    of them predicts the fourth from its size's pool: λ̂'s, the loss's and both lines, each with its
+    interval and leave-one-run-out error; the line on both covers the left-out run and wins."""
+    from mdl_slt.analysis.pooled import across_runs
+    from tests.test_pooled import runs
+
+    table = runs(np.random.default_rng(12), [1000] * 4, lambda llc, loss, d: 0.1 * llc + 10 * (4.5 - loss))
+    table = pd.concat([table, runs(np.random.default_rng(13), [8000] * 2, lambda llc, loss, d: 0.1 * llc)
+                       .assign(model=lambda t: "big" + t.model)], ignore_index=True)
+    table = table.assign(llc_config="L", critical_config="C")
+    fitted = table[table.model != "run3"]
+    rows, across_lines = across_runs(fitted, signs={"rtn": 1})
+    lines = fit_lines(fitted)
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps(build_fit_file(lines, CONFIGS, {}, "synthetic", tmp_path / "x.sqlite",
+                                              loss_lines(lines), rows, across_lines)))
+    saved = FitFile.load(path)
+    left = table[table.model == "run3"]
+    inside = {"llc": [], "loss": [], "both": []}
+    for checkpoint in left.itertuples():
+        (p,) = saved.predict("run3", checkpoint.llc_mean, 0.3, 1000, base_loss=checkpoint.base_loss)
+        assert p.basis == "runs of d = 1,000" and p.best == "llc_loss"
+        pool = rows[rows.scope == "runs of d = 1,000"].iloc[0]
+        assert (p.loo_rmse, p.loss_loo_rmse, p.both_loo_rmse) == (pool.loro_llc, pool.loro_loss, pool.loro_llc_loss)
+        for name, (mean, low, high) in {"llc": (p.predicted, p.lower, p.upper),
+                                        "loss": (p.loss_predicted, p.loss_lower, p.loss_upper),
+                                        "both": (p.both_predicted, p.both_lower, p.both_upper)}.items():
+            assert low < mean < high
+            inside[name].append(low <= checkpoint.critical_value <= high)
+    assert sum(inside["both"]) >= 6  # of 8 at 95% coverage: a 0.6% chance of fewer
+    (other,) = saved.predict("run9", 40.0, 0.3, 4000, base_loss=4.2)  # a size without a pool: all runs, with log d
+    assert other.basis == "all runs" and other.both_predicted is not None
 
 
 def test_predictions_and_their_intervals_stay_inside_the_knob_range(tmp_path):
@@ -134,7 +167,7 @@ def test_predictions_and_their_intervals_stay_inside_the_knob_range(tmp_path):
     table = synthetic(rng, {"small": (1.0, 0.05, 1000)}, noise=0.2).assign(knob_low=0.0, knob_high=2.2)
     lines = fit_lines(table)
     path = tmp_path / "fit.json"
-    path.write_text(json.dumps(build_fit_file(lines, {}, CONFIGS, {}, "synthetic", tmp_path / "x.sqlite")))
+    path.write_text(json.dumps(build_fit_file(lines, CONFIGS, {}, "synthetic", tmp_path / "x.sqlite")))
     saved = FitFile.load(path)
     assert saved.payload["lines"][0]["knob_range"] == [0.0, 2.2]
     (inside,) = saved.predict("small", 20.0, 0.0, 1000)  # 2.0: its interval reaches past 2.2

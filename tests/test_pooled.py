@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from mdl_slt.analysis.parting import checkpoints, criterion, parting_pairs
 from mdl_slt.analysis.pooled import across_runs, design, leave_one_run_out
@@ -30,19 +31,19 @@ def runs(rng, sizes, critical, n=8):
 
 def test_runs_driven_by_the_llc_are_told_from_the_loss_and_predicted_on_unseen_runs():
     table = runs(np.random.default_rng(0), [1000] * 4, lambda llc, loss, d: 0.1 * llc)
-    row = across_runs(table).iloc[0]
+    row = across_runs(table)[0].iloc[0]
     assert row.scope == "all runs" and row.runs == 4 and row.sizes == 1
     assert abs(row.r_llc_loss) < 0.8 and not row.collinear
     assert row.p_llc_beyond_loss < 1e-6 and row.p_loss_beyond_llc > 0.001
     assert row.loro_llc < 0.05 < 0.5 < row.loro_loss
     assert row.coef_low_llc < 0.1 < row.coef_high_llc
-    assert row.best_across_runs in ("llc", "llc_per_param")  # one size: λ̂/d is λ̂ rescaled
-    assert row.loro_llc_per_param == pytest.approx(row.loro_llc)
+    assert row.best_across_runs == "llc"  # one size: λ̂/d is λ̂ rescaled, never a predictor of its own
+    assert math.isnan(row.loro_llc_per_param) and math.isnan(row.r2_llc_per_param)
 
 
 def test_runs_driven_by_the_loss_pick_the_loss():
     table = runs(np.random.default_rng(1), [1000] * 4, lambda llc, loss, d: 10 * (4.5 - loss))
-    row = across_runs(table).iloc[0]
+    row = across_runs(table)[0].iloc[0]
     assert row.best_across_runs == "loss" and row.loro_loss < row.loro_llc
     assert row.p_loss_beyond_llc < 1e-6 and row.p_llc_beyond_loss > 0.001
 
@@ -50,14 +51,15 @@ def test_runs_driven_by_the_loss_pick_the_loss():
 def test_log_d_carries_an_offset_per_size_and_each_size_with_two_runs_is_its_own_scope():
     sizes = [1000, 1000, 8000, 64000]
     table = runs(np.random.default_rng(2), sizes, lambda llc, loss, d: 0.1 * llc + 0.5 * np.log(d))
-    found = across_runs(table).set_index("scope")
+    found = across_runs(table)[0].set_index("scope")
     assert list(found.index) == ["all runs", "runs of d = 1,000"]
     every = found.loc["all runs"]
     assert every.sizes == 3 and every.r2_llc > 0.99 and every.r2_llc_per_param < 0.9
     assert every.loro_llc < 0.05
-    X = design(table, "llc")
-    assert X.shape[1] == 3 and np.allclose(X[:, 2], np.log(table.llc_params))
-    assert design(table[table.llc_params == 1000], "llc").shape[1] == 2  # one size: no log d
+    X, names = design(table, "llc")
+    assert names == ["const", "llc", "log_d"] and np.allclose(X[:, 2], np.log(table.llc_params))
+    assert design(table[table.llc_params == 1000], "llc")[1] == ["const", "llc"]  # one size: no log d
+    assert every.r2_llc_per_param < 0.9 and math.isfinite(every.loro_llc_per_param)  # several sizes: a form of its own
 
 
 def test_leave_one_run_out_is_exact_on_a_line_and_undefined_when_a_run_cannot_be_predicted():
@@ -96,3 +98,41 @@ def test_a_variant_is_chosen_only_by_a_pair_at_matched_loss_whose_llc_differ_bey
     assert abs(pool["r"]) <= 0.8 and pool["meets"]
     pairs = parting_pairs(table[table.model == "ref"], table[table.model == "apart"])
     assert len(pairs) == 4 and (pairs.loss_gap.abs() <= 0.02).all()
+
+
+@pytest.mark.parametrize("beta", [0.1, -0.1])
+def test_the_coefficient_of_llc_at_equal_loss_has_its_true_sign_and_value(beta):
+    """c* = β·λ̂ + 10·(4.5 − L): the line on both recovers β and the loss's 10 whatever β's sign, and
+    the direction is read against the theory's (+ for bits); a negated λ̂ column would fail it."""
+    table = runs(np.random.default_rng(7), [1000] * 4, lambda llc, loss, d: beta * llc + 10 * (4.5 - loss))
+    row, lines = across_runs(table, signs={"rtn": 1})
+    row = row.iloc[0]
+    se = (row.coef_high_llc_loss - row.coef_low_llc_loss) / (2 * stats.t.ppf(0.975, row.n - 3))
+    assert abs(row.coef_llc_loss - beta) < 4 * se < 0.01  # within 4 standard errors (a 6e-5 chance to fail)
+    assert np.sign(row.coef_low_llc_loss) == np.sign(row.coef_high_llc_loss) == np.sign(beta)
+    assert row.llc_direction == ("as theory" if beta > 0 else "against theory")
+    assert row.llc_adds_out_of_sample and row.loro_llc_loss < min(row.loro_llc, row.loro_loss)
+    both = lines[("all runs", "rtn", 0.05)][0]["llc_loss"]
+    assert both.columns == ["const", "llc", "loss"]
+    assert both.beta[1:] == pytest.approx([beta, -10.0], abs=0.02)
+    assert row.r2_llc_loss > 0.99 and both.r2 == row.r2_llc_loss and both.loro == row.loro_llc_loss
+
+
+def test_llc_that_adds_nothing_has_an_unclear_direction_and_does_not_add_out_of_sample():
+    table = runs(np.random.default_rng(8), [1000] * 4, lambda llc, loss, d: 10 * (4.5 - loss))
+    row = across_runs(table, signs={"rtn": -1})[0].iloc[0]
+    assert row.llc_direction == "unclear" and row.coef_low_llc_loss < 0 < row.coef_high_llc_loss
+    assert row.theory_sign == -1
+
+
+def test_a_saved_line_predicts_a_new_checkpoint_with_its_own_interval():
+    """The Regression a fit file keeps: the mean is x·β, and the interval widens with λ̂'s own error."""
+    from mdl_slt.analysis.pooled import Regression
+
+    table = runs(np.random.default_rng(9), [1000] * 4, lambda llc, loss, d: 0.1 * llc + 10 * (4.5 - loss))
+    lines = across_runs(table)[1][("all runs", "rtn", 0.05)][0]
+    line = Regression.from_dict(lines["llc_loss"].to_dict())
+    mean, low, high = line.predict({"const": 1.0, "llc": 40.0, "loss": 4.1}, 0.0)
+    assert mean == pytest.approx(0.1 * 40 + 10 * 0.4, abs=0.05) and low < mean < high
+    _, wider_low, wider_high = line.predict({"const": 1.0, "llc": 40.0, "loss": 4.1}, 2.0)
+    assert wider_high - wider_low > high - low

@@ -94,38 +94,47 @@ def test_report_renders_every_page_as_vector_figures_that_fill_it(finished_run, 
     pages = _pages(pdf, tmp_path)
     analysis = analyse(work / "tiny.sqlite")
     figures = len(figure_pages(analysis))
-    assert len(analysis.across_runs)  # two runs: the answer across runs leads page 1, the per-run fits follow
-    # answer, per-run fits, settings, the figures, the appendix of fits, of baselines and across runs
-    assert len(pages) == 3 + figures + 3
+    assert len(analysis.across_runs)  # two runs: the answer across runs leads, the per-run fits follow
+    # the answer's picture, the across-runs table, per-run fits, settings, the figures, the appendix of fits, of
+    # baselines and across runs
+    assert len(pages) == 4 + figures + 3
+    drawn = {1} | set(range(5, 5 + figures))
     for number, page in enumerate(pages, 1):
         colour = (page.max(2).astype(int) - page.min(2)) > 40  # seaborn's palette; text pages are black on white
         width, height = _filled(page)
-        if 4 <= number < 4 + figures:
+        if number in drawn:
             assert colour.sum() > 20, f"page {number} has no drawn figure"
+        if number in drawn - {1}:
             assert width > 0.9 and height > 0.8, f"figure page {number} is mostly empty ({width:.0%} × {height:.0%})"
-        else:
+        elif number != 1:
             assert colour.mean() == 0, f"page {number} should hold text only"
             assert height > 0.1, f"text page {number} is nearly blank"
     images = subprocess.run(["pdfimages", "-list", str(pdf)], capture_output=True, text=True).stdout.splitlines()[2:]
     assert images == []  # vector graphics: no raster image anywhere
+    kept = sorted(p.name for p in (work / "tiny-figures").iterdir())  # every figure as files, named by its page
+    assert len(kept) == 2 * (figures + 1) and kept[:2] == ["01-answer.png", "01-answer.svg"]
+    assert {p.split(".")[0][:2] for p in kept} == {"01"} | {f"{n:02d}" for n in range(5, 5 + figures)}
 
-    first = " ".join(subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(pdf), "-"], capture_output=True,
-                                    text=True).stdout.split())
-    assert "Across runs: does λ̂ predict the critical compression beyond the loss?" in first
+    def text(page):
+        return " ".join(subprocess.run(["pdftotext", "-f", str(page), "-l", str(page), str(pdf), "-"],
+                                       capture_output=True, text=True).stdout.split())
+
+    first, second, third = text(1), text(2), text(3)
     across = pd.read_csv(work / "tiny-across-runs.csv")
-    for _, r in across.iterrows():  # the answer across runs, per method and ε, on page 1
-        assert f"Pooling {r.scope} (r(λ̂, L) = {r.r_llc_loss:.2f}" in first
-    answer = " ".join(subprocess.run(["pdftotext", "-f", "2", "-l", "2", str(pdf), "-"], capture_output=True,
-                                     text=True).stdout.split())
+    for _, r in across.iterrows():  # page 1 says per family what predicts unseen runs and λ̂'s direction
+        assert f"{r.compressor} (bits) at ε = 0.05 / 0.2: best on unseen runs" in first
+        assert f"Pooling {r.scope} (r(λ̂, L) = {r.r_llc_loss:.2f}" in second  # the table follows on page 2
+    assert "At equal loss, λ̂'s coefficient is" in first and "theory's direction" in first
+    assert "Across runs: does λ̂ predict the critical compression beyond the loss?" in second
+    assert "Within each run, the same lines on the held-out loss" in second
     fits = pd.read_csv(work / "tiny-fits.csv").dropna(subset=["slope"])
     assert len(fits) == 2  # tiny-a at both ε; tiny-b has too few checkpoints in the window
     for _, f in fits.iterrows():
-        assert f"{f.r_squared:.2f} {f.slope:.3g} [{f.slope_ci_low:.3g}, {f.slope_ci_high:.3g}]" in answer
+        assert f"{f.r_squared:.2f} {f.slope:.3g} [{f.slope_ci_low:.3g}, {f.slope_ci_high:.3g}]" in third
     baselines = pd.read_csv(work / "tiny-baselines.csv").set_index(["model", "compressor", "epsilon"])
     for _, f in fits.iterrows():  # the per-run table says, per fit, which predictor wins out of sample
         best = baselines.loc[(f.model, f.compressor, f.epsilon)].best_out_of_sample
-        assert {"llc": "λ̂", "loss": "loss", "tokens": "tokens"}[best] + ";" in answer  # page 2
-    assert "Within each run, the same lines on the held-out loss" in first
+        assert {"llc": "λ̂", "loss": "loss", "tokens": "tokens"}[best] + ";" in third
     for name in ("records", "measurements", "fits", "fits-all", "baselines", "pooled", "across-runs", "eps-sweep",
                  "predictions", "left-out"):
         assert (work / f"tiny-{name}.csv").exists()

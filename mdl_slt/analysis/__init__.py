@@ -7,7 +7,8 @@
     baselines  each line beside the held-out loss and training progress: which predicts best out
              of sample, whether λ̂ adds to the loss, whether the two can be told apart
     pooled   the same question across runs (sizes, or runs of one size trained otherwise): each
-             predictor with log d, λ̂/d and λ̂·ln n, judged on runs left out
+             predictor with log d, λ̂ and the loss together, λ̂/d and λ̂·ln n, judged on runs left
+             out, λ̂'s sign at equal loss against the theory's
     robustness  every fit redone with λ̂ measured at other sampler settings: is the answer kept?
 
 `analyse(store)` does all of it once; the report, its CSV tables and the fit file take its results.
@@ -21,9 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from mdl_slt.analysis.baselines import baselines
-from mdl_slt.analysis.fits import (eps_sweep, fit_lines, fit_relation, loo_predictions, loss_lines, pooled_fits,
-                                   pooled_lines)
-from mdl_slt.analysis.pooled import across_runs
+from mdl_slt.analysis.fits import eps_sweep, fit_lines, fit_relation, loo_predictions, loss_lines, pooled_fits
+from mdl_slt.analysis.pooled import across_runs, theory_signs
 from mdl_slt.analysis.robustness import failed_of, robustness
 from mdl_slt.analysis.tables import measurements, select, window
 from mdl_slt.errors import UserError
@@ -40,13 +40,13 @@ class Analysis:
     inside: pd.Series
     lines: dict  # (model, compressor, ε) → (LineFit or None, rows), inside the window
     lines_all: dict  # the same over every checkpoint
-    pooled_lines: dict  # (compressor, ε) → (LineFit on λ̂/d, rows), across sizes, inside the window
     loss_lines: dict  # the lines of `lines` on the held-out loss instead of λ̂
     fits: pd.DataFrame  # `lines` as a table
     fits_all: pd.DataFrame  # `lines_all` as a table
     baselines: pd.DataFrame  # each line of `lines` beside the loss and training progress
     pooled: pd.DataFrame
     across_runs: pd.DataFrame  # per (scope, compressor, ε): each predictor across runs, leave-one-run-out
+    across_lines: dict  # (scope, compressor, ε) → ({form: Regression} on λ̂, the loss and both, the rows pooled)
     robust_fits: pd.DataFrame  # per (varied sampler setting, main fit): the fit redone with that λ̂
     robust: pd.DataFrame  # per varied setting: τ, fits kept, chains; empty without a robustness section
     sweep: pd.DataFrame
@@ -90,7 +90,8 @@ def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
     lines, lines_all = fit_lines(table, inside), fit_lines(table, everything)
     on_loss = loss_lines(lines)
     robust_fits, robust = robustness(records, table, lines, failed_of(failed, config))
-    return Analysis(experiment, settings, records, table, inside, lines, lines_all, pooled_lines(table, inside),
-                    on_loss, fit_relation(lines), fit_relation(lines_all), baselines(lines, on_loss),
-                    pooled_fits(table, inside), across_runs(table, inside), robust_fits, robust, eps_sweep(table),
-                    loo_predictions(lines), left_out, configs, traces)
+    across, across_lines = across_runs(table, inside, theory_signs(experiment))
+    return Analysis(experiment, settings, records, table, inside, lines, lines_all, on_loss, fit_relation(lines),
+                    fit_relation(lines_all), baselines(lines, on_loss), pooled_fits(table, inside), across,
+                    across_lines, robust_fits, robust, eps_sweep(table), loo_predictions(lines), left_out, configs,
+                    traces)

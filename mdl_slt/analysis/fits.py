@@ -108,18 +108,6 @@ def loo_predictions(lines: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def pooled_lines(table: pd.DataFrame, inside: pd.Series | None = None) -> dict:
-    """(compressor, ε) → (LineFit, the group's rows) of critical compression on λ̂/d across two or
-    more model sizes (d the sampled parameters): the line `predict` uses for a size never fitted."""
-    found = {}
-    for key, group in usable(table, inside).groupby(["compressor", "epsilon"]):
-        fit = fit_line(group.llc_mean / group.llc_params, group.critical_value,
-                       (group.llc_std_error / group.llc_params).to_numpy())
-        if fit is not None and group.model.nunique() >= 2:
-            found[key] = (fit, group)
-    return found
-
-
 def loss_lines(lines: dict) -> dict:
     """(model, compressor, ε) → (LineFit of the critical value on the held-out base loss, rows),
     over the checkpoints of each line of `fit_lines`: the baseline a prediction from λ̂ must beat."""

@@ -1,24 +1,33 @@
-"""Across runs: one fit over several training runs (sizes, or runs of one size trained
-otherwise), each predictor beside the others, judged on runs it never saw. Needs no torch.
+"""Across runs: one fit over several training runs (sizes, or runs of one size trained otherwise),
+each predictor beside the others, judged on runs it never saw. Needs no torch.
 
 Per (scope, compressor entry, ε), over the checkpoints inside the window, the critical value c*
-on each form (OLS, HC3; the form's coefficient with its 95% t interval):
+on each form (OLS, HC3; the first predictor's coefficient with its 95% t interval):
 
     llc            c* = α + β·λ̂ + γ·log d
     loss           c* = α + β·L + γ·log d              L the held-out base loss
     tokens         c* = α + β·log(1 + tokens seen) + γ·log d
-    llc_per_param  c* = α + β·λ̂/d
+    llc_loss       c* = α + β·λ̂ + β_L·L + γ·log d     β: λ̂'s coefficient at equal loss
+    llc_per_param  c* = α + β·λ̂/d                     (pools of several sizes: among runs of one
+                                                        size it is λ̂ rescaled, the same predictor)
     redundancy     c* = α + β·(λ̂·ln n − … )/ln 2       the LLC's description length in bits
 
 (log d only where the scope holds two or more sizes; d the sampled parameters, n the tokens
 seen), and its leave-one-run-out RMSE: each run's checkpoints predicted by the form fitted to
-the other runs. The nested HC3 Wald tests "λ̂ beyond the loss" and "the loss beyond λ̂" add log d
-the same way. Scopes: every run of the experiment, and the runs of each size that has two or more.
+the other runs. The best single predictor on unseen runs is the form of least such error among
+all but `llc_loss`; λ̂ adds to the loss out of sample when `llc_loss` predicts unseen runs better
+than `loss`. The sign of λ̂'s coefficient at equal loss is set against the theory's direction:
+more λ̂, less compressible (more bits, a higher kept rank, fewer heads removable), read from the
+knob's orientation. The nested HC3 Wald tests "λ̂ beyond the loss" and "the loss beyond λ̂" add
+log d the same way. Scopes: every run of the experiment, and the runs of each size that has two
+or more. The lines on λ̂, on the loss and on both are kept (`Regression`) for `predict` on a run
+the fit never saw.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
@@ -26,22 +35,65 @@ import pandas as pd
 from mdl_slt.analysis.baselines import hc3, predictors, separation
 from mdl_slt.analysis.tables import usable
 
-FORMS = {"llc": "λ̂ + log d", "loss": "loss + log d", "tokens": "log tokens + log d", "llc_per_param": "λ̂/d",
-         "redundancy": "λ̂·ln n (bits)"}
-WITH_SIZE = ("llc", "loss", "tokens")
+FORMS = {"llc": "λ̂ + log d", "loss": "loss + log d", "tokens": "log tokens + log d", "llc_loss": "λ̂ + loss + log d",
+         "llc_per_param": "λ̂/d", "redundancy": "λ̂·ln n (bits)"}
+COLUMNS = {"llc": ["llc"], "loss": ["loss"], "tokens": ["tokens"], "llc_loss": ["llc", "loss"],
+           "llc_per_param": ["llc_per_param"], "redundancy": ["redundancy"]}
+WITH_SIZE = ("llc", "loss", "tokens", "llc_loss")
+SAVED = ("llc", "loss", "llc_loss")  # the lines `predict` uses for a run the fit never saw
+LEVEL = 0.95
 
 
-def design(group: pd.DataFrame, form: str) -> np.ndarray:
-    """The columns of one form (module docstring): constant, the predictor, then log d when the
-    group holds two or more sizes."""
+@dataclass
+class Regression:
+    """c* = Σ β_j·x_j over named columns (`const`, `llc`, `loss`, `log_d`, …) by OLS with HC3
+    covariance, as saved in a fit file. A new checkpoint's 95% prediction interval is
+        ŷ ± t_df · √(x₀ᵀ Σ x₀ + s² + (β_λ̂ · se(λ̂))²)."""
+
+    columns: list
+    beta: list
+    cov: list
+    scale: float  # residual variance s²
+    df_resid: int
+    r2: float
+    loro: float  # leave-one-run-out RMSE, knob units
+
+    def predict(self, values: dict, llc_se: float = 0.0) -> tuple[float, float, float]:
+        from scipy import stats
+
+        x = np.array([values[c] for c in self.columns], float)
+        mean = float(x @ np.asarray(self.beta))
+        spread = self.beta[self.columns.index("llc")] * llc_se if "llc" in self.columns else 0.0
+        variance = float(x @ np.asarray(self.cov) @ x) + self.scale + spread**2
+        half = stats.t.ppf(0.5 + LEVEL / 2, self.df_resid) * math.sqrt(variance)
+        return mean, mean - half, mean + half
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Regression":
+        return cls(**{k: math.nan if v is None else v for k, v in values.items()})
+
+
+def theory_signs(experiment) -> dict:
+    """Compressor entry → the sign of dc*/dλ̂ the theory predicts: + where less compression is a
+    higher knob value (bits, kept rank), − where it is a lower one (heads or weights removed)."""
+    return {e.key: 1 if e.build().knob.more_compression == "lower" else -1 for e in experiment.critical.compressors}
+
+
+def design(group: pd.DataFrame, form: str) -> tuple[np.ndarray, list[str]]:
+    """(the columns of one form, their names; module docstring): constant, the predictors, then
+    log d when the group holds two or more sizes."""
     found = predictors(group)
-    column = {"llc": found["llc"], "loss": found["loss"], "tokens": found["tokens"],
-              "llc_per_param": (group.llc_mean / group.llc_params).to_numpy(float),
-              "redundancy": group.llc_dl_bits.to_numpy(float)}[form]
-    columns = [np.ones(len(group)), column]
+    values = {**found, "llc_per_param": (group.llc_mean / group.llc_params).to_numpy(float),
+              "redundancy": group.llc_dl_bits.to_numpy(float)}
+    names = ["const", *COLUMNS[form]]
+    columns = [np.ones(len(group)), *(values[c] for c in COLUMNS[form])]
     if form in WITH_SIZE and group.llc_params.nunique() >= 2:
+        names.append("log_d")
         columns.append(np.log(group.llc_params.to_numpy(float)))
-    return np.column_stack(columns)
+    return np.column_stack(columns), names
 
 
 def leave_one_run_out(X: np.ndarray, y: np.ndarray, runs: np.ndarray) -> float:
@@ -58,20 +110,33 @@ def leave_one_run_out(X: np.ndarray, y: np.ndarray, runs: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(errors))))
 
 
-def form_figures(X: np.ndarray, y: np.ndarray, runs: np.ndarray) -> dict:
-    """R², the predictor's coefficient with its HC3 95% interval, and the leave-one-run-out RMSE."""
+def fit_form(X: np.ndarray, y: np.ndarray, runs: np.ndarray, names: list[str]) -> tuple[dict, Regression | None]:
+    """R², the first predictor's coefficient with its HC3 95% interval and the leave-one-run-out
+    RMSE, and the fitted line (None where undefined)."""
     from scipy import stats
 
     found = hc3(X, y) if np.isfinite(X).all() else None
     if found is None:
-        return {"r2": math.nan, "coef": math.nan, "coef_low": math.nan, "coef_high": math.nan, "loro": math.nan}
+        return {"r2": math.nan, "coef": math.nan, "coef_low": math.nan, "coef_high": math.nan, "loro": math.nan}, None
     beta, cov = found
     residual = y - X @ beta
     total = np.sum((y - y.mean()) ** 2)
-    half = stats.t.ppf(0.975, len(y) - X.shape[1]) * math.sqrt(max(cov[1, 1], 0.0))
-    return {"r2": float(1 - residual @ residual / total) if total > 0 else math.nan, "coef": float(beta[1]),
-            "coef_low": float(beta[1] - half), "coef_high": float(beta[1] + half),
-            "loro": leave_one_run_out(X, y, runs)}
+    df = len(y) - X.shape[1]
+    half = stats.t.ppf(0.5 + LEVEL / 2, df) * math.sqrt(max(cov[1, 1], 0.0))
+    figures = {"r2": float(1 - residual @ residual / total) if total > 0 else math.nan, "coef": float(beta[1]),
+               "coef_low": float(beta[1] - half), "coef_high": float(beta[1] + half),
+               "loro": leave_one_run_out(X, y, runs)}
+    line = Regression(names, beta.tolist(), cov.tolist(), float(residual @ residual / df), df, figures["r2"],
+                      figures["loro"])
+    return figures, line
+
+
+def direction(low: float, high: float, sign: int | None) -> str:
+    """λ̂'s coefficient at equal loss against the theory's sign: `as theory` or `against theory`
+    when its 95% interval excludes zero, else `unclear`."""
+    if sign is None or not (math.isfinite(low) and math.isfinite(high)) or low <= 0 <= high:
+        return "unclear"
+    return "as theory" if (low > 0) == (sign > 0) else "against theory"
 
 
 def scopes(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -83,24 +148,41 @@ def scopes(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return found
 
 
-def compare_runs(group: pd.DataFrame) -> dict:
-    """The figures of one pooled group (module docstring), flat."""
+def compare_runs(group: pd.DataFrame, sign: int | None = None) -> tuple[dict, dict]:
+    """The figures of one pooled group (module docstring), flat, and its saved lines by form."""
     y = group.critical_value.to_numpy(float)
     runs = group.model.to_numpy()
-    row: dict = {"n": len(y), "runs": group.model.nunique(), "sizes": group.llc_params.nunique()}
+    sizes = group.llc_params.nunique()
+    row: dict = {"n": len(y), "runs": group.model.nunique(), "sizes": sizes}
+    lines = {}
     for form in FORMS:
-        row.update({f"{key}_{form}": value for key, value in form_figures(design(group, form), y, runs).items()})
-    sizes = list(design(group, "loss")[:, 2:].T)  # log d, where the pool holds several sizes
-    row.update(separation(y, group.llc_mean, group.base_loss, sizes, min_points=5))
-    scored = {form: row[f"loro_{form}"] for form in FORMS if math.isfinite(row[f"loro_{form}"])}
+        if form == "llc_per_param" and sizes < 2:  # one size: λ̂/d is λ̂ rescaled, not a predictor of its own
+            figures = dict.fromkeys(("r2", "coef", "coef_low", "coef_high", "loro"), math.nan)
+        else:
+            X, names = design(group, form)
+            figures, line = fit_form(X, y, runs, names)
+            if form in SAVED and line is not None:
+                lines[form] = line
+        row.update({f"{key}_{form}": value for key, value in figures.items()})
+    covariates = [np.log(group.llc_params.to_numpy(float))] if sizes >= 2 else []
+    row.update(separation(y, group.llc_mean, group.base_loss, covariates, min_points=5))
+    scored = {form: row[f"loro_{form}"] for form in FORMS if form != "llc_loss" and math.isfinite(row[f"loro_{form}"])}
     row["best_across_runs"] = min(scored, key=scored.get) if scored else None
-    return row
+    row["theory_sign"] = sign
+    row["llc_direction"] = direction(row["coef_low_llc_loss"], row["coef_high_llc_loss"], sign)
+    both, alone = row["loro_llc_loss"], row["loro_loss"]
+    row["llc_adds_out_of_sample"] = bool(both < alone) if math.isfinite(both) and math.isfinite(alone) else None
+    return row, lines
 
 
-def across_runs(table: pd.DataFrame, inside: pd.Series | None = None) -> pd.DataFrame:
-    """One row per (scope, compressor, ε): each form's fit across runs and its error on unseen runs."""
-    rows = []
+def across_runs(table: pd.DataFrame, inside: pd.Series | None = None,
+                signs: dict | None = None) -> tuple[pd.DataFrame, dict]:
+    """(one row per (scope, compressor, ε): each form's fit across runs and its error on unseen runs;
+    (scope, compressor, ε) → ({form: Regression} of the lines `predict` uses, the rows pooled))."""
+    rows, saved = [], {}
     for (comp, eps), group in usable(table, inside).groupby(["compressor", "epsilon"]):
         for scope, rows_in in scopes(group):
-            rows.append({"scope": scope, "compressor": comp, "epsilon": eps, **compare_runs(rows_in)})
-    return pd.DataFrame(rows)
+            row, lines = compare_runs(rows_in, (signs or {}).get(comp))
+            rows.append({"scope": scope, "compressor": comp, "epsilon": eps, **row})
+            saved[(scope, comp, eps)] = (lines, rows_in)
+    return pd.DataFrame(rows), saved

@@ -37,17 +37,24 @@ def predict(fit: Path = typer.Option(..., "--fit", help="Fit file written by `md
     if found.settings_differ:
         print(f"  note: measured with settings that differ from the fit's ({', '.join(found.settings_differ)}): the "
               "fit's lines hold for its own settings")
+    names = {"llc": "λ̂", "loss": "loss", "llc_loss": "λ̂ + loss"}
     for row in found.rows:
-        line = (f"  {row['compressor']:10s} ε={row['epsilon']:<6g} {row['predicted']:7.3f}  "
-                f"[{row['lower']:.3f}, {row['upper']:.3f}]  ({row['basis']} line, LOO {row['loo_rmse']:.3g})")
-        if row["loss_predicted"] is not None:
-            line += (f"   loss line: {row['loss_predicted']:.3f} [{row['loss_lower']:.3f}, {row['loss_upper']:.3f}] "
-                     f"(LOO {row['loss_loo_rmse']:.3g})")
-        if verify:
-            value = row["measured"]
-            line += f"   measured {value:.3f} {'inside' if row['inside'] else 'OUTSIDE'}" if value is not None \
-                else "   measured: beyond the knob's range"
-        print(line)
+        across = row["basis"] != "model"
+        error = "LORO" if across else "LOO"
+        print(f"  {row['compressor']} ε={row['epsilon']:g}, {row['basis']} "
+              f"{'(a run the fit never saw: lines across runs)' if across else 'line'}; best on what it never saw: "
+              f"{names.get(row['best'], '–')}")
+        for label, prefix in (("λ̂", ""), ("loss", "loss_"), ("λ̂ + loss", "both_")):
+            value = row[f"{prefix}predicted"]
+            if value is None:
+                continue
+            line = (f"    {label:9s} {value:7.3f}  [{row[f'{prefix}lower']:.3f}, {row[f'{prefix}upper']:.3f}]  "
+                    f"({error} {row[f'{prefix}loo_rmse']:.3g})")
+            if verify:
+                measured = row["measured"]
+                line += (f"   measured {measured:.3f} {'inside' if row[f'{prefix}inside'] else 'OUTSIDE'}"
+                         if measured is not None else "   measured: beyond the knob's range")
+            print(line)
 
 
 @app.command("critical", context_settings={"allow_extra_args": True},
