@@ -65,14 +65,15 @@ def inverse_hessian_factor(hessian, damp: float):
                         "raise `damp` (e.g. 0.1)") from None
 
 
-def linear_targets(model, roles) -> list[tuple[str, object]]:
-    """The weights of linear layers (`nn.Linear`, GPT-2's Conv1D) in `roles`: the ones with inputs."""
+def linear_targets(model, roles, groups=None) -> list[tuple[str, object]]:
+    """The weights of linear layers (`nn.Linear`, GPT-2's Conv1D) in `roles` (and `groups`): the ones
+    with inputs."""
     import torch
 
     from compressors.targets import select_targets
 
     modules = layout.owners(model)
-    return [(n, p) for n, p in select_targets(model, roles)
+    return [(n, p) for n, p in select_targets(model, roles, groups)
             if isinstance(modules.get(id(p)), torch.nn.Linear) or layout.is_transposed(modules.get(id(p)))]
 
 
@@ -212,5 +213,5 @@ class DataAware(Compressor):
         """(the prepared state of the linear targets, their input statistics): the start of `prepare`."""
         if calibration is None:
             raise UserError(f"{self.name} needs calibration tokens: it reads each layer's inputs")
-        prepared = self._snapshot(model, linear_targets(model, self.targets), calibration)
+        prepared = self._snapshot(model, linear_targets(model, self.targets, self.groups), calibration)
         return prepared, input_statistics(model, prepared.targets, calibration[:self.calibration_sequences])

@@ -75,7 +75,7 @@ class _HeadDecomposition(Compressor):
 
     def prepare(self, model, calibration=None) -> Prepared:
         stacks = head_stacks(model)
-        chosen = [(n, p) for n, p in select_targets(model, self.targets) if id(p) in stacks]
+        chosen = [(n, p) for n, p in select_targets(model, self.targets, self.groups) if id(p) in stacks]
         prepared = self._snapshot(model, chosen, calibration)
         for t in prepared.targets:
             d, by_columns = stacks[id(t.param)]

@@ -29,7 +29,7 @@ from pydantic import Field
 from compressors import layout
 from compressors.registry import Compressor, Cost, DescriptionLength, Knob, Prepared, register
 from compressors.sparsity import RankedPruner, ranks_within, removed
-from compressors.targets import Role
+from compressors.targets import Role, select_targets
 from mdl_slt.errors import UserError
 
 
@@ -111,22 +111,39 @@ class Heads(Compressor):
         total = self.total_heads(prepared)
         return [k / total for k in range(math.floor(self.knob.high * total) + 1)]
 
+    def acts_on(self, group: str) -> bool:
+        """A block's heads stand for its attention output group (a head's output columns carry all it
+        adds; its query, key and value rows go with them)."""
+        return group.endswith(".attn.out")
+
+    def _blocks(self, count: int) -> list[int]:
+        """The blocks whose heads may go: all, or those with an attention group among `groups`."""
+        if self.groups is None:
+            return list(range(count))
+        chosen = [i for i in range(count) if {f"block{i}.attn.in", f"block{i}.attn.out"} & set(self.groups)]
+        if not chosen:
+            raise UserError(f"heads prunes attention heads, but groups {list(self.groups)} name no attention group "
+                            "(block<i>.attn.in or .attn.out)")
+        return chosen
+
     def prepare(self, model, calibration=None) -> Prepared:
         import torch
 
         attentions = layout.attentions(model)
+        blocks = self._blocks(len(attentions))
         if (self.selection == "importance" or self.retrain_steps) and calibration is None:
             raise UserError("heads pruning by importance or with retraining needs calibration tokens")
-        if self.retrain_steps:  # retraining moves every weight
-            chosen = list(model.named_parameters())
+        if self.retrain_steps:  # retraining moves every weight (of the groups, when restricted to some)
+            chosen = list(model.named_parameters()) if self.groups is None else select_targets(
+                model, ("attention", "mlp", "embedding", "unembedding"), self.groups)
         else:  # a head lives in its query/key/value rows (weights and biases) and its output columns
             touched = set()
-            for a in attentions:
+            for a in (attentions[i] for i in blocks):
                 touched.add(id(a.output.weight))
                 touched.update(id(p) for m in a.row_matrices() for p in (m.weight, m.bias) if p is not None)
             chosen = [(n, p) for n, p in model.named_parameters() if id(p) in touched]
         prepared = self._snapshot(model, chosen, calibration)
-        everyone = [(layer, h) for layer, a in enumerate(attentions) for h in range(a.heads)]
+        everyone = [(layer, h) for layer in blocks for h in range(attentions[layer].heads)]
         if self.selection == "random":
             gen = torch.Generator(device="cpu").manual_seed(self.seed)
             order = [everyone[i] for i in torch.randperm(len(everyone), generator=gen, device="cpu").tolist()]
@@ -186,7 +203,7 @@ class Heads(Compressor):
         from mdl_slt.lm_loss import token_nll
 
         model, attentions = prepared.model, prepared.cache["attentions"]
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = [t.param for t in prepared.targets if t.param.requires_grad]
         optimizer = torch.optim.Adam(params, lr=self.retrain_lr)
         order = torch.Generator(device="cpu").manual_seed(self.seed)
         for _ in range(self.retrain_steps):

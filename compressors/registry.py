@@ -5,7 +5,8 @@ A compressor is a small frozen dataclass registered under one name, with one kno
 factorizations, Hessians), `apply(model, prepared, value)` writes the compressed weights in
 place, `restore(prepared)` puts the originals back (no reloading between knob values), and
 `description_length(prepared, value)` counts the compressed model's bits from the stored
-originals, never touching the model. `levels(prepared)` lists the realisable knob values of a
+originals, never touching the model. `targets` (roles) and `groups` (weight groups) choose what
+it touches; every other parameter stays exact and is counted at 32 bits. `levels(prepared)` lists the realisable knob values of a
 discrete knob, so a search evaluates each distinct compressed model once.
 
 Options are the dataclass's fields; their types and ranges (`Annotated[..., Field(ge=1)]`) are
@@ -23,6 +24,7 @@ from typing import Any, ClassVar, Literal
 
 from compressors import layout
 from compressors.spill import Spill, spill_bytes
+from compressors.groups import role_of
 from compressors.targets import DEFAULT_TARGETS, Role, select_targets
 from mdl_slt.errors import UserError, first_problem
 
@@ -146,6 +148,11 @@ class Compressor:
     name: ClassVar[str]
     knob: ClassVar[Knob]
     targets: tuple[Role, ...] = DEFAULT_TARGETS
+    groups: tuple[str, ...] | None = None  # only these weight groups (compressors.groups); the rest left exact
+
+    def acts_on(self, group: str) -> bool:
+        """Whether restricted to weight group `group` alone this compressor has something to compress."""
+        return role_of(group) in self.targets
 
     def snap(self, value: float, prepared: Prepared | None = None) -> float:
         """The knob value that stands for every value giving the same compressed model (continuous: itself)."""
@@ -165,14 +172,15 @@ class Compressor:
 
     def prepare(self, model, calibration=None) -> Prepared:
         """Snapshot the target parameters; subclasses add their one-off work per checkpoint."""
-        return self._snapshot(model, select_targets(model, self.targets), calibration)
+        return self._snapshot(model, select_targets(model, self.targets, self.groups), calibration)
 
     def _snapshot(self, model, chosen, calibration=None) -> Prepared:
         import torch
 
         if not chosen:
-            raise UserError(f"{self.name}: the model has no parameters in targets {list(self.targets)}; "
-                            "choose other targets")
+            where = f" and groups {list(self.groups)}" if self.groups is not None else ""
+            raise UserError(f"{self.name}: the model has no parameters in targets {list(self.targets)}{where}; "
+                            "choose other targets or groups")
         ids = {id(p) for _, p in chosen}
         untouched = sum(p.numel() for p in model.parameters() if id(p) not in ids)
         spill = Spill() if sum(4 * p.numel() for _, p in chosen) > spill_bytes() else None

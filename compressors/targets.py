@@ -5,7 +5,7 @@ stay in fp32. Roles are read from the modules: vectors are norms (in a normalisa
 biases; the output embedding is the unembedding; an `nn.Embedding` is an embedding; weights of
 the attention modules compressors.layout finds are attention (by module name where the layout
 cannot be read); the rest is MLP. A tied embedding and unembedding is one parameter, listed once,
-as `embedding`.
+as `embedding`. `groups` narrows any role to named weight groups (compressors.groups).
 """
 
 from __future__ import annotations
@@ -52,10 +52,18 @@ def parameter_roles(model) -> list[tuple[str, object, str]]:
     return rows
 
 
-def select_targets(model, roles) -> list[tuple[str, object]]:
+def select_targets(model, roles, groups=None) -> list[tuple[str, object]]:
+    """(name, parameter) of every parameter in `roles` and, when `groups` names weight groups
+    (compressors.groups), in one of them."""
     from mdl_slt.errors import UserError
 
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise UserError(f"unknown target roles {sorted(unknown)}: choose from {list(ROLES)}")
-    return [(n, p) for n, p, role in parameter_roles(model) if role in roles]
+    chosen = [(n, p) for n, p, role in parameter_roles(model) if role in roles]
+    if groups is None:
+        return chosen
+    from compressors.groups import select_groups
+
+    inside = {id(p) for g in select_groups(model, groups) for _, p in g.params}
+    return [(n, p) for n, p in chosen if id(p) in inside]

@@ -152,6 +152,33 @@ def load_checkpoint(ref: CheckpointRef | str, home: Path, device: str = "cpu") -
                     f"build the embedded suite with `mdl-slt suite build`, or go online for the hub")
 
 
+def architecture(ref: CheckpointRef, home: Path):
+    """A checkpoint's transformers configuration, from the same sources as its weights, reading no weight."""
+    from transformers import AutoConfig
+
+    quiet_transformers()
+    for kwargs in _sources(ref, home):
+        try:
+            return AutoConfig.from_pretrained(**kwargs)
+        except (OSError, ValueError):  # not in this source: try the next
+            continue
+    raise UserError(f"cannot read the configuration of '{ref}': check the name and revision, build the embedded "
+                    "suite with `mdl-slt suite build`, or go online for the hub")
+
+
+def group_names(ref: CheckpointRef, home: Path) -> list[str]:
+    """The weight groups of a checkpoint's architecture (compressors.groups), from its configuration
+    alone: the model is built on the meta device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from compressors.groups import weight_groups
+
+    config = architecture(ref, home)
+    with torch.device("meta"):
+        return [g.name for g in weight_groups(AutoModelForCausalLM.from_config(config))]
+
+
 def _suite_metadata(ref: CheckpointRef, home: Path) -> dict:
     """The suite's `mdl_slt.json` beside the weights (step, tokens seen), or {} for other models."""
     from huggingface_hub import try_to_load_from_cache

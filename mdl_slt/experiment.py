@@ -10,7 +10,7 @@ import difflib
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mdl_slt import pythia
 from mdl_slt.critical import CriticalConfig
@@ -129,6 +129,22 @@ def parse_variation(text: str) -> tuple[str, float]:
     return parameter, float(multiplier)
 
 
+class LayersConfig(_Strict):
+    """The layer-resolved study inside checkpoints: per weight group, its refined λ̂ (only the group
+    sampled, every other parameter held at w*) and each chosen compressor entry's critical value
+    with the entry restricted to the group (the others left exact)."""
+
+    groups: Literal["all"] | list[str] = Field(default_factory=list, description="weight groups (block0.attn.in, …; "
+                                               "`mdl-slt layers MODEL_REF --list`), or `all`; none: no layer study")
+    every: int = Field(1, ge=1, description="every k-th of each model's listed revisions (all of them when a model "
+                                            "lists none)")
+    compressors: list[str] | None = Field(None, description="the compressor entries (ids) measured per group; "
+                                                            "default: every entry")
+    tolerance: Literal["share", "whole"] = Field("share", description="each group's tolerance: `share`, ε/G with G "
+                                                 "the model's weight groups (its share of the whole model's ε), or "
+                                                 "`whole`, ε itself")
+
+
 class Experiment(_Strict):
     name: str
     store: Path
@@ -149,6 +165,7 @@ class Experiment(_Strict):
     critical: CriticalConfig = CriticalConfig()
     analysis: AnalysisConfig = AnalysisConfig()
     robustness: RobustnessConfig = RobustnessConfig()
+    layers: LayersConfig = LayersConfig()
     llc_steps: dict[str, float] = Field(default_factory=dict, description="written by a run, not by hand: the step "
                                         "size `llc.step_size: auto` chose for each model, held for all its checkpoints")
 
@@ -164,11 +181,31 @@ class Experiment(_Strict):
 
     def robust_at(self, model_id: str, revision: str | None) -> bool:
         """Whether a checkpoint is among those the robustness section re-measures (`every`)."""
-        if not self.robustness.variations():
-            return False
+        return bool(self.robustness.variations()) and self._every(model_id, revision, self.robustness.every)
+
+    def layers_at(self, model_id: str, revision: str | None) -> bool:
+        """Whether a checkpoint is among those the layer study measures (`every`)."""
+        return bool(self.layers.groups) and self._every(model_id, revision, self.layers.every)
+
+    def _every(self, model_id: str, revision: str | None, every: int) -> bool:
+        """Whether `revision` is every `every`-th of its model's listed revisions (any, when none are listed)."""
         entry = next((m for m in self.models if m.id == model_id), None)
         listed = entry.listed_revisions() if entry is not None else None
-        return listed is None or revision in listed[::self.robustness.every]
+        return listed is None or revision in listed[::every]
+
+    def layer_entries(self) -> list:
+        """The compressor entries the layer study restricts to each group."""
+        chosen = self.layers.compressors
+        return [e for e in self.critical.compressors if chosen is None or e.key in chosen]
+
+    @model_validator(mode="after")
+    def _layer_entries(self):
+        known = [e.key for e in self.critical.compressors]
+        unknown = [c for c in self.layers.compressors or [] if c not in known]
+        if unknown:
+            raise ValueError(f"layers.compressors names {', '.join(map(repr, unknown))}, which is no compressor entry "
+                             f"(entries: {', '.join(known)})")
+        return self
 
     def on(self, device: str) -> "Experiment":
         """This experiment with its device resolved (`cpu` or `cuda`): the device is part of every
@@ -186,7 +223,8 @@ def _model_in(annotation) -> type[BaseModel] | None:
 def _describe(error: dict) -> str:
     path = ".".join(str(p) for p in error["loc"])
     if error["type"] != "extra_forbidden":
-        return f"'{path}': {error['msg']}"
+        message = error["msg"].removeprefix("Value error, ")
+        return f"'{path}': {message}" if path else message
     model = Experiment
     for part in error["loc"][:-1]:
         if isinstance(part, str) and part in model.model_fields:

@@ -43,6 +43,31 @@ def deep_linear(widths, rank: int) -> float:
     raise ValueError(f"no subset σ satisfies Aoyagi's conditions for widths {widths}, rank {rank}")
 
 
+RANK_RTOL = 1e-5
+
+
+def refined_deep_linear(weights, layer: int, covariance=None) -> float:
+    """The refined λ of one layer of a deep linear network f(x) = W_L⋯W_1·x, every other layer held
+    at its value: the layer enters the loss through A·W_g·B (A the product of the layers after it,
+    B of those before, Σ the inputs' covariance), a regular quadratic form of rank
+    rank(A)·rank(B·Σ^½), so λ_g = rank(A)·rank(B·Σ^½)/2. `weights`: the (out × in) matrices, first
+    layer first; `layer` counts from 0. Ranks count singular values above RANK_RTOL of the largest:
+    float32 weights of a low rank carry round-off far above float64's own tolerance."""
+    import torch
+
+    weights = [torch.as_tensor(w, dtype=torch.float64) for w in weights]
+    after = torch.eye(weights[layer].shape[0], dtype=torch.float64)
+    for w in weights[layer + 1:]:
+        after = w @ after
+    before = torch.eye(weights[0].shape[1], dtype=torch.float64)
+    for w in weights[:layer]:
+        before = w @ before
+    if covariance is not None:
+        before = before @ torch.linalg.cholesky(torch.as_tensor(covariance, dtype=torch.float64))
+    rank = lambda m: int(torch.linalg.matrix_rank(m, rtol=RANK_RTOL))  # noqa: E731
+    return rank(after) * rank(before) / 2
+
+
 def deep_linear_task(widths, rank: int, num_samples: int, seed: int = 0, exact: bool = False):
     """A random deep linear network at a true parameter w* whose product has rank `rank`, with
     inputs x ~ N(0, I) and noiseless targets y = f(x; w*) (Lau et al.; Hitchcock & Hoogland).

@@ -216,6 +216,15 @@ def measure_unit(unit: Unit, experiment, home: Path, tasks: list[Task]) -> Itera
                 record = llc_record(result, task, experiment.llc.seed, common, "llc_robust")
                 record.detail["variation"] = {"parameter": parameter, "multiplier": multiplier}
                 yield Outcome(name, task, [record])
+            elif task.kind == "llc_group":
+                yield Outcome(name, task, *group_llc(ckpt, tokens, experiment, task, common))
+            elif task.kind == "critical_group":
+                entry = restricted(entries[task.entry], task.group)
+                tolerances = group_tolerances(ckpt.model, experiment)
+                found = measure_entry(ckpt, tokens, entry, list(tolerances), numerics, base)
+                yield Outcome(name, task, critical_records(found, task, entry,
+                                                           {**common, "numerics": NUMERICS_LABEL[numerics]},
+                                                           task.group, tolerances))
             else:
                 entry = entries[task.entry]
                 found = measure_entry(ckpt, tokens, entry, experiment.critical.epsilons, numerics, base)
@@ -223,6 +232,36 @@ def measure_unit(unit: Unit, experiment, home: Path, tasks: list[Task]) -> Itera
                                                            {**common, "numerics": NUMERICS_LABEL[numerics]}))
         except Exception as error:  # noqa: BLE001  a failed task is recorded; the unit's other tasks go on
             yield Outcome(name, task, error=reason(error))
+
+
+def restricted(entry, group: str):
+    """A compressor entry restricted to one weight group (the others left exact), under its own id."""
+    from mdl_slt.critical import CompressorEntry
+
+    return CompressorEntry(id=entry.key, name=entry.name, options={**entry.options, "groups": [group]},
+                           precision=entry.precision)
+
+
+def group_tolerances(model, experiment) -> dict[float, float]:
+    """Each group's tolerance → the whole model's ε it stands for: ε/G with G the model's weight
+    groups (`layers.tolerance: share`), or ε itself (`whole`)."""
+    from compressors.groups import weight_groups
+
+    share = len(weight_groups(model)) if experiment.layers.tolerance == "share" else 1
+    return {epsilon / share: epsilon for epsilon in experiment.critical.epsilons}
+
+
+def group_llc(ckpt: Checkpoint, tokens: TokenSets, experiment, task: Task, common: dict) -> tuple[list, bytes]:
+    """([the refined λ̂ of weight group `task.group`: only its parameters sampled, every other held at
+    w*], the trace)."""
+    from compressors.groups import select_groups
+
+    (group,) = select_groups(ckpt.model, [task.group])
+    config = experiment.llc_for(ckpt.ref.model_id).model_copy(update={"parameters": [n for n, _ in group.params]})
+    result = measure_llc(ckpt, tokens, config)
+    record = llc_record(result, task, experiment.llc.seed, common, "llc_group")
+    record.weight_group = task.group
+    return [record], result.trace
 
 
 def llc_record(result: LLCResult, task: Task, seed: int, common: dict, kind: str = "llc") -> Record:
@@ -233,17 +272,24 @@ def llc_record(result: LLCResult, task: Task, seed: int, common: dict, kind: str
                   elapsed_s=result.elapsed_s, seed=seed, numerics=NUMERICS_LABEL[result.config["numerics"]], **common)
 
 
-def critical_records(found: CriticalMeasurement, task: Task, entry, common: dict) -> list[Record]:
+def critical_records(found: CriticalMeasurement, task: Task, entry, common: dict, group: str | None = None,
+                     tolerances: dict | None = None) -> list[Record]:
     """The loss curve (one row per evaluated knob value) and one row per ε with its critical value,
-    the bracket's passing end in `knob`, the interpolated crossing in `knob_interpolated`."""
-    ids = dict(task_key=task.key, config_hash=task.config_hash, compressor=entry.key, method=entry.name)
+    the bracket's passing end in `knob`, the interpolated crossing in `knob_interpolated`. For an
+    entry restricted to a weight group, `loss_curve_group` and `critical_group` rows of that group,
+    each critical row under the whole model's ε its tolerance stands for (`tolerances`), the
+    tolerance itself in its detail."""
+    ids = dict(task_key=task.key, config_hash=task.config_hash, compressor=entry.key, method=entry.name,
+               weight_group=group)
+    suffix = "" if group is None else "_group"
     base_loss = found.base_loss
-    rows = [Record("loss_curve", knob=p.knob, loss=p.loss, base_loss=base_loss, bits=p.bits,
+    rows = [Record(f"loss_curve{suffix}", knob=p.knob, loss=p.loss, base_loss=base_loss, bits=p.bits,
                    bits_entropy=p.bits_entropy, **ids, **common) for p in found.curve]
     search = found.search
     for point in found.points():
         rows.append(Record(
-            "critical", epsilon=point["epsilon"], knob=point["knob"], knob_interpolated=point["interpolated"],
+            f"critical{suffix}", epsilon=(tolerances or {}).get(point["epsilon"], point["epsilon"]),
+            knob=point["knob"], knob_interpolated=point["interpolated"],
             loss=point["loss"], base_loss=base_loss, bits=point["bits"], bits_entropy=point["bits_entropy"],
             bits_interpolated=point["bits_interpolated"], elapsed_s=found.elapsed_s,
             detail={"knob_name": found.knob_name, "beyond": point["beyond"], "monotone": point["monotone"],
@@ -251,6 +297,7 @@ def critical_records(found: CriticalMeasurement, task: Task, entry, common: dict
                     "evaluations": search.num_evaluations, "precision": search.precision,
                     "critical_se": point["se"] if math.isfinite(point["se"]) else None, "se_sequences": found.sequences,
                     "sequences_needed": found.sequences_needed(point["se"]), "knob_range": list(found.knob_range),
-                    "nonfinite": search.nonfinite, "uncompressed_bits": found.uncompressed_bits},
+                    "nonfinite": search.nonfinite, "uncompressed_bits": found.uncompressed_bits,
+                    **({"tolerance": point["epsilon"]} if group is not None else {})},
             **ids, **common))
     return rows

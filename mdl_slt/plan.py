@@ -2,7 +2,9 @@
 
 Tasks per checkpoint: `base_loss`, `llc`, and `critical:<id>` per compressor entry; with
 `llc.step_size: auto`, one `step_size` task per model first (at its latest planned checkpoint),
-run through the executor like the others, so the driver never loads a model. A task's config
+run through the executor like the others, so the driver never loads a model; with a `layers`
+section, on the checkpoints it takes, per weight group `llc@<group>` (the refined λ̂) and
+`critical:<id>@<group>` (an entry restricted to the group). A task's config
 hash covers only what its result depends on:
 
     step_size      the model, data, sampler settings, device
@@ -11,6 +13,8 @@ hash covers only what its result depends on:
                    chosen for the model), device
     critical:<id>  data, the entry's compressor and options (defaults filled in), its search
                    precision, the ε list, loss numerics, device
+    llc@<group>, critical:<id>@<group>  as llc and critical:<id>, the group's tolerance rule for the
+                   latter; the group itself is in the task's name and key
 
 each with the measurement version, so adding or editing one compressor entry never re-measures
 another, and rows measured on a CPU never merge with rows measured under bf16 on a GPU.
@@ -47,6 +51,7 @@ class Unit:
     step: int | None = None  # what the revision's name says; else the checkpoint's own metadata
     tokens_seen: int | None = None
     identity: str | None = None  # what names its bytes (`checkpoints.checkpoint_identity`)
+    groups: tuple[str, ...] = ()  # the weight groups its layer study measures (`layers`)
 
     def __str__(self) -> str:
         return str(self.ref)
@@ -54,11 +59,12 @@ class Unit:
 
 @dataclass(frozen=True)
 class Task:
-    name: str  # base_loss | llc | critical:<entry id>
-    kind: str  # base_loss | llc | critical
+    name: str  # base_loss | llc | critical:<entry id> | llc@<group> | critical:<entry id>@<group> | …
+    kind: str  # base_loss | llc | critical | llc_robust | step_size | llc_group | critical_group
     config_hash: str
     key: str
     entry: str | None = None  # the compressor entry's id, for critical tasks
+    group: str | None = None  # the weight group, for the layer study's tasks
 
 
 def resolve_device(experiment: Experiment) -> Experiment:
@@ -116,6 +122,16 @@ class Tasks:
                 name = f"llc_robust:{variation_name(parameter, multiplier)}"
                 self.robust[entry.id][name] = (settings, config_hash(settings))
 
+        self.layer = {}  # model → {task name: (kind, settings, hash)} of the layer study, per weight group
+        self.layer_methods = {e.key: e.build() for e in experiment.layer_entries()} if experiment.layers.groups else {}
+        for entry in experiment.models if experiment.layers.groups else []:
+            own = {"llc_group": ("llc_group", {**common, "llc": experiment.llc_for(entry.id).model_dump(mode="json"),
+                                               "sampled": "one weight group"})}
+            for key in self.layer_methods:
+                own[f"critical_group:{key}"] = ("critical_group", {**self.settings[f"critical:{key}"][1],
+                                                                   "tolerance": experiment.layers.tolerance})
+            self.layer[entry.id] = {name: (kind, settings, config_hash(settings)) for name, (kind, settings) in own.items()}
+
         self.step_size = {}  # model → (settings, hash) of its `step_size` task, with `step_size: auto`
         if experiment.llc.step_size == "auto":
             for entry in experiment.models:
@@ -126,7 +142,8 @@ class Tasks:
     @property
     def all_hashes(self) -> set[str]:
         return (set(self.hashes.values()) | {h for _, h in self.llc_by_model.values()}
-                | {h for _, h in self.step_size.values()} | {h for own in self.robust.values() for _, h in own.values()})
+                | {h for _, h in self.step_size.values()} | {h for own in self.robust.values() for _, h in own.values()}
+                | {h for own in self.layer.values() for _, _, h in own.values()})
 
     def configs(self):
         """(hash, kind, settings) of every task configuration, for the store."""
@@ -139,6 +156,9 @@ class Tasks:
         for own in self.robust.values():
             for settings, found in own.values():
                 yield found, "llc_robust", settings
+        for own in self.layer.values():
+            for kind, settings, found in own.values():
+                yield found, kind, settings
 
     def step_size_tasks(self, units: list[Unit]) -> list[tuple[Unit, Task]]:
         """With `step_size: auto`, per model its `step_size` task at its latest planned checkpoint
@@ -169,6 +189,23 @@ class Tasks:
             for name, (_, found) in self.robust.get(ref.model_id, {}).items():
                 tasks.append(Task(name, "llc_robust", found, task_key(name, ref.model_id, ref.revision, unit.identity,
                                                                       found), name.partition(":")[2]))
+        return tasks + self.layer_tasks(unit)
+
+    def layer_tasks(self, unit: Unit) -> list[Task]:
+        """Per weight group of the unit's layer study: its refined λ̂ (`llc@<group>`) and each chosen
+        entry restricted to it where the entry acts on it (`critical:<id>@<group>`); the group is in the
+        task's name and key, not its config hash, so adding a group measures only it."""
+        ref, own, tasks = unit.ref, self.layer.get(unit.ref.model_id, {}), []
+        for group in unit.groups:
+            kind, _, found = own["llc_group"]
+            tasks.append(Task(f"llc@{group}", kind, found, task_key(f"llc@{group}", ref.model_id, ref.revision,
+                                                                    unit.identity, found), None, group))
+            for key, method in self.layer_methods.items():
+                if method.acts_on(group):
+                    name = f"critical:{key}@{group}"
+                    kind, _, found = own[f"critical_group:{key}"]
+                    tasks.append(Task(name, kind, found, task_key(name, ref.model_id, ref.revision, unit.identity,
+                                                                  found), key, group))
         return tasks
 
 
@@ -205,7 +242,26 @@ def plan(experiment: Experiment, home: Path) -> list[Unit]:
         for revision in revisions:
             pythia.check_revision(entry.id, revision)
         units.extend(unit_of(entry, r) for r in revisions)
-    return [replace(u, identity=checkpoint_identity(u.ref, home)) for u in units]
+    return [replace(u, identity=checkpoint_identity(u.ref, home), groups=layer_groups(experiment, u, home))
+            for u in units]
+
+
+def layer_groups(experiment: Experiment, unit: Unit, home: Path) -> tuple[str, ...]:
+    """The weight groups the layer study measures on `unit` (none where it is not among the
+    checkpoints the study takes), read from the checkpoint's architecture without its weights."""
+    if not experiment.layers_at(unit.ref.model_id, unit.ref.revision):
+        return ()
+    from mdl_slt.checkpoints import group_names
+
+    names = group_names(unit.ref, home)
+    wanted = experiment.layers.groups
+    if wanted == "all":
+        return tuple(names)
+    unknown = [g for g in wanted if g not in names]
+    if unknown:
+        raise UserError(f"layers.groups names {', '.join(map(repr, unknown))}, which {unit.ref.model_id} does not have: "
+                        f"its groups are {', '.join(names)}")
+    return tuple(g for g in names if g in wanted)
 
 
 def unit_of(entry, revision: str) -> Unit:

@@ -30,7 +30,7 @@ COLUMNS = {
     "task_key": "TEXT",
     "checkpoint_id": "TEXT",  # what names the measured checkpoint's bytes
     "experiment": "TEXT",
-    "task": "TEXT NOT NULL",  # base_loss | llc | loss_curve | critical
+    "task": "TEXT NOT NULL",  # base_loss | llc | loss_curve | critical | llc_robust | the layer study's and measures'
     "model": "TEXT NOT NULL",
     "revision": "TEXT",
     "step": "INTEGER",
@@ -48,6 +48,9 @@ COLUMNS = {
     "bits_interpolated": "REAL",
     "llc_mean": "REAL",
     "llc_std_error": "REAL",
+    "weight_group": "TEXT",  # the weight group a row measures alone (compressors.groups); NULL: the whole model
+    "value": "REAL",  # a sensitivity measure's value (its name in `method`)
+    "value_se": "REAL",  # and its standard error, where it is an estimate
     "detail": "TEXT",  # JSON: diagnostics, search evaluations, flags
     "elapsed_s": "REAL",
     "config_hash": "TEXT",
@@ -65,6 +68,9 @@ TABLES = {
     "checkpoints": "ref TEXT PRIMARY KEY, model TEXT, revision TEXT, identity TEXT, at TEXT",
     "claims": "unit TEXT PRIMARY KEY, holder TEXT, expires REAL",
 }
+
+
+KNOB_ROWS = ("loss_curve", "loss_curve_group", "sensitivity")  # tasks with a row per knob value
 
 
 @dataclass
@@ -90,6 +96,9 @@ class Record:
     bits_interpolated: float | None = None
     llc_mean: float | None = None
     llc_std_error: float | None = None
+    weight_group: str | None = None
+    value: float | None = None
+    value_se: float | None = None
     detail: dict = field(default_factory=dict)
     elapsed_s: float | None = None
     device: str | None = None
@@ -99,9 +108,11 @@ class Record:
 
     @property
     def key(self) -> str:
-        # a loss-curve row is told apart by its knob value, a critical row by its ε; elsewhere the
-        # knob is a result, not part of the identity
-        return row_key(self.task_key, self.task, self.knob if self.task == "loss_curve" else None, self.epsilon)
+        # a loss-curve row is told apart by its knob value, a critical row by its ε, a measure's by
+        # its group and knob; elsewhere the knob is a result, not part of the identity
+        own = self.task in KNOB_ROWS
+        group = () if self.weight_group is None else (self.weight_group,)
+        return row_key(self.task_key, self.task, self.knob if own else None, self.epsilon, *group)
 
 
 def now() -> str:

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from mdl_slt.analysis.parting import checkpoints, criterion, parting_pairs
-from mdl_slt.analysis.pooled import across_runs, design, leave_one_run_out
+from mdl_slt.analysis.pooled import across_runs, design, leave_one_unit_out
 from mdl_slt.analysis.tables import llc_description_length
 
 
@@ -66,9 +66,9 @@ def test_leave_one_run_out_is_exact_on_a_line_and_undefined_when_a_run_cannot_be
     x = np.arange(12.0)
     X = np.column_stack([np.ones(12), x])
     runs_of = np.repeat(["a", "b", "c"], 4)
-    assert leave_one_run_out(X, 2 + 3 * x, runs_of) == pytest.approx(0, abs=1e-9)
+    assert leave_one_unit_out(X, 2 + 3 * x, runs_of) == pytest.approx(0, abs=1e-9)
     sizes = np.column_stack([X, np.repeat([1.0, 2.0, 3.0], 4)])[:8]  # two runs, a column constant within each:
-    assert math.isnan(leave_one_run_out(sizes, (2 + 3 * x)[:8], runs_of[:8]))  # one run alone cannot fit it
+    assert math.isnan(leave_one_unit_out(sizes, (2 + 3 * x)[:8], runs_of[:8]))  # one run alone cannot fit it
 
 
 def records(rows):

@@ -9,6 +9,8 @@
     pooled   the same question across runs (sizes, or runs of one size trained otherwise): each
              predictor with log d, λ̂ and the loss together, λ̂/d and λ̂·ln n, judged on runs left
              out, λ̂'s sign at equal loss against the theory's
+    layers   inside one checkpoint: each weight group's critical value on its refined λ̂, λ̂/d and
+             size, judged on groups left out
     robustness  every fit redone with λ̂ measured at other sampler settings: is the answer kept?
 
 `analyse(store)` does all of it once; the report, its CSV tables and the fit file take its results.
@@ -23,6 +25,7 @@ import pandas as pd
 
 from mdl_slt.analysis.baselines import baselines
 from mdl_slt.analysis.fits import eps_sweep, fit_lines, fit_relation, loo_predictions, loss_lines, pooled_fits
+from mdl_slt.analysis.layers import group_table, within_checkpoints
 from mdl_slt.analysis.pooled import across_runs, theory_signs
 from mdl_slt.analysis.robustness import failed_of, robustness
 from mdl_slt.analysis.tables import measurements, select, window
@@ -47,6 +50,8 @@ class Analysis:
     pooled: pd.DataFrame
     across_runs: pd.DataFrame  # per (scope, compressor, ε): each predictor across runs, leave-one-run-out
     across_lines: dict  # (scope, compressor, ε) → ({form: Regression} on λ̂, the loss and both, the rows pooled)
+    groups: pd.DataFrame  # the layer study: per (checkpoint, entry, ε, weight group) c*_g beside λ̂_g and d_g
+    layers: pd.DataFrame  # per (run, checkpoint or pooled, entry, ε): the groups' c* on each predictor
     robust_fits: pd.DataFrame  # per (varied sampler setting, main fit): the fit redone with that λ̂
     robust: pd.DataFrame  # per varied setting: τ, fits kept, chains; empty without a robustness section
     sweep: pd.DataFrame
@@ -90,8 +95,10 @@ def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
     lines, lines_all = fit_lines(table, inside), fit_lines(table, everything)
     on_loss = loss_lines(lines)
     robust_fits, robust = robustness(records, table, lines, failed_of(failed, config))
-    across, across_lines = across_runs(table, inside, theory_signs(experiment))
+    signs = theory_signs(experiment)
+    across, across_lines = across_runs(table, inside, signs)
+    groups = group_table(records)
     return Analysis(experiment, settings, records, table, inside, lines, lines_all, on_loss, fit_relation(lines),
                     fit_relation(lines_all), baselines(lines, on_loss), pooled_fits(table, inside), across,
-                    across_lines, robust_fits, robust, eps_sweep(table), loo_predictions(lines), left_out, configs,
-                    traces)
+                    across_lines, groups, within_checkpoints(groups, signs), robust_fits, robust, eps_sweep(table),
+                    loo_predictions(lines), left_out, configs, traces)

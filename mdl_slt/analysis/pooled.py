@@ -96,12 +96,12 @@ def design(group: pd.DataFrame, form: str) -> tuple[np.ndarray, list[str]]:
     return np.column_stack(columns), names
 
 
-def leave_one_run_out(X: np.ndarray, y: np.ndarray, runs: np.ndarray) -> float:
-    """RMSE of each run's checkpoints predicted by OLS on the other runs; NaN unless every run
-    can be predicted."""
+def leave_one_unit_out(X: np.ndarray, y: np.ndarray, units: np.ndarray) -> float:
+    """RMSE of each unit's rows (a run's checkpoints, a group at every checkpoint) predicted by OLS
+    on the other units' rows; NaN unless every unit can be predicted."""
     errors = []
-    for run in np.unique(runs):
-        held = runs == run
+    for unit in np.unique(units):
+        held = units == unit
         rest = X[~held]
         if len(rest) <= X.shape[1] or np.linalg.matrix_rank(rest) < X.shape[1]:
             return math.nan
@@ -110,22 +110,24 @@ def leave_one_run_out(X: np.ndarray, y: np.ndarray, runs: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(errors))))
 
 
-def fit_form(X: np.ndarray, y: np.ndarray, runs: np.ndarray, names: list[str]) -> tuple[dict, Regression | None]:
-    """R², the first predictor's coefficient with its HC3 95% interval and the leave-one-run-out
-    RMSE, and the fitted line (None where undefined)."""
+def fit_form(X: np.ndarray, y: np.ndarray, units: np.ndarray, names: list[str],
+             target: str | None = None) -> tuple[dict, Regression | None]:
+    """R², the coefficient of column `target` (default: the first predictor) with its HC3 95%
+    interval and the leave-one-unit-out RMSE (`loro`), and the fitted line (None where undefined)."""
     from scipy import stats
 
     found = hc3(X, y) if np.isfinite(X).all() else None
     if found is None:
         return {"r2": math.nan, "coef": math.nan, "coef_low": math.nan, "coef_high": math.nan, "loro": math.nan}, None
     beta, cov = found
+    j = names.index(target) if target is not None else 1
     residual = y - X @ beta
     total = np.sum((y - y.mean()) ** 2)
     df = len(y) - X.shape[1]
-    half = stats.t.ppf(0.5 + LEVEL / 2, df) * math.sqrt(max(cov[1, 1], 0.0))
-    figures = {"r2": float(1 - residual @ residual / total) if total > 0 else math.nan, "coef": float(beta[1]),
-               "coef_low": float(beta[1] - half), "coef_high": float(beta[1] + half),
-               "loro": leave_one_run_out(X, y, runs)}
+    half = stats.t.ppf(0.5 + LEVEL / 2, df) * math.sqrt(max(cov[j, j], 0.0))
+    figures = {"r2": float(1 - residual @ residual / total) if total > 0 else math.nan, "coef": float(beta[j]),
+               "coef_low": float(beta[j] - half), "coef_high": float(beta[j] + half),
+               "loro": leave_one_unit_out(X, y, units)}
     line = Regression(names, beta.tolist(), cov.tolist(), float(residual @ residual / df), df, figures["r2"],
                       figures["loro"])
     return figures, line

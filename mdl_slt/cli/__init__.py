@@ -5,6 +5,7 @@ library and prints. Every user mistake ends in one line on stderr and exit code 
     runs        run, validate, status, report; suite build / list; compressors
     llc         llc estimate (the default) / reestimate / calibrate
     checkpoint  critical and predict, on one checkpoint
+    layers      the layer study on one checkpoint, and its weight groups
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-from mdl_slt.cli import runs, checkpoint, llc  # noqa: F401,I001  each registers its commands, in this order
+from mdl_slt.cli import runs, checkpoint, layers, llc  # noqa: F401,I001  each registers its commands, in this order
 from mdl_slt.cli.app import app
 from mdl_slt.errors import UserError, one_line
 

@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 from mdl_slt.analysis.pooled import FORMS
 from mdl_slt.analysis.tables import usable
 from mdl_slt.figures import FIGURE_SIZE, Style, plt, short
+from mdl_slt.report.layers import sentence as layer_sentence
 from mdl_slt.report.pdf import PAGE_WIDTH_MM, g, heading, paragraph, save_figure, table
 from mdl_slt.report.per_run import BEST, within_runs
 
@@ -141,6 +142,8 @@ def first_page(pdf, a, stamp: str, folder) -> None:
                 sign = part.theory_sign.iloc[0]
                 paragraph(pdf, family_sentence(comp, part, t[t.compressor == comp].knob_name.iloc[0],
                                                None if pd.isna(sign) else int(sign)), 8.5, 4.2)
+    if len(a.layers):
+        paragraph(pdf, layer_sentence(a.layers), 8.5, 4.2)
     paragraph(pdf, "Points: checkpoints in the window, one colour per run; a run that parts λ̂ from the loss sits off "
                    "one line and on the other. Lines: c* on each predictor alone over the pooled runs (drawn for runs "
                    "of one size). LORO: root-mean-square error (knob units) of each run predicted from the others. The "
