@@ -17,6 +17,7 @@ from mdl_slt.critical import CriticalConfig
 from mdl_slt.data import DataConfig
 from mdl_slt.errors import UserError, first_problem
 from mdl_slt.llc.config import LLCConfig
+from mdl_slt.sensitivity import SensitivityConfig
 
 
 class _Strict(BaseModel):
@@ -145,6 +146,23 @@ class LayersConfig(_Strict):
                                                  "`whole`, ε itself")
 
 
+class AllocationConfig(_Strict):
+    """Per-group knob values within a whole-model ε, chosen by each method and judged on the measured
+    loss of the whole compressed model (`mdl_slt.allocation`)."""
+
+    compressors: list[str] = Field(default_factory=list, description="compressor entries (ids) to allocate; none: "
+                                                                      "no allocation study")
+    methods: list[Literal["uniform", "hawq", "llc", "fisher", "oracle"]] = Field(
+        default_factory=lambda: ["uniform", "hawq", "llc", "fisher", "oracle"],
+        description="uniform (one knob), hawq (Ω from the Hessian trace), llc (λ̂_g/d_g in its place), fisher "
+                    "(the Fisher trace in its place), oracle (each group's measured loss curve)")
+    epsilons: list[float] | None = Field(None, description="whole-model tolerances; default: critical.epsilons")
+    grid: int = Field(16, ge=2, description="knob values per group, evenly spaced over the range")
+    ranges: dict[str, tuple[float, float]] = Field(default_factory=dict, description="per entry id, the knob range "
+                                                   "the grid spans (default: the knob's own)")
+    every: int = Field(1, ge=1, description="every k-th of each model's listed revisions (all when none are listed)")
+
+
 class Experiment(_Strict):
     name: str
     store: Path
@@ -166,6 +184,8 @@ class Experiment(_Strict):
     analysis: AnalysisConfig = AnalysisConfig()
     robustness: RobustnessConfig = RobustnessConfig()
     layers: LayersConfig = LayersConfig()
+    sensitivity: SensitivityConfig = SensitivityConfig()
+    allocation: AllocationConfig = AllocationConfig()
     llc_steps: dict[str, float] = Field(default_factory=dict, description="written by a run, not by hand: the step "
                                         "size `llc.step_size: auto` chose for each model, held for all its checkpoints")
 
@@ -187,6 +207,25 @@ class Experiment(_Strict):
         """Whether a checkpoint is among those the layer study measures (`every`)."""
         return bool(self.layers.groups) and self._every(model_id, revision, self.layers.every)
 
+    def sensitivity_at(self, model_id: str, revision: str | None) -> bool:
+        """Whether a checkpoint is among those the sensitivity measures take (`every`)."""
+        return bool(self.sensitivity.measures) and self._every(model_id, revision, self.sensitivity.every)
+
+    def allocation_at(self, model_id: str, revision: str | None) -> bool:
+        """Whether a checkpoint is among those the allocation study takes (`every`)."""
+        return bool(self.allocation.compressors) and self._every(model_id, revision, self.allocation.every)
+
+    def allocation_needs(self) -> list[str]:
+        """The measures the allocation methods read (task names; `llc@<group>` stands for every group's)."""
+        methods = set(self.allocation.methods) if self.allocation.compressors else set()
+        return ((["measure:hessian_trace"] if "hawq" in methods else []) + (["measure:fisher"] if "fisher" in methods
+                                                                            else []) + (["llc@"] if "llc" in methods else []))
+
+    def hawq_entries(self) -> list:
+        """The compressor entries whose ‖ΔW‖² the hawq measure takes."""
+        chosen = self.sensitivity.compressors
+        return [e for e in self.critical.compressors if chosen is None or e.key in chosen]
+
     def _every(self, model_id: str, revision: str | None, every: int) -> bool:
         """Whether `revision` is every `every`-th of its model's listed revisions (any, when none are listed)."""
         entry = next((m for m in self.models if m.id == model_id), None)
@@ -201,10 +240,24 @@ class Experiment(_Strict):
     @model_validator(mode="after")
     def _layer_entries(self):
         known = [e.key for e in self.critical.compressors]
-        unknown = [c for c in self.layers.compressors or [] if c not in known]
-        if unknown:
-            raise ValueError(f"layers.compressors names {', '.join(map(repr, unknown))}, which is no compressor entry "
-                             f"(entries: {', '.join(known)})")
+        for section, chosen in (("layers", self.layers.compressors), ("sensitivity", self.sensitivity.compressors),
+                                ("allocation", self.allocation.compressors)):
+            unknown = [c for c in chosen or [] if c not in known]
+            if unknown:
+                raise ValueError(f"{section}.compressors names {', '.join(map(repr, unknown))}, which is no compressor "
+                                 f"entry (entries: {', '.join(known)})")
+        needs = {"hawq": ("sensitivity", "hessian_trace"), "fisher": ("sensitivity", "fisher"), "llc": ("layers", "all")}
+        for method in self.allocation.methods if self.allocation.compressors else []:
+            if method not in needs:
+                continue
+            section, what = needs[method]
+            present = what in self.sensitivity.measures if section == "sensitivity" else self.layers.groups == "all"
+            every = getattr(self, section).every
+            if not present or self.allocation.every % every:
+                raise ValueError(f"allocation method {method} reads {'every group' if what == 'all' else what}'s "
+                                 f"measure: add {'layers.groups: all' if what == 'all' else f'{what} to sensitivity.measures'}"
+                                 f" on the allocation's checkpoints (its `every` a divisor of allocation.every, "
+                                 f"{self.allocation.every})")
         return self
 
     def on(self, device: str) -> "Experiment":

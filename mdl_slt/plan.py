@@ -4,7 +4,9 @@ Tasks per checkpoint: `base_loss`, `llc`, and `critical:<id>` per compressor ent
 `llc.step_size: auto`, one `step_size` task per model first (at its latest planned checkpoint),
 run through the executor like the others, so the driver never loads a model; with a `layers`
 section, on the checkpoints it takes, per weight group `llc@<group>` (the refined λ̂) and
-`critical:<id>@<group>` (an entry restricted to the group). A task's config
+`critical:<id>@<group>` (an entry restricted to the group); with a `sensitivity` section,
+`measure:<name>` per measure (hawq per entry: `measure:hawq:<id>`); with an `allocation` section,
+`allocation:<id>` per entry, last, reading the measures its methods need. A task's config
 hash covers only what its result depends on:
 
     step_size      the model, data, sampler settings, device
@@ -15,6 +17,10 @@ hash covers only what its result depends on:
                    precision, the ε list, loss numerics, device
     llc@<group>, critical:<id>@<group>  as llc and critical:<id>, the group's tolerance rule for the
                    latter; the group itself is in the task's name and key
+    measure:<name>  the measure's own settings, the data where it reads any, device (hawq: and the
+                   entry's compressor)
+    allocation:<id>  its settings, the entry's compressor, loss numerics, and the config hashes of the
+                   measures it reads
 
 each with the measurement version, so adding or editing one compressor entry never re-measures
 another, and rows measured on a CPU never merge with rows measured under bf16 on a GPU.
@@ -65,6 +71,8 @@ class Task:
     key: str
     entry: str | None = None  # the compressor entry's id, for critical tasks
     group: str | None = None  # the weight group, for the layer study's tasks
+    needs: tuple[str, ...] = ()  # names of the unit's tasks whose rows it reads (an allocation's measures)
+    inputs: tuple = ()  # (name, rows) of those measured before this run, from the store
 
 
 def resolve_device(experiment: Experiment) -> Experiment:
@@ -132,6 +140,15 @@ class Tasks:
                                                                    "tolerance": experiment.layers.tolerance})
             self.layer[entry.id] = {name: (kind, settings, config_hash(settings)) for name, (kind, settings) in own.items()}
 
+        self.measures = {}  # task name → (settings, hash): `measure:<name>`, hawq per entry `measure:hawq:<id>`
+        for name in experiment.sensitivity.measures:
+            self.measures.update(self._measure_settings(name, common))
+
+        self.allocation = {}  # model → {task name: (settings, hash)}: `allocation:<id>` per entry
+        for entry in experiment.models if experiment.allocation.compressors else []:
+            self.allocation[entry.id] = {f"allocation:{key}": self._allocation_settings(entry.id, key, common)
+                                         for key in experiment.allocation.compressors}
+
         self.step_size = {}  # model → (settings, hash) of its `step_size` task, with `step_size: auto`
         if experiment.llc.step_size == "auto":
             for entry in experiment.models:
@@ -139,11 +156,40 @@ class Tasks:
                             "llc": experiment.llc.model_dump(mode="json"), "device": experiment.device}
                 self.step_size[entry.id] = (settings, config_hash(settings))
 
+    def _measure_settings(self, name: str, common: dict) -> dict:
+        """The task(s) of sensitivity measure `name`, with what its result depends on: its own settings,
+        the data where it reads any, and for hawq each entry's compressor."""
+        from mdl_slt.sensitivity import MEASURES
+
+        measure = MEASURES[name]
+        chosen = self.experiment.sensitivity.model_dump(mode="json", include=set(measure.settings))
+        settings = {k: v for k, v in common.items() if k != "data" or measure.data} | {"measure": name, **chosen}
+        if name != "hawq":
+            return {f"measure:{name}": (settings, config_hash(settings))}
+        found = {}
+        for entry in self.experiment.hawq_entries():
+            own = {**settings, "compressor": self.settings[f"critical:{entry.key}"][1]["compressor"]}
+            found[f"measure:hawq:{entry.key}"] = (own, config_hash(own))
+        return found
+
+    def _allocation_settings(self, model: str, key: str, common: dict) -> tuple[dict, str]:
+        """An allocation's settings: its own, the entry's compressor, and the config hashes of the
+        measures it reads, so a new sampler or measure setting allocates again."""
+        chosen = self.experiment.allocation
+        needs = {name: (self.layer[model]["llc_group"][2] if name == "llc@" else self.measures[name][1])
+                 for name in self.experiment.allocation_needs()}
+        settings = {**common, "compressor": self.settings[f"critical:{key}"][1]["compressor"],
+                    "methods": chosen.methods, "epsilons": chosen.epsilons or self.experiment.critical.epsilons,
+                    "grid": chosen.grid, "range": chosen.ranges.get(key), "numerics": self.experiment.critical.numerics,
+                    "loss_version": LOSS_VERSION, "needs": needs}
+        return settings, config_hash(settings)
+
     @property
     def all_hashes(self) -> set[str]:
         return (set(self.hashes.values()) | {h for _, h in self.llc_by_model.values()}
                 | {h for _, h in self.step_size.values()} | {h for own in self.robust.values() for _, h in own.values()}
-                | {h for own in self.layer.values() for _, _, h in own.values()})
+                | {h for own in self.layer.values() for _, _, h in own.values()}
+                | {h for _, h in self.measures.values()} | {h for own in self.allocation.values() for _, h in own.values()})
 
     def configs(self):
         """(hash, kind, settings) of every task configuration, for the store."""
@@ -159,6 +205,11 @@ class Tasks:
         for own in self.layer.values():
             for kind, settings, found in own.values():
                 yield found, kind, settings
+        for settings, found in self.measures.values():
+            yield found, "sensitivity", settings
+        for own in self.allocation.values():
+            for settings, found in own.values():
+                yield found, "allocation", settings
 
     def step_size_tasks(self, units: list[Unit]) -> list[tuple[Unit, Task]]:
         """With `step_size: auto`, per model its `step_size` task at its latest planned checkpoint
@@ -189,7 +240,19 @@ class Tasks:
             for name, (_, found) in self.robust.get(ref.model_id, {}).items():
                 tasks.append(Task(name, "llc_robust", found, task_key(name, ref.model_id, ref.revision, unit.identity,
                                                                       found), name.partition(":")[2]))
-        return tasks + self.layer_tasks(unit)
+        if self.experiment.sensitivity_at(ref.model_id, ref.revision):
+            for name, (_, found) in self.measures.items():
+                tasks.append(Task(name, "sensitivity", found, task_key(name, ref.model_id, ref.revision, unit.identity,
+                                                                       found), name.split(":")[2] if name.count(":") == 2
+                                  else None))
+        tasks += self.layer_tasks(unit)
+        if self.experiment.allocation_at(ref.model_id, ref.revision):  # last: they read the measures above
+            needs = tuple(n for name in self.experiment.allocation_needs()
+                          for n in ([f"llc@{g}" for g in unit.groups] if name == "llc@" else [name]))
+            for name, (_, found) in self.allocation[ref.model_id].items():
+                tasks.append(Task(name, "allocation", found, task_key(name, ref.model_id, ref.revision, unit.identity,
+                                                                      found), name.partition(":")[2], None, needs))
+        return tasks
 
     def layer_tasks(self, unit: Unit) -> list[Task]:
         """Per weight group of the unit's layer study: its refined λ̂ (`llc@<group>`) and each chosen

@@ -114,7 +114,8 @@ def run_experiment(experiment: Experiment, home: Path, console) -> RunSummary:
         for found, kind, settings in tasks.configs():
             store.record_config(found, kind, settings)
         done = store.done()
-        pending = [(u, todo) for u in units if (todo := [t for t in tasks.for_unit(u) if t.key not in done])]
+        pending = [(u, with_inputs(todo, tasks.for_unit(u), done, store)) for u in units
+                   if (todo := [t for t in tasks.for_unit(u) if t.key not in done])]
         summary.skipped = len(units) - len(pending)
         log.info(f"run {experiment.name} on {experiment.device}: {len(units)} checkpoints, {len(pending)} to measure, "
                  f"{experiment.workers} worker(s)")
@@ -150,6 +151,16 @@ def run_experiment(experiment: Experiment, home: Path, console) -> RunSummary:
     log.info(f"finished: {summary.measured} measured, {summary.skipped} already stored, "
              f"{summary.failed_units} failed ({len(summary.failures)} tasks), in {summary.elapsed_s:.0f} s")
     return summary
+
+
+def with_inputs(todo: list, every: list, done: set, store: Store) -> list:
+    """The tasks `todo`, each carrying the stored rows of the tasks it reads that an earlier run
+    measured (those measured in this run reach it from its own unit)."""
+    from dataclasses import replace
+
+    keys = {t.name: t.key for t in every}
+    return [replace(t, inputs=tuple((name, tuple(store.rows_of(keys[name]))) for name in t.needs
+                                    if keys.get(name) in done)) if t.needs else t for t in todo]
 
 
 def grouped(failures: list[tuple[str, str]]) -> str:

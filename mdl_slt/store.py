@@ -49,7 +49,8 @@ COLUMNS = {
     "llc_mean": "REAL",
     "llc_std_error": "REAL",
     "weight_group": "TEXT",  # the weight group a row measures alone (compressors.groups); NULL: the whole model
-    "value": "REAL",  # a sensitivity measure's value (its name in `method`)
+    "measure": "TEXT",  # a sensitivity row's quantity (hessian_trace, …); an allocation row's method
+    "value": "REAL",  # a sensitivity measure's value
     "value_se": "REAL",  # and its standard error, where it is an estimate
     "detail": "TEXT",  # JSON: diagnostics, search evaluations, flags
     "elapsed_s": "REAL",
@@ -97,6 +98,7 @@ class Record:
     llc_mean: float | None = None
     llc_std_error: float | None = None
     weight_group: str | None = None
+    measure: str | None = None
     value: float | None = None
     value_se: float | None = None
     detail: dict = field(default_factory=dict)
@@ -111,8 +113,9 @@ class Record:
         # a loss-curve row is told apart by its knob value, a critical row by its ε, a measure's by
         # its group and knob; elsewhere the knob is a result, not part of the identity
         own = self.task in KNOB_ROWS
-        group = () if self.weight_group is None else (self.weight_group,)
-        return row_key(self.task_key, self.task, self.knob if own else None, self.epsilon, *group)
+        parts = () if self.measure is None else (self.measure,)  # a measure's quantities share a task
+        parts += () if self.weight_group is None else (self.weight_group,)
+        return row_key(self.task_key, self.task, self.knob if own else None, self.epsilon, *parts)
 
 
 def now() -> str:
@@ -242,6 +245,12 @@ class Store:
     def checkpoints(self) -> dict[tuple[str, str | None], str | None]:
         """(model, revision) → the identity of its bytes at the latest run."""
         return {(m, r): i for m, r, i in self.db.execute("SELECT model, revision, identity FROM checkpoints")}
+
+    def rows_of(self, task_key: str) -> list[dict]:
+        """Every row a task wrote, as column → value (`detail` decoded)."""
+        cursor = self.db.execute("SELECT * FROM records WHERE task_key = ? ORDER BY key", (task_key,))
+        names = [c[0] for c in cursor.description]
+        return [{**dict(zip(names, row)), "detail": json.loads(row[names.index("detail")] or "{}")} for row in cursor]
 
     def detail(self, task_key: str) -> dict | None:
         """The `detail` of a task's first row; None when the task wrote none."""

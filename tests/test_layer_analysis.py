@@ -1,4 +1,5 @@
-"""The within-checkpoint analysis on synthetic weight groups with a known answer. Needs no torch."""
+"""The within-checkpoint analysis and the tournament of predictors on synthetic data with a known
+answer. Needs no torch."""
 
 import math
 
@@ -8,6 +9,7 @@ import pytest
 from scipy import stats
 
 from mdl_slt.analysis.layers import group_table, within_checkpoints
+from mdl_slt.analysis.tournament import compare
 
 GROUPS = ["embed", "block0.attn.in", "block0.attn.out", "block0.mlp.in", "block0.mlp.out", "block1.attn.in",
           "block1.attn.out", "block1.mlp.in", "block1.mlp.out", "unembed"]
@@ -37,9 +39,9 @@ def test_a_known_per_parameter_relation_is_found_with_its_sign_on_unseen_groups(
     for scope, row in found.iterrows():
         se = (row.coef_high_llc_per_param - row.coef_low_llc_per_param) / (2 * stats.t.ppf(0.975, row.n - 2 - (scope == "pooled")))
         assert abs(row.coef_llc_per_param - beta) < 4 * se, scope  # within 4 standard errors
-        assert row.best_on_unseen_groups == "llc_per_param" and row.r2_llc_per_param > 0.95
-        assert row.logo_llc_per_param < min(row.logo_llc, row.logo_size)
-        assert row.p_beyond_size_llc_per_param < 1e-4
+        assert row.best == "llc_per_param" and row.r2_llc_per_param > 0.95
+        assert row.loo_llc_per_param < min(row.loo_llc, row.loo_size)
+        assert row.p_llc_beside_size < 1e-4
         assert row.llc_direction == ("as theory" if beta > 0 else "against theory")
     pooled = found.loc["pooled"]
     assert pooled.checkpoints == 2 and pooled.n == 2 * len(GROUPS) and pooled.groups == len(GROUPS)
@@ -48,15 +50,15 @@ def test_a_known_per_parameter_relation_is_found_with_its_sign_on_unseen_groups(
 def test_size_alone_wins_when_the_critical_value_follows_the_size():
     table = groups(np.random.default_rng(1), lambda per_param, d: 1 + 0.5 * np.log(d))
     row = within_checkpoints(table, {"rtn": 1}).set_index("scope").loc["pooled"]
-    assert row.best_on_unseen_groups == "size" and row.coef_size == pytest.approx(0.5, abs=0.05)
-    assert row.p_beyond_size_llc_per_param > 0.001 and row.llc_direction == "unclear"
+    assert row.best == "size" and row.coef_size == pytest.approx(0.5, abs=0.05)
+    assert row.p_llc_beside_size > 0.001 and row.llc_direction == "unclear"
 
 
 def test_too_few_groups_give_no_fit():
     table = groups(np.random.default_rng(2), lambda per_param, d: 3 + 50 * per_param)
     few = table[table.weight_group.isin(GROUPS[:3])]
     row = within_checkpoints(few, {"rtn": 1}).iloc[0]
-    assert row.groups == 3 and math.isnan(row.coef_llc_per_param) and row.best_on_unseen_groups is None
+    assert row.groups == 3 and math.isnan(row.coef_llc_per_param) and row.best is None
 
 
 def test_the_group_table_joins_each_group_s_critical_value_to_its_refined_llc():
@@ -74,3 +76,29 @@ def test_the_group_table_joins_each_group_s_critical_value_to_its_refined_llc():
     assert found["critical_value"] == 2.8 and found["llc_mean"] == 8.0 and found["group_params"] == 400
     assert found["llc_per_param"] == pytest.approx(0.02) and found["size"] == pytest.approx(math.log(400))
     assert found["tolerance"] == 0.005 and found["epsilon"] == 0.05
+
+
+def tournament_rows(rng, critical, runs=6, n=5):
+    """Runs of one size: λ̂, the loss and a Fisher trace drawn apart; c* = critical(λ̂, loss, fisher)."""
+    frames = []
+    for r in range(runs):
+        llc = 30 + 5 * r + rng.normal(0, 2, n)
+        loss = 4.3 - 0.02 * np.arange(n) + rng.normal(0, 0.02, n)
+        fisher = rng.uniform(1, 3, n) + 0.3 * r
+        frames.append(pd.DataFrame({"model": f"run{r}", "llc": llc, "loss": loss, "fisher": fisher,
+                                    "y": critical(llc, loss, fisher) + rng.normal(0, 0.01, n)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.mark.parametrize("beta", [0.05, -0.05])
+def test_the_tournament_names_the_winner_and_whether_llc_adds_to_it(beta):
+    rows = tournament_rows(np.random.default_rng(4), lambda llc, loss, fisher: 2 * fisher + beta * llc)
+    found = compare(rows, ["llc", "loss", "fisher"], [np.ones(len(rows))], rows.model.to_numpy(), rows.y.to_numpy(),
+                    "loss", "llc", 1)
+    assert found["best_other"] == "fisher" and found["llc_adds"]
+    assert found["llc_coef_beside_fisher"] == pytest.approx(beta, abs=0.005)
+    assert found["llc_direction_beside"] == ("as theory" if beta > 0 else "against theory")
+    assert found["coef_fisher"] > 0 and found["p_llc_beside_fisher"] < 1e-6
+    alone = compare(rows.assign(y=2 * rows.fisher), ["llc", "fisher"], [np.ones(len(rows))], rows.model.to_numpy(),
+                    (2 * rows.fisher).to_numpy(), None, "llc", 1)
+    assert alone["best"] == "fisher" and alone["loo_fisher"] < 1e-9 and alone["llc_adds"] is False

@@ -21,7 +21,8 @@ class NoTorch:
 
 sys.meta_path.insert(0, NoTorch())  # any `import torch` now fails
 import mdl_slt.analysis, mdl_slt.fitfile, mdl_slt.figures, mdl_slt.report, mdl_slt.llc.trace, mdl_slt.plan
-import mdl_slt.report.answer, mdl_slt.report.layers, mdl_slt.analysis.layers
+import mdl_slt.report.answer, mdl_slt.report.layers, mdl_slt.report.measures, mdl_slt.analysis.layers
+import mdl_slt.analysis.tournament, mdl_slt.analysis.measures
 import pandas as pd
 from mdl_slt.analysis.fits import fit_lines, fit_relation
 rows = [dict(model="m", compressor="rtn", method="rtn", epsilon=0.1, step=s, llc_mean=float(s), llc_std_error=0.1,

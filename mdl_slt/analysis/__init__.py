@@ -11,6 +11,9 @@
              out, λ̂'s sign at equal loss against the theory's
     layers   inside one checkpoint: each weight group's critical value on its refined λ̂, λ̂/d and
              size, judged on groups left out
+    measures the field's sensitivity measures (Hessian trace, HAWQ's Ω, Fisher, weight outliers) as
+             predictors across runs and inside checkpoints, and the allocations they buy
+    tournament  every predictor against the others on units left out, shared by both designs
     robustness  every fit redone with λ̂ measured at other sampler settings: is the answer kept?
 
 `analyse(store)` does all of it once; the report, its CSV tables and the fit file take its results.
@@ -26,7 +29,9 @@ import pandas as pd
 from mdl_slt.analysis.baselines import baselines
 from mdl_slt.analysis.fits import eps_sweep, fit_lines, fit_relation, loo_predictions, loss_lines, pooled_fits
 from mdl_slt.analysis.layers import group_table, within_checkpoints
-from mdl_slt.analysis.pooled import across_runs, theory_signs
+from mdl_slt.analysis.measures import (LABELS, allocation_table, checkpoint_measures, costs, group_measures,
+                                       hawq_predictions)
+from mdl_slt.analysis.pooled import across_runs, measures_across_runs, theory_signs
 from mdl_slt.analysis.robustness import failed_of, robustness
 from mdl_slt.analysis.tables import measurements, select, window
 from mdl_slt.errors import UserError
@@ -52,6 +57,9 @@ class Analysis:
     across_lines: dict  # (scope, compressor, ε) → ({form: Regression} on λ̂, the loss and both, the rows pooled)
     groups: pd.DataFrame  # the layer study: per (checkpoint, entry, ε, weight group) c*_g beside λ̂_g and d_g
     layers: pd.DataFrame  # per (run, checkpoint or pooled, entry, ε): the groups' c* on each predictor
+    measures: pd.DataFrame  # per (scope, entry, ε): every measure against λ̂ across runs (the tournament)
+    allocations: pd.DataFrame  # per (checkpoint, entry, ε, method): the allocation within ε and its bits
+    costs: pd.DataFrame  # per measure: seconds per checkpoint (the refined λ̂: per group)
     robust_fits: pd.DataFrame  # per (varied sampler setting, main fit): the fit redone with that λ̂
     robust: pd.DataFrame  # per varied setting: τ, fits kept, chains; empty without a robustness section
     sweep: pd.DataFrame
@@ -97,8 +105,31 @@ def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
     robust_fits, robust = robustness(records, table, lines, failed_of(failed, config))
     signs = theory_signs(experiment)
     across, across_lines = across_runs(table, inside, signs)
-    groups = group_table(records)
+    table, groups = with_measures(records, table, group_table(records), experiment)
+    present = {m: LABELS[m] for m in LABELS if m in table or m in groups}
     return Analysis(experiment, settings, records, table, inside, lines, lines_all, on_loss, fit_relation(lines),
                     fit_relation(lines_all), baselines(lines, on_loss), pooled_fits(table, inside), across,
-                    across_lines, groups, within_checkpoints(groups, signs), robust_fits, robust, eps_sweep(table),
+                    across_lines, groups, within_checkpoints(groups, signs, present),
+                    measures_across_runs(table, inside, signs, [m for m in present if m in table]),
+                    allocation_table(records), costs(records), robust_fits, robust, eps_sweep(table),
                     loo_predictions(lines), left_out, configs, traces)
+
+
+def with_measures(records: pd.DataFrame, table: pd.DataFrame, groups: pd.DataFrame, experiment) -> tuple:
+    """The measurement and group tables with each sensitivity measure beside them, HAWQ's predicted
+    critical value per entry and ε among them (`analysis.measures`)."""
+    whole, parts = checkpoint_measures(records), group_measures(records)
+    share = parts.groupby(["model", "revision"]).weight_group.nunique().to_dict() \
+        if experiment.layers.tolerance == "share" else {}
+    lower = {e.key: e.build().knob.more_compression == "lower" for e in experiment.critical.compressors}
+    hawq_whole, hawq_parts = hawq_predictions(records, experiment.critical.epsilons, share, lower)
+    keys = ["model", "revision"]
+    if len(whole):
+        table = table.merge(whole, on=keys, how="left")
+    if len(hawq_whole):
+        table = table.merge(hawq_whole, on=keys + ["compressor", "epsilon"], how="left")
+    if len(groups) and len(parts):
+        groups = groups.merge(parts, on=keys + ["weight_group"], how="left")
+    if len(groups) and len(hawq_parts):
+        groups = groups.merge(hawq_parts, on=keys + ["compressor", "epsilon", "weight_group"], how="left")
+    return table, groups

@@ -11,10 +11,11 @@ Per (checkpoint, entry, ε), over its groups, c*_g on each predictor (OLS, HC3):
     size           c*_g = α + β·log d_g
 
 with R², β and its 95% interval, the leave-one-group-out RMSE (each group predicted from the
-others), and the nested HC3 Wald test of each predictor beyond log d_g; and the same pooled over a
-run's checkpoints with an offset per checkpoint (a group left out of every checkpoint at once).
-λ̂_g/d_g's coefficient is read against the theory's sign (more λ̂, less compressible). A measure
-is one more column of the table and one more entry of `PREDICTORS`.
+others), each beside log d_g, and λ̂_g/d_g beside each (the nested HC3 Wald test of λ̂_g/d_g
+beyond d_g among them): `tournament.compare`, with groups as its units; and the same pooled over
+a run's checkpoints with an offset per checkpoint (a group left out of every checkpoint at once).
+λ̂_g/d_g's coefficient is read against the theory's sign (more λ̂, less compressible). A
+sensitivity measure is one more column of the table and one more candidate.
 """
 
 from __future__ import annotations
@@ -24,13 +25,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from mdl_slt.analysis.baselines import hc3_wald
-from mdl_slt.analysis.pooled import direction, fit_form
+from mdl_slt.analysis.tournament import compare
 
 PREDICTORS = {"llc": "λ̂_g", "llc_per_param": "λ̂_g/d_g", "size": "log d_g"}
-COLUMNS = {"llc": "llc_mean"}  # a predictor's column in the group table, where it is not its name
-BASELINE = "size"  # what a predictor must add to: how large the group is
-MIN_GROUPS = 4  # groups a fit needs (a line and a left-out group)
+COMPANION = "size"  # what every predictor is also fitted beside: how large the group is
+LLC = "llc_per_param"  # λ̂ in the theory's form for a part: per parameter
 KEYS = ["model", "revision", "step"]
 
 
@@ -56,40 +55,20 @@ def group_table(records: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(KEYS + ["compressor", "epsilon", "weight_group"]).reset_index(drop=True)
 
 
-def compare_groups(rows: pd.DataFrame, sign: int | None, offsets: bool) -> dict:
-    """The figures of one set of groups (module docstring), flat: per predictor `r2_`, `coef_`,
-    `coef_low_`, `coef_high_`, `logo_` (leave-one-group-out RMSE) and, beyond log d_g, `p_beyond_`;
-    the predictor with the least leave-one-group-out error; λ̂_g/d_g's direction against the theory's."""
-    rows = rows[rows.critical_value.notna() & rows.llc_mean.notna()]
-    y = rows.critical_value.to_numpy(float)
-    units = rows.weight_group.to_numpy()
+def compare_groups(rows: pd.DataFrame, sign: int | None, offsets: bool, measures: dict | None = None) -> dict:
+    """The tournament of one set of groups (`tournament.compare`): the predictors, and the measures
+    given (name → label) where the table has them, each alone, beside the size and with λ̂_g/d_g
+    beside it; units are groups, with an offset per checkpoint when `offsets`."""
+    rows = rows[rows.critical_value.notna() & rows.llc_mean.notna()].assign(llc=lambda t: t.llc_mean)
     base = ([(rows.revision == r).to_numpy(float) for r in rows.revision.unique()] if offsets
             else [np.ones(len(rows))])
-    found: dict = {"groups": rows.weight_group.nunique(), "n": len(rows)}
-    enough = rows.weight_group.nunique() >= MIN_GROUPS and len(rows) > len(base) + 2
-    for name in PREDICTORS:
-        x = rows[COLUMNS.get(name, name)].to_numpy(float)
-        figures = {"r2": math.nan, "coef": math.nan, "coef_low": math.nan, "coef_high": math.nan, "loro": math.nan}
-        p_beyond = math.nan
-        if enough and np.ptp(x) > 0:
-            X = np.column_stack([*base, x])
-            figures = fit_form(X, y, units, [f"offset{i}" for i in range(len(base))] + [name], target=name)[0]
-            if name != BASELINE:
-                nested = np.column_stack([*base, rows[BASELINE].to_numpy(float), x])
-                p_beyond = hc3_wald(nested, y, nested.shape[1] - 1)[1]
-        found.update({f"r2_{name}": figures["r2"], f"coef_{name}": figures["coef"],
-                      f"coef_low_{name}": figures["coef_low"], f"coef_high_{name}": figures["coef_high"],
-                      f"logo_{name}": figures["loro"]})
-        if name != BASELINE:
-            found[f"p_beyond_size_{name}"] = p_beyond
-    scored = {n: found[f"logo_{n}"] for n in PREDICTORS if math.isfinite(found[f"logo_{n}"])}
-    found["best_on_unseen_groups"] = min(scored, key=scored.get) if scored else None
-    found["theory_sign"] = sign
-    found["llc_direction"] = direction(found["coef_low_llc_per_param"], found["coef_high_llc_per_param"], sign)
-    return found
+    candidates = list(PREDICTORS) + [m for m in measures or {} if m in rows]
+    return {"groups": rows.weight_group.nunique(), "n": len(rows),
+            **compare(rows, candidates, base, rows.weight_group.to_numpy(), rows.critical_value.to_numpy(float),
+                      COMPANION, LLC, sign)}
 
 
-def within_checkpoints(groups: pd.DataFrame, signs: dict | None = None) -> pd.DataFrame:
+def within_checkpoints(groups: pd.DataFrame, signs: dict | None = None, measures: dict | None = None) -> pd.DataFrame:
     """One row per (scope, compressor, ε): each checkpoint of the layer study on its own, then each
     run's checkpoints pooled with an offset per checkpoint (module docstring)."""
     if not len(groups):
@@ -99,8 +78,8 @@ def within_checkpoints(groups: pd.DataFrame, signs: dict | None = None) -> pd.Da
         sign = (signs or {}).get(comp)
         for (revision, step), one in part.groupby(["revision", "step"], sort=False):
             rows.append({"model": model, "scope": revision, "step": step, "compressor": comp, "epsilon": eps,
-                         "checkpoints": 1, **compare_groups(one, sign, offsets=False)})
+                         "checkpoints": 1, **compare_groups(one, sign, False, measures)})
         if part.revision.nunique() > 1:
             rows.append({"model": model, "scope": "pooled", "step": math.nan, "compressor": comp, "epsilon": eps,
-                         "checkpoints": part.revision.nunique(), **compare_groups(part, sign, offsets=True)})
+                         "checkpoints": part.revision.nunique(), **compare_groups(part, sign, True, measures)})
     return pd.DataFrame(rows)

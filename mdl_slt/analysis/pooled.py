@@ -188,3 +188,24 @@ def across_runs(table: pd.DataFrame, inside: pd.Series | None = None,
             rows.append({"scope": scope, "compressor": comp, "epsilon": eps, **row})
             saved[(scope, comp, eps)] = (lines, rows_in)
     return pd.DataFrame(rows), saved
+
+
+def measures_across_runs(table: pd.DataFrame, inside: pd.Series | None, signs: dict, measures: list[str]) -> pd.DataFrame:
+    """One row per (scope, compressor, ε): the tournament (`tournament.compare`) of λ̂ in its forms, the
+    loss, log tokens and every measure the table holds, each with log d where the pool holds several
+    sizes, beside the loss, and with λ̂ beside it; units are runs."""
+    from mdl_slt.analysis.tournament import compare
+
+    rows = []
+    for (comp, eps), group in usable(table, inside).groupby(["compressor", "epsilon"]):
+        for scope, part in scopes(group):
+            sizes = part.llc_params.nunique()
+            frame = part.assign(llc=part.llc_mean, loss=part.base_loss, tokens=predictors(part)["tokens"],
+                                llc_per_param=part.llc_mean / part.llc_params, redundancy=part.llc_dl_bits)
+            base = [np.ones(len(part))] + ([np.log(part.llc_params.to_numpy(float))] if sizes >= 2 else [])
+            candidates = ["llc", "loss", "tokens", *(["llc_per_param"] if sizes >= 2 else []), "redundancy",
+                          *[m for m in measures if m in part]]
+            rows.append({"scope": scope, "compressor": comp, "epsilon": eps, "n": len(part), "runs": part.model.nunique(),
+                         **compare(frame, candidates, base, part.model.to_numpy(), part.critical_value.to_numpy(float),
+                                   "loss", "llc", signs.get(comp))})
+    return pd.DataFrame(rows)

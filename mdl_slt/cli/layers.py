@@ -116,4 +116,4 @@ def _measure(ref: str, chosen, as_json: bool) -> None:
         fit = fits[(fits.compressor == comp) & (fits.epsilon == eps)].iloc[0]
         print(f"    over groups: λ̂/d β {fit.coef_llc_per_param:.3g} [{fit.coef_low_llc_per_param:.3g}, "
               f"{fit.coef_high_llc_per_param:.3g}] ({fit.llc_direction}), R² {fit.r2_llc_per_param:.2f}; "
-              f"best on unseen groups: {fit.best_on_unseen_groups}")
+              f"best on unseen groups: {fit.best}")

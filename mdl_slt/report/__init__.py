@@ -6,6 +6,7 @@ store. Needs no torch. One module per part of the report, each holding its analy
     per_run      the per-run table, the methods side by side, critical compression against λ̂ and its
                  residuals; the appendix of every fit and baseline
     layers       inside checkpoints: each weight group's critical value against its refined λ̂
+    measures     the field's sensitivity measures beside λ̂, their cost, and the allocations they buy
     settings     settings and provenance, rows left out, how sure the critical values are
     robustness   the answer under other sampler settings
     chains       the LLC over training and its chains
@@ -30,12 +31,13 @@ def figure_pages(a: Analysis) -> list[tuple[str, str, Callable]]:
     """(title, caption, a function drawing its matplotlib figure) for every figure page, in order; a
     figure with a row or panel per method takes as many pages as its methods need."""
     from mdl_slt.figures import Style
-    from mdl_slt.report import chains, compression, layers, per_run
+    from mdl_slt.report import chains, compression, layers, measures, per_run
     from mdl_slt.report.pdf import number_runs
 
     style = Style(a.table, a.entries)
     side_by_side, *fits = per_run.figure_pages(a, style)
     return number_runs([side_by_side, compression.one_axis_page(a, style), *fits, *layers.figure_pages(a, style),
+                        *measures.figure_pages(a, style),
                         *chains.figure_pages(a, style), *compression.figure_pages(a, style)])
 
 
@@ -43,8 +45,8 @@ def tables(a: Analysis) -> dict:
     """Every table the report writes as a CSV, by its name in the file name."""
     return {"records": a.records.drop(columns="detail"), "measurements": a.table.assign(in_window=a.inside),
             "fits": a.fits, "fits-all": a.fits_all, "baselines": a.baselines, "pooled": a.pooled,
-            "across-runs": a.across_runs, "groups": a.groups, "layers": a.layers, "robustness": a.robust,
-            "robustness-fits": a.robust_fits,
+            "across-runs": a.across_runs, "groups": a.groups, "layers": a.layers, "measures": a.measures,
+            "allocations": a.allocations, "costs": a.costs, "robustness": a.robust, "robustness-fits": a.robust_fits,
             "eps-sweep": a.sweep, "predictions": a.loo, "left-out": a.left_out}
 
 
@@ -53,7 +55,7 @@ def write_report(store_path: Path, output: Path | None = None, overrides: dict |
     the figures in `<stem>-figures/`."""
     from mdl_slt.analysis import analyse
     from mdl_slt.fitfile import build_fit_file
-    from mdl_slt.report import answer, layers, per_run, robustness, settings
+    from mdl_slt.report import answer, layers, measures, per_run, robustness, settings
     from mdl_slt.report.pdf import document, figure_page
 
     a = analyse(store_path, overrides)
@@ -80,6 +82,8 @@ def write_report(store_path: Path, output: Path | None = None, overrides: dict |
         robustness.page(pdf, a)
     if len(a.layers):
         layers.table_page(pdf, a)
+    if len(a.measures) or len(a.allocations):
+        measures.page(pdf, a)
     for title, caption, draw in figure_pages(a):
         figure_page(pdf, title, caption, draw(), folder)
     per_run.appendix(pdf, a)

@@ -21,7 +21,8 @@ from mdl_slt.analysis.pooled import FORMS
 from mdl_slt.analysis.tables import usable
 from mdl_slt.figures import FIGURE_SIZE, Style, plt, short
 from mdl_slt.report.layers import sentence as layer_sentence
-from mdl_slt.report.pdf import PAGE_WIDTH_MM, g, heading, paragraph, save_figure, table
+from mdl_slt.report.measures import sentence as measures_sentence
+from mdl_slt.report.pdf import PAGE_WIDTH_MM, g, heading, paragraph, paragraph_height, save_figure, table
 from mdl_slt.report.per_run import BEST, within_runs
 
 PER_ROW = 3  # families per row of the picture, two panels each
@@ -129,25 +130,29 @@ def first_page(pdf, a, stamp: str, folder) -> None:
                     f"fixed in advance ({a.window_text}). Below, pooling {scope} ({len(runs)} run"
                     f"{'s' if len(runs) != 1 else ''}) at ε = {middle_epsilon(a):g}: does λ̂ predict c* where the "
                     "held-out loss does not?"), 8.5, 4.2)
-    fig = picture(a, style)
-    height = min(fig.get_size_inches()[1] / fig.get_size_inches()[0] * PAGE_WIDTH_MM, pdf.h - pdf.get_y() - 60)
-    svg = save_figure(fig, folder, "01-answer")
-    pdf.image(str(svg), x=pdf.l_margin, w=PAGE_WIDTH_MM, h=height, keep_aspect_ratio=True)
-    pdf.ln(1)
-    if len(a.across_runs):
-        chosen = a.across_runs[a.across_runs.scope == scope]
-        for comp in style.methods:
-            part = chosen[chosen.compressor == comp]
-            if len(part):
-                sign = part.theory_sign.iloc[0]
-                paragraph(pdf, family_sentence(comp, part, t[t.compressor == comp].knob_name.iloc[0],
-                                               None if pd.isna(sign) else int(sign)), 8.5, 4.2)
+    sentences = [(family_sentence(comp, part, t[t.compressor == comp].knob_name.iloc[0],
+                                  None if pd.isna(part.theory_sign.iloc[0]) else int(part.theory_sign.iloc[0])), 8.5, 4.2)
+                 for comp in style.methods
+                 if len(part := a.across_runs[(a.across_runs.scope == scope) & (a.across_runs.compressor == comp)]
+                        if len(a.across_runs) else [])]
     if len(a.layers):
-        paragraph(pdf, layer_sentence(a.layers), 8.5, 4.2)
-    paragraph(pdf, "Points: checkpoints in the window, one colour per run; a run that parts λ̂ from the loss sits off "
-                   "one line and on the other. Lines: c* on each predictor alone over the pooled runs (drawn for runs "
-                   "of one size). LORO: root-mean-square error (knob units) of each run predicted from the others. The "
-                   "theory's direction: more λ̂, less compressible. Every figure per ε follows on the next page.", 7, 3.6)
+        sentences.append((layer_sentence(a.layers), 8.5, 4.2))
+    if len(a.measures) or len(a.allocations):
+        sentences.append((measures_sentence(a), 8.5, 4.2))
+    sentences.append(("Points: checkpoints in the window, one colour per run; a run that parts λ̂ from the loss sits off "
+                      "one line and on the other. Lines: c* on each predictor alone over the pooled runs (drawn for runs "
+                      "of one size). LORO: root-mean-square error (knob units) of each run predicted from the others. "
+                      "The theory's direction: more λ̂, less compressible. Every figure per ε follows on the next page.",
+                      7, 3.6))
+    fig = picture(a, style)
+    below = sum(paragraph_height(pdf, *s) for s in sentences) + 2
+    aspect = fig.get_size_inches()[1] / fig.get_size_inches()[0]
+    height = min(aspect * PAGE_WIDTH_MM, pdf.h - pdf.b_margin - pdf.get_y() - below)
+    svg = save_figure(fig, folder, "01-answer")
+    pdf.image(str(svg), x=pdf.l_margin + (PAGE_WIDTH_MM - height / aspect) / 2, w=height / aspect, h=height)
+    pdf.ln(1)
+    for text, size, line in sentences:
+        paragraph(pdf, text, size, line)
 
 
 def across_runs_page(pdf, a) -> None:

@@ -9,10 +9,13 @@ import numpy as np
 import pandas as pd
 
 from mdl_slt.analysis.layers import PREDICTORS
+from mdl_slt.analysis.tournament import MIN_UNITS
+from mdl_slt.analysis.measures import GROUP_LABELS
 from mdl_slt.figures import Style, figure, finish, plt, short
 from mdl_slt.report.pdf import g, heading, paragraph, table
 
 DIRECTIONS = ("as theory", "against theory", "unclear")
+NAMES = {**PREDICTORS, **GROUP_LABELS}
 
 
 def label(group: str) -> str:
@@ -62,7 +65,7 @@ def per_group(groups: pd.DataFrame, layers: pd.DataFrame, comp: str, eps: float,
             slope, intercept = np.polyfit(one.llc_per_param, one.critical_value, 1)
             xs = np.linspace(one.llc_per_param.min(), one.llc_per_param.max(), 2)
             ax.plot(xs, intercept + slope * xs, color=colour, linewidth=0.8)
-            title += f": R² {f.r2_llc_per_param:.2f}, LOGO {g(f.logo_llc_per_param)}"
+            title += f": R² {f.r2_llc_per_param:.2f}, LOGO {g(f.loo_llc_per_param)}"
         ax.set_title(title, fontsize=7)
         ax.set_xlabel("λ̂_g / d_g")
         ax.set_ylabel(f"critical {one.knob_name.iloc[0]}" if len(one) else "")
@@ -75,8 +78,8 @@ def sentence(layers: pd.DataFrame) -> str:
     """Page 1's line: over groups pooled per run, which predictor wins on unseen groups, and λ̂_g/d_g's
     direction against the theory's."""
     pooled = layers[layers.scope == "pooled"] if (layers.scope == "pooled").any() else layers
-    decided = pooled[pooled.best_on_unseen_groups.notna()]
-    wins = ", ".join(f"{PREDICTORS[k]} in {n}" for k, n in decided.best_on_unseen_groups.value_counts().items())
+    decided = pooled[pooled.best.notna()]
+    wins = ", ".join(f"{NAMES[k]} in {n}" for k, n in decided.best.value_counts().items())
     ways = ", ".join(f"{d} in {int((pooled.llc_direction == d).sum())}" for d in DIRECTIONS)
     return (f"Inside checkpoints (the layer study, {int(pooled.groups.max())} weight groups a model at most): of "
             f"{len(pooled)} run × method × ε, each group's critical value is best predicted on groups left out by "
@@ -90,13 +93,14 @@ def table_page(pdf, a) -> None:
     paragraph(pdf, sentence(a.layers), 8.5, 4.2)
     pooled = a.layers[a.layers.scope == "pooled"] if (a.layers.scope == "pooled").any() else a.layers
     rows = [[short(r.model), r.scope, r.compressor, f"{r.epsilon:g}", f"{int(r.groups)} ({int(r.checkpoints)})"]
-            + [f"{g(r[f'r2_{p}'], 2)} / {g(r[f'logo_{p}'])}" for p in PREDICTORS]
-            + [f"{g(r.coef_llc_per_param)} [{g(r.coef_low_llc_per_param)}, {g(r.coef_high_llc_per_param)}]",
-               g(r.p_beyond_size_llc_per_param, 2), r.llc_direction, PREDICTORS.get(r.best_on_unseen_groups, "–")]
+            + [f"{g(r[f'r2_{p}'], 2)} / {g(r[f'loo_{p}'])}" for p in PREDICTORS]
+            + [f"{g(r.coef_llc_per_param, 2)} [{g(r.coef_low_llc_per_param, 2)}, {g(r.coef_high_llc_per_param, 2)}]",
+               g(r.p_llc_beside_size, 2), r.llc_direction,
+               NAMES.get(r.best, f"too few groups ({int(r.groups)})" if r.groups < MIN_UNITS else "–")]
             for _, r in pooled.iterrows()]
     table(pdf, ["run", "checkpoints", "method", "ε", "groups (ckpts)"] + [f"{v}: R² / LOGO" for v in PREDICTORS.values()]
           + ["β on λ̂_g/d_g [95% CI]", "p beyond d_g", "direction", "best on unseen groups"], rows,
-          [28, 16, 16, 9, 17, 27, 27, 27, 40, 16, 24, 26], 7)
+          [28, 20, 14, 9, 17, 27, 27, 27, 40, 14, 24, 26], 7)
     paragraph(pdf, "Per run, method and ε, over its weight groups at the checkpoints of the layer study, each with an "
                    "offset of its own: c*_g on λ̂_g, on λ̂_g/d_g and on log d_g (OLS, HC3). LOGO: root-mean-square error "
                    "(knob units) of each group predicted from the others, at every checkpoint at once. p beyond d_g: "

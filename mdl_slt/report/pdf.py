@@ -55,6 +55,14 @@ def paragraph(pdf, text: str, size: float = 9, height: float = 4.6) -> None:
     pdf.multi_cell(0, height, text, new_x="LMARGIN", new_y="NEXT")
 
 
+def paragraph_height(pdf, text: str, size: float = 9, height: float = 4.6) -> float:
+    """The height `paragraph` would take, without drawing it."""
+    from fpdf.enums import MethodReturnValue
+
+    pdf.set_font("Sans", "", size)
+    return height * len(pdf.multi_cell(0, height, text, dry_run=True, output=MethodReturnValue.LINES))
+
+
 def table(pdf, header: list[str], rows: list[list[str]], widths: list[float], size: float = 8) -> None:
     pdf.set_font("Sans", "", size)
     with pdf.table(col_widths=widths, text_align="RIGHT", line_height=size * 0.6, first_row_as_headings=True) as grid:

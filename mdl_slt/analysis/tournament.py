@@ -1,0 +1,84 @@
+"""Every predictor of the critical value against the others, judged on units left out: the one
+tournament both designs share. Needs no torch.
+
+Across runs the units are runs, the base columns a constant and log d, the companion the held-out
+loss; inside checkpoints the units are weight groups, the base an offset per checkpoint, the
+companion the group's size. For a set of rows with critical values y, per candidate p (a column):
+
+    alone        y = base + β·p                 R², β with its 95% interval (HC3, t), `loo_` the
+                                                leave-one-unit-out RMSE
+    with         y = base + β·p + γ·companion   `loo_with_`: does p hold beside the companion?
+    λ̂ beside p   y = base + β·p + β_λ·λ̂          `p_llc_beside_` (HC3 Wald), β_λ as `llc_coef_beside_`
+                                                with its interval, `loo_llc_beside_`
+
+The best candidate is the one of least `loo`; the best that is not λ̂ in one of its forms (`OWN`)
+is the one λ̂ must beat, and λ̂ adds to it out of sample when the line with both predicts unseen
+units better (`llc_adds`). λ̂'s coefficient alone (`llc_direction`) and beside the best other
+(`llc_direction_beside`) are read against the theory's sign (more λ̂, less compressible).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from mdl_slt.analysis.baselines import hc3_wald
+from mdl_slt.analysis.pooled import direction, fit_form
+
+OWN = ("llc", "llc_per_param", "redundancy")  # λ̂ in its forms: what the field's measures are set against
+MIN_UNITS = 4  # units a tournament needs (a line, and one left out)
+
+
+def compare(rows: pd.DataFrame, candidates: list[str], base: list[np.ndarray], units: np.ndarray, y: np.ndarray,
+            companion: str | None, llc: str, sign: int | None) -> dict:
+    """The tournament over `rows` (module docstring), flat: per candidate `<figure>_<candidate>`,
+    then `best`, `best_other`, `llc_adds`, `llc_direction` and `llc_direction_beside`."""
+    found: dict = {}
+    usable = len(np.unique(units)) >= MIN_UNITS and len(y) > len(base) + 2 and np.ptp(y) > 0  # nothing to predict
+    for name in candidates:
+        found.update({f"{k}_{name}": v for k, v in _candidate(rows, name, base, units, y, companion, llc,
+                                                             usable).items()})
+    scored = {n: found[f"loo_{n}"] for n in candidates if math.isfinite(found[f"loo_{n}"])}
+    others = {n: v for n, v in scored.items() if n not in OWN}
+    best_other = min(others, key=others.get) if others else None
+    found["best"] = min(scored, key=scored.get) if scored else None
+    found["best_other"] = best_other
+    if best_other is not None and math.isfinite(found[f"loo_llc_beside_{best_other}"]):
+        found["llc_adds"] = bool(found[f"loo_llc_beside_{best_other}"] < found[f"loo_{best_other}"])
+        found["llc_direction_beside"] = direction(found[f"llc_coef_low_beside_{best_other}"],
+                                                  found[f"llc_coef_high_beside_{best_other}"], sign)
+    else:
+        found["llc_adds"], found["llc_direction_beside"] = None, "unclear"
+    found["theory_sign"] = sign
+    found["llc_direction"] = direction(found.get(f"coef_low_{llc}", math.nan), found.get(f"coef_high_{llc}", math.nan),
+                                       sign)
+    return found
+
+
+def _candidate(rows, name, base, units, y, companion, llc, usable) -> dict:
+    nan = math.nan
+    figures = {"r2": nan, "coef": nan, "coef_low": nan, "coef_high": nan, "loo": nan, "loo_with": nan,
+               "p_llc_beside": nan, "llc_coef_beside": nan, "llc_coef_low_beside": nan, "llc_coef_high_beside": nan,
+               "loo_llc_beside": nan}
+    if name not in rows or not usable:
+        return figures
+    x = rows[name].to_numpy(float)
+    if not np.isfinite(x).all() or np.ptp(x) == 0:
+        return figures
+    names = [f"base{i}" for i in range(len(base))]
+    alone, _ = fit_form(np.column_stack([*base, x]), y, units, names + [name], target=name)
+    figures.update(r2=alone["r2"], coef=alone["coef"], coef_low=alone["coef_low"], coef_high=alone["coef_high"],
+                   loo=alone["loro"])
+    if companion is not None and companion != name:
+        beside = rows[companion].to_numpy(float)
+        figures["loo_with"] = fit_form(np.column_stack([*base, x, beside]), y, units,
+                                       names + [name, companion], target=name)[0]["loro"]
+    if name != llc:
+        X = np.column_stack([*base, x, rows[llc].to_numpy(float)])
+        both, _ = fit_form(X, y, units, names + [name, llc], target=llc)
+        figures.update(p_llc_beside=hc3_wald(X, y, X.shape[1] - 1)[1], llc_coef_beside=both["coef"],
+                       llc_coef_low_beside=both["coef_low"], llc_coef_high_beside=both["coef_high"],
+                       loo_llc_beside=both["loro"])
+    return figures
