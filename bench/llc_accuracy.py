@@ -5,7 +5,7 @@ Recommended settings (the README's, `SETTINGS["baoab"]`): inputs x ~ N(0, I), no
 n = 10⁶ samples given exactly by their second moment (`deep_linear_task(exact=True)`: every step
 sees the whole n-sample loss, at the cost of a batch of H_1 rows), nβ = n/log n, γ = 100,
 underdamped Langevin (`sampler: baoab`, friction 10√γ) with `step_size: auto`
-(ε·(nβ·λ_max + γ) = 0.3, h = √ε), 4 chains sampled until R̂ ≤ 1.05, ESS ≥ 100 and four
+(η·(nβ·λ_max + γ) = 0.3, h = √η), 4 chains sampled until R̂ ≤ 1.05, ESS ≥ 100 and four
 relaxation times (at most 40,000 steps), the burn-in read from the trace. `--sampler sgld` runs the previous
 recommendation for comparison: SGLD on the n samples in minibatches of 500, γ = 300 (at most
 160,000 steps); its chains relax over ~1/(ε·γ) steps, 10⁴–10⁵ here (README).

@@ -33,7 +33,7 @@ from compressors.registry import Compressor, DescriptionLength, Knob, Prepared, 
 from compressors.targets import Role, select_targets
 from mdl_slt.errors import UserError
 
-FRACTION = dict(low=0.0, high=1.0, identity=1.0, more_compression="lower", unit="", precision=0.01)
+FRACTION = dict(low=0.0, high=1.0, identity=1.0, more_compression="lower", unit="of the rank kept", precision=0.01)
 
 
 def head_stacks(model) -> dict[int, tuple[int, bool]]:

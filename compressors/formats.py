@@ -39,7 +39,7 @@ class FormatChoice(Compressor):
     @property
     def knob(self) -> Knob:
         return Knob(name="format", low=1.0, high=float(len(self.formats)), identity=0.0,
-                    more_compression="higher", unit="",
+                    more_compression="higher", unit="in the format list",
                     description=f"position in {list(self.formats)}; 0 = unquantized", precision=1.0)
 
     def snap(self, value: float, prepared: Prepared | None = None) -> float:

@@ -27,7 +27,7 @@ from compressors.registry import Compressor, DescriptionLength, Knob, Prepared, 
 from mdl_slt.errors import UserError
 
 WIDTHS = (8, 6, 5, 4, 3, 2, 1)  # hqq's integer widths, least compressing first
-NEEDS_HQQ = "the hqq compressor needs the hqq package: pip install 'mdl-slt[hqq]' (or bash setup.sh test)"
+INSTALL = "pip install 'mdl-slt[hqq]' (or bash setup.sh test)"
 
 
 def hqq_roundtrip(groups, bits: int):
@@ -43,7 +43,7 @@ def hqq_roundtrip(groups, bits: int):
             warnings.simplefilter("ignore", DeprecationWarning)
             from hqq.core.quantize import Quantizer
     except ImportError:
-        raise UserError(NEEDS_HQQ) from None
+        raise UserError(f"the hqq compressor needs the hqq package: {INSTALL}") from None
     codes, meta = Quantizer.quantize(groups.contiguous(), nbits=bits, channel_wise=True, group_size=groups.shape[1],
                                      optimize=True, axis=1, bitpack=False, compute_dtype=torch.float32,
                                      device=str(groups.device))
@@ -56,16 +56,11 @@ class HalfQuadratic(Compressor):
     """HQQ: calibration-free asymmetric group quantization, its zero points by half-quadratic optimisation."""
 
     name: ClassVar[str] = "hqq"
-    knob: ClassVar[Knob] = Knob(name="bits", low=1.0, high=8.0, identity=32.0, more_compression="lower", unit="bits",
+    knob: ClassVar[Knob] = Knob(name="bits", low=1.0, high=8.0, identity=32.0, more_compression="lower", unit="bits per weight",
                                 description="bits per weight, one of hqq's widths 8, 6, 5, 4, 3, 2, 1; 32 = unquantized",
                                 precision=1.0)
+    extra: ClassVar[tuple[str, str]] = ("hqq", INSTALL)
     group_size: Annotated[int, Field(ge=1)] = 64
-
-    def __post_init__(self):
-        import importlib.util
-
-        if importlib.util.find_spec("hqq") is None:
-            raise UserError(NEEDS_HQQ)
 
     def snap(self, value: float, prepared: Prepared | None = None) -> float:
         """The widest of hqq's widths not above `value` (1 below it)."""

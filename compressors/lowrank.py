@@ -101,7 +101,8 @@ class TruncatedSVD(_LowRank):
 
     name: ClassVar[str] = "svd"
     knob: ClassVar[Knob] = Knob(name="rank_fraction", low=0.0, high=1.0, identity=1.0, more_compression="lower",
-                                unit="", description="fraction of each matrix's rank kept", precision=0.01)
+                                unit="of the rank kept", description="fraction of each matrix's rank kept",
+                                precision=0.01)
 
     def _fractions(self, prepared: Prepared) -> FractionRanks:
         if "fractions" not in prepared.cache:
@@ -126,7 +127,7 @@ class EnergySVD(_LowRank):
 
     name: ClassVar[str] = "svd-energy"
     knob: ClassVar[Knob] = Knob(name="energy", low=0.0, high=1.0, identity=1.0, more_compression="lower",
-                                unit="", description="fraction of the total energy Σσ² kept, over all matrices",
+                                unit="of the energy kept", description="fraction of the total energy Σσ² kept, over all matrices",
                                 precision=0.005)
 
     def _ranking(self, prepared: Prepared):

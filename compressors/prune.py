@@ -82,7 +82,8 @@ class Heads(Compressor):
 
     name: ClassVar[str] = "heads"
     knob: ClassVar[Knob] = Knob(name="fraction", low=0.0, high=0.95, identity=0.0, more_compression="higher",
-                                unit="", description="fraction of all attention (query) heads removed", precision=0.01)
+                                unit="of the heads removed", description="fraction of all attention (query) heads removed",
+                                precision=0.01)
     targets: tuple[Role, ...] = ("attention",)  # fixed by the head layout; see prepare
     selection: Literal["random", "importance"] = "random"
     retrain_steps: Annotated[int, Field(ge=0)] = 0

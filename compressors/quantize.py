@@ -27,7 +27,7 @@ from compressors.grid import as_groups, fit_grid, grid_at, group_count, rounded,
 from compressors.registry import Compressor, Cost, DescriptionLength, Knob, Prepared, register
 from mdl_slt.errors import UserError
 
-BITS_KNOB = Knob(name="bits", low=1.0, high=16.0, identity=32.0, more_compression="lower", unit="bits",
+BITS_KNOB = Knob(name="bits", low=1.0, high=16.0, identity=32.0, more_compression="lower", unit="bits per weight",
                  description="bits per weight, log2 of the level count (fractional allowed); 32 = unquantized",
                  precision=0.05)
 LOSS_RANGE_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4)

@@ -147,8 +147,24 @@ class Compressor:
 
     name: ClassVar[str]
     knob: ClassVar[Knob]
+    extra: ClassVar[tuple[str, str] | None] = None  # (a package it needs beyond the core install, how to install it)
     targets: tuple[Role, ...] = DEFAULT_TARGETS
     groups: tuple[str, ...] | None = None  # only these weight groups (compressors.groups); the rest left exact
+
+    def __post_init__(self):
+        needs = self.missing()
+        if needs is not None:
+            raise UserError(f"the {self.name} compressor needs the {self.extra[0]} package: {needs}")
+
+    @classmethod
+    def missing(cls) -> str | None:
+        """How to install the package this compressor needs beyond the core install, where it is
+        missing; None where nothing is."""
+        import importlib.util
+
+        if cls.extra is None or importlib.util.find_spec(cls.extra[0]) is not None:
+            return None
+        return cls.extra[1]
 
     def acts_on(self, group: str) -> bool:
         """Whether restricted to weight group `group` alone this compressor has something to compress."""

@@ -84,7 +84,7 @@ def nm_length(mask, m: int) -> tuple[float, float, float]:
     return payload + index * len(groups), 0.0, payload + coded_bits(choices, len(choices), fixed_bits=index * len(groups))
 
 
-SPARSITY_KNOB = Knob(name="sparsity", low=0.0, high=0.99, identity=0.0, more_compression="higher", unit="",
+SPARSITY_KNOB = Knob(name="sparsity", low=0.0, high=0.99, identity=0.0, more_compression="higher", unit="of the weights zeroed",
                      description="fraction of target weights set to zero", precision=0.005)
 
 

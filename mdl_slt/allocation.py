@@ -52,14 +52,13 @@ def groups_for(model, entry, calibration, grid: list[float]) -> list[Group]:
     """Every weight group the entry acts on, restricted to it, on the knob values `grid` as it snaps
     them (repeats dropped), each with its bits (payload and side) and ‖ΔW‖²."""
     from compressors.groups import weight_groups
-    from mdl_slt.measure import restricted
 
     found = []
     for g in weight_groups(model):
         method = entry.build()
         if not method.acts_on(g.name):
             continue
-        method = restricted(entry, g.name).build()
+        method = entry.restricted(g.name).build()
         prepared = method.prepare(model, calibration)
         values = [method.knob.identity]
         for value in grid:

@@ -105,6 +105,16 @@ def checkpoint_identity(ref: CheckpointRef, home: Path) -> str | None:
     return None
 
 
+def check_suite_revision(ref: CheckpointRef, home: Path) -> None:
+    """A model of the built suite asked for at a revision it does not have: one line listing the ones it has."""
+    from mdl_slt.hubcache import list_revisions
+
+    known = [] if ref.is_local_dir or ref.revision is None else list_revisions(hub_cache(home), ref.model_id)
+    if known and ref.revision not in known:
+        raise UserError(f"{ref.model_id} has no revision {ref.revision}: the suite holds {', '.join(known)} "
+                        "(`mdl-slt suite list`)")
+
+
 def _sources(ref: CheckpointRef, home: Path):
     """Keyword sets for from_pretrained, cheapest first: the suite cache, the user's cache, the hub."""
     if ref.is_local_dir:
@@ -128,6 +138,7 @@ def load_checkpoint(ref: CheckpointRef | str, home: Path, device: str = "cpu") -
 
     ref = CheckpointRef.parse(ref) if isinstance(ref, str) else ref
     pythia.check_revision(ref.model_id, ref.revision)
+    check_suite_revision(ref, home)
     quiet_transformers()
     last_error = None
     for kwargs in _sources(ref, home):

@@ -67,6 +67,11 @@ class CompressorEntry(BaseModel):
     def search_precision(self, compressor) -> float:
         return self.precision if self.precision is not None else compressor.knob.precision
 
+    def restricted(self, group: str) -> "CompressorEntry":
+        """This entry restricted to one weight group (the others left exact), under its own id."""
+        return CompressorEntry(id=self.key, name=self.name, options={**self.options, "groups": [group]},
+                               precision=self.precision)
+
 
 class CriticalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -1,12 +1,14 @@
 """Experiment files (YAML), validated by one pydantic schema.
 
-Relative paths (store, report) are taken from the working directory. `mdl_slt.plan` expands an
+Relative paths in a file (store, report, data files, local models) are taken from the file's own
+folder; those given with `--set` from the working directory. `mdl_slt.plan` expands an
 experiment into checkpoints and tasks; each task's key hashes only the settings it depends on.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -338,7 +340,34 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         raise UserError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path} must hold a mapping of settings (name, store, models, ...), not {type(raw).__name__}")
-    return validated(apply_overrides(raw, list(overrides)), str(path))
+    return validated(apply_overrides(relative_to(raw, path.resolve().parent), list(overrides)), str(path))
+
+
+def relative_to(raw: dict, folder: Path) -> dict:
+    """The file's relative paths taken from its own folder, as most tools read a config: `store`,
+    `report`, data files, a local dataset, and model ids that name a directory there (a hub id such as
+    ORG/NAME stays as it is). `--set` values stay relative to the working directory."""
+    def anchored(value):
+        if not isinstance(value, str) or Path(value).expanduser().is_absolute():
+            return value
+        return os.path.normpath(folder / value)
+
+    raw = dict(raw)
+    for key in ("store", "report"):
+        if raw.get(key) is not None:
+            raw[key] = anchored(raw[key])
+    data = raw.get("data")
+    if isinstance(data, dict):
+        data = raw["data"] = dict(data)
+        for key in ("files", "eval_files"):
+            if isinstance(data.get(key), list):
+                data[key] = [anchored(f) for f in data[key]]
+        if isinstance(data.get("dataset"), str) and (folder / data["dataset"]).is_dir():
+            data["dataset"] = anchored(data["dataset"])
+    if isinstance(raw.get("models"), list):
+        raw["models"] = [{**m, "id": anchored(m["id"])} if isinstance(m, dict) and isinstance(m.get("id"), str)
+                         and (folder / m["id"]).is_dir() else m for m in raw["models"]]
+    return raw
 
 
 def validated(raw: dict, source: str) -> Experiment:

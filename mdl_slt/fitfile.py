@@ -179,7 +179,7 @@ class FitFile:
 
     @staticmethod
     def _across(row: dict, values: dict, llc_se: float) -> Prediction:
-        from mdl_slt.analysis.pooled import Regression
+        from mdl_slt.analysis.lines import Regression
 
         lines = {form: Regression.from_dict(found) for form, found in row["lines"].items()}
         inside = _within(row.get("knob_range"))

@@ -58,8 +58,8 @@ def load(ref, experiment, home: Path, device: str | None = None) -> tuple[Checkp
     return ckpt, token_sets(home, ckpt.tokenizer, experiment.data)
 
 
-def measure_llc(checkpoint: Checkpoint, tokens: TokenSets, config: LLCConfig) -> LLCResult:
-    return estimate_llc(checkpoint.model, tokens.train, config)
+def measure_llc(checkpoint: Checkpoint, tokens: TokenSets, config: LLCConfig, progress=None) -> LLCResult:
+    return estimate_llc(checkpoint.model, tokens.train, config, progress=progress)
 
 
 def choose_step_size(checkpoint: Checkpoint, tokens: TokenSets, config: LLCConfig) -> dict:
@@ -129,9 +129,10 @@ class CriticalMeasurement:
 
 
 def measure_critical(checkpoint: Checkpoint, tokens: TokenSets, compressor, base, epsilons, precision: float,
-                     numerics: str = "fp32") -> CriticalMeasurement:
+                     numerics: str = "fp32", progress=None) -> CriticalMeasurement:
     """Critical compression of `checkpoint` under `compressor` at every ε, with each critical
-    value's standard error; `base`: the base model's per-sequence held-out losses."""
+    value's standard error; `base`: the base model's per-sequence held-out losses; `progress(n)`
+    is called with the evaluations made so far."""
     start = time.perf_counter()
     model = checkpoint.model
     prepared = compressor.prepare(model, tokens.train.to(next(model.parameters()).device))
@@ -146,6 +147,8 @@ def measure_critical(checkpoint: Checkpoint, tokens: TokenSets, compressor, base
                 draws.append(sequence_losses(model, tokens.eval, numerics=numerics))
         per_sequence = sum(draws) / len(draws)
         differences[value] = per_sequence - base
+        if progress is not None:
+            progress(len(differences))
         return float(per_sequence.mean())
 
     base_loss = float(base.mean())
@@ -164,14 +167,14 @@ def measure_critical(checkpoint: Checkpoint, tokens: TokenSets, compressor, base
 
 
 def measure_entry(checkpoint: Checkpoint, tokens: TokenSets, entry, epsilons, numerics: str,
-                  base=None) -> CriticalMeasurement:
+                  base=None, progress=None) -> CriticalMeasurement:
     """One compressor entry's critical search at its own precision, the base model's per-sequence
     losses evaluated unless given: the one path for runs, `mdl-slt critical` and `predict --verify`."""
     compressor = entry.build()
     if base is None:
         base = sequence_losses(checkpoint.model, tokens.eval, numerics=numerics)
     return measure_critical(checkpoint, tokens, compressor, base, epsilons, entry.search_precision(compressor),
-                            numerics)
+                            numerics, progress)
 
 
 def measure_unit(unit: Unit, experiment, home: Path, tasks: list[Task]) -> Iterator[Outcome]:
@@ -233,7 +236,7 @@ def measure_unit(unit: Unit, experiment, home: Path, tasks: list[Task]) -> Itera
                 known[task.name] = [vars(r) for r in outcome.records]
                 yield outcome
             elif task.kind == "critical_group":
-                entry = restricted(entries[task.entry], task.group)
+                entry = entries[task.entry].restricted(task.group)
                 tolerances = group_tolerances(ckpt.model, experiment)
                 found = measure_entry(ckpt, tokens, entry, list(tolerances), numerics, base)
                 yield Outcome(name, task, critical_records(found, task, entry,
@@ -248,12 +251,31 @@ def measure_unit(unit: Unit, experiment, home: Path, tasks: list[Task]) -> Itera
             yield Outcome(name, task, error=reason(error))
 
 
-def restricted(entry, group: str):
-    """A compressor entry restricted to one weight group (the others left exact), under its own id."""
-    from mdl_slt.critical import CompressorEntry
+def save_compressed(checkpoint: Checkpoint, tokens: TokenSets, entry, point: dict, found: CriticalMeasurement,
+                    folder: Path, numerics: str) -> None:
+    """Write `checkpoint` compressed by `entry` at the realisable knob value `point["knob"]` (a critical
+    value's bracket end) as a Hugging Face model directory: dequantized fp32 weights, its tokenizer,
+    and `mdl_slt-compression.json` with the compressor, options, knob, ε and the held-out loss
+    measured at that value, which the saved model reproduces when loaded."""
+    import json
 
-    return CompressorEntry(id=entry.key, name=entry.name, options={**entry.options, "groups": [group]},
-                           precision=entry.precision)
+    from mdl_slt import __version__
+    from mdl_slt.lm_loss import evaluate_loss
+
+    method = entry.build()
+    model = checkpoint.model
+    prepared = method.prepare(model, tokens.train.to(next(model.parameters()).device))
+    folder.mkdir(parents=True, exist_ok=True)
+    with method.applied(model, prepared, point["knob"]):
+        loss = evaluate_loss(model, tokens.eval, numerics=numerics)
+        model.save_pretrained(folder)
+    checkpoint.tokenizer.save_pretrained(folder)
+    info = {"ref": str(checkpoint.ref), "compressor": entry.key, "method": entry.name, "options": entry.options,
+            "knob_name": method.knob.name, "knob_unit": method.knob.unit, "knob": point["knob"],
+            "epsilon": point["epsilon"], "base_loss": found.base_loss, "loss": loss, "dl_bits": point["bits"],
+            "numerics": numerics, "mdl_slt": __version__,
+            "note": "weights stored dequantized in fp32; dl_bits counts them at the compressed format's size"}
+    (folder / "mdl_slt-compression.json").write_text(json.dumps(info, indent=1))
 
 
 def group_tolerances(model, experiment) -> dict[float, float]:

@@ -107,7 +107,8 @@ class Tasks:
         }
         for entry in experiment.critical.compressors:
             method = entry.build()
-            options = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(method).items()}
+            options = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(method).items()
+                       if not (k == "groups" and v is None)}  # the whole model: keyed as before groups existed
             self.settings[f"critical:{entry.key}"] = ("critical", {
                 **common, "compressor": {"name": entry.name, "options": options,
                                          "precision": entry.search_precision(method)},
@@ -333,6 +334,15 @@ def unit_of(entry, revision: str) -> Unit:
     return Unit(CheckpointRef(entry.id, revision), step, tokens)
 
 
+def search_budget(entry, epsilons) -> int:
+    """The most loss evaluations one critical search of `entry` can make: a bracket (2) and a bisection
+    per ε down to its precision, times its evaluations per knob value."""
+    method = entry.build()
+    knob, precision = method.knob, entry.search_precision(method)
+    searches = 2 + len(epsilons) * max(1, math.ceil(math.log2((knob.high - knob.low) / precision)))
+    return searches * method.cost().evaluations
+
+
 @dataclass(frozen=True)
 class Cost:
     """The most work an experiment's units can take, before anything runs."""
@@ -348,16 +358,25 @@ def estimated_cost(experiment: Experiment, units: list[Unit]) -> Cost:
     evaluations per knob value."""
     evaluations, notes = 1, []
     for entry in experiment.critical.compressors:
-        method = entry.build()
-        knob, precision = method.knob, entry.search_precision(method)
-        searches = 2 + len(experiment.critical.epsilons) * max(1, math.ceil(math.log2((knob.high - knob.low) / precision)))
-        cost = method.cost()
-        evaluations += searches * cost.evaluations
-        if cost.note:
-            notes.append(f"{entry.key}: {cost.note} per knob value")
+        evaluations += search_budget(entry, experiment.critical.epsilons)
+        note = entry.build().cost().note
+        if note:
+            notes.append(f"{entry.key}: {note} per knob value")
     varied = sum(experiment.robust_at(u.ref.model_id, u.ref.revision) for u in units) * len(experiment.robustness.variations())
     if varied:
         notes.append(f"{varied} λ̂ at varied sampler settings (robustness)")
-    return Cost((len(units) + varied) * experiment.llc.num_chains * experiment.llc.max_steps, len(units) * evaluations,
-                notes)
+    groups = sum(len(u.groups) for u in units)
+    if groups:
+        notes.append(f"{groups} refined λ̂ and up to {groups * len(experiment.layer_entries())} critical searches of "
+                     "single weight groups (layers)")
+    measured = sum(experiment.sensitivity_at(u.ref.model_id, u.ref.revision) for u in units)
+    if measured:
+        notes.append(f"{', '.join(experiment.sensitivity.measures)} on {measured} checkpoints (sensitivity)")
+    allocated = sum(experiment.allocation_at(u.ref.model_id, u.ref.revision) for u in units)
+    if allocated:
+        notes.append(f"{len(experiment.allocation.methods)} allocations of {', '.join(experiment.allocation.compressors)} "
+                     f"on {allocated} checkpoints, the oracle's {experiment.allocation.grid} evaluations per group "
+                     "(allocation)")
+    return Cost((len(units) + varied + groups) * experiment.llc.num_chains * experiment.llc.max_steps,
+                len(units) * evaluations, notes)
 

@@ -76,9 +76,13 @@ def predict_checkpoint(fit_path: Path, ref: str, experiment, home: Path, own_fil
             chosen = CompressorEntry(id=key, name=entry["name"], options=entry["options"], precision=entry["precision"])
             found = measure_entry(ckpt, tokens, chosen, entry["epsilons"], entry["numerics"])
             measured.update({(key, p.epsilon): p.interpolated for p in found.search.points})
+    import compressors
+
+    knobs = {key: compressors.get(entry["name"], **entry["options"]).knob for key, entry in fitted["compressors"].items()}
     rows = []
     for p in predictions:
-        row = asdict(p)
+        knob = knobs.get(p.compressor)
+        row = {**asdict(p), "knob": knob.name if knob else None, "knob_unit": knob.unit if knob else None}
         if verify:
             value = measured.get((p.compressor, p.epsilon))
             row["measured"] = value

@@ -58,3 +58,22 @@ def tracking(console, noun: str, total: int, done: int = 0):
                TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console) as bars:
         yield Tracker(console, noun, total, done, bars)
+
+
+@contextmanager
+def phase(console, label: str, total: int):
+    """One phase of a one-shot command (sampling, a critical search): a bar on a terminal, advanced by
+    calling the yielded function with the work done so far; in a log, a line when it starts and
+    one when it ends."""
+    start = time.perf_counter()
+    if console.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bars:
+            task = bars.add_task(label, total=total)
+            yield lambda done: bars.update(task, completed=done)
+    else:
+        console.print(f"{label}…", markup=False, highlight=False)
+        yield lambda done: None
+    console.print(f"{label}: done in {_clock(time.perf_counter() - start)}", markup=False, highlight=False)

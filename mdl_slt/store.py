@@ -139,8 +139,8 @@ class Store:
                 self.db.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
             self.db.commit()
         except sqlite3.DatabaseError as error:
-            raise UserError(f"cannot open results store {self.path}: {error}; "
-                            "point to another file or remove the damaged one") from None
+            raise UserError(f"cannot open results store {self.path}: {error}; point to another file (this one is "
+                            "left as it is)") from None
 
     def close(self) -> None:
         self.db.close()
@@ -300,7 +300,19 @@ class Store:
         return pd.read_sql_query("SELECT * FROM runs ORDER BY rowid", self.db)
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 def open_existing(path: str | Path) -> Store:
-    if not Path(path).is_file():
+    """The results store at `path`; a missing file, or one that is no SQLite database (a report, a
+    CSV), is one line saying so, and the file is left as it is."""
+    path = Path(path)
+    if not path.is_file():
         raise UserError(f"no results store at {path}: run an experiment first (`mdl-slt run FILE.yaml`)")
+    with path.open("rb") as handle:
+        head = handle.read(len(SQLITE_HEADER))
+    if head and head != SQLITE_HEADER:
+        kind = {b"%PDF": "a PDF report", b"PK\x03\x04": "a zip archive"}.get(head[:4], "not an SQLite database")
+        raise UserError(f"{path} is not a results store ({kind}): give the .sqlite file a run wrote, the experiment's "
+                        "`store` (e.g. reports/demo.sqlite)")
     return Store(path)

@@ -9,7 +9,8 @@ import pytest
 from scipy import stats
 
 from mdl_slt.analysis.parting import checkpoints, criterion, parting_pairs
-from mdl_slt.analysis.pooled import across_runs, design, leave_one_unit_out
+from mdl_slt.analysis.pooled import across_runs, design
+from mdl_slt.analysis.tournament import leave_one_unit_out
 from mdl_slt.analysis.tables import llc_description_length
 
 
@@ -127,7 +128,7 @@ def test_llc_that_adds_nothing_has_an_unclear_direction_and_does_not_add_out_of_
 
 def test_a_saved_line_predicts_a_new_checkpoint_with_its_own_interval():
     """The Regression a fit file keeps: the mean is x·β, and the interval widens with λ̂'s own error."""
-    from mdl_slt.analysis.pooled import Regression
+    from mdl_slt.analysis.lines import Regression
 
     table = runs(np.random.default_rng(9), [1000] * 4, lambda llc, loss, d: 0.1 * llc + 10 * (4.5 - loss))
     lines = across_runs(table)[1][("all runs", "rtn", 0.05)][0]

@@ -110,7 +110,8 @@ def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
     return Analysis(experiment, settings, records, table, inside, lines, lines_all, on_loss, fit_relation(lines),
                     fit_relation(lines_all), baselines(lines, on_loss), pooled_fits(table, inside), across,
                     across_lines, groups, within_checkpoints(groups, signs, present),
-                    measures_across_runs(table, inside, signs, [m for m in present if m in table]),
+                    measures_across_runs(table, inside, signs, [m for m in present if m in table])
+                    if any(m in table for m in present) else pd.DataFrame(),
                     allocation_table(records), costs(records), robust_fits, robust, eps_sweep(table),
                     loo_predictions(lines), left_out, configs, traces)
 

@@ -1,4 +1,5 @@
-"""A line y = α + β·x by OLS with HC3 errors, with what is known of its quality. Needs no torch.
+"""A line y = α + β·x by OLS with HC3 errors, with what is known of its quality; and a saved line on
+several predictors (`Regression`) with its prediction interval. Needs no torch.
 
 Its prediction interval at a new x₀ measured with standard error s₀ is
     ŷ₀ ± t_{n−2} · √( x₀ᵀ Σ_HC3 x₀ + s² + β² s₀² ),   x₀ = (1, x₀),
@@ -206,3 +207,35 @@ def _bootstrap_slope(x, y, se, seed: int) -> tuple:
         return (math.nan, math.nan)
     tail = (1 - LEVEL) / 2 * 100
     return tuple(float(v) for v in np.percentile(slopes, [tail, 100 - tail]))
+
+
+@dataclass
+class Regression:
+    """c* = Σ β_j·x_j over named columns (`const`, `llc`, `loss`, `log_d`, …) by OLS with HC3
+    covariance, as saved in a fit file. A new checkpoint's 95% prediction interval is
+        ŷ ± t_df · √(x₀ᵀ Σ x₀ + s² + (β_λ̂ · se(λ̂))²)."""
+
+    columns: list
+    beta: list
+    cov: list
+    scale: float  # residual variance s²
+    df_resid: int
+    r2: float
+    loro: float  # leave-one-run-out RMSE, knob units
+
+    def predict(self, values: dict, llc_se: float = 0.0) -> tuple[float, float, float]:
+        from scipy import stats
+
+        x = np.array([values[c] for c in self.columns], float)
+        mean = float(x @ np.asarray(self.beta))
+        spread = self.beta[self.columns.index("llc")] * llc_se if "llc" in self.columns else 0.0
+        variance = float(x @ np.asarray(self.cov) @ x) + self.scale + spread**2
+        half = stats.t.ppf(0.5 + LEVEL / 2, self.df_resid) * math.sqrt(variance)
+        return mean, mean - half, mean + half
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Regression":
+        return cls(**{k: math.nan if v is None else v for k, v in values.items()})

@@ -27,13 +27,13 @@ the fit never saw.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
-from mdl_slt.analysis.baselines import hc3, predictors, separation
+from mdl_slt.analysis.baselines import predictors, separation
 from mdl_slt.analysis.tables import usable
+from mdl_slt.analysis.tournament import compare, direction, fit_form
 
 FORMS = {"llc": "λ̂ + log d", "loss": "loss + log d", "tokens": "log tokens + log d", "llc_loss": "λ̂ + loss + log d",
          "llc_per_param": "λ̂/d", "redundancy": "λ̂·ln n (bits)"}
@@ -41,39 +41,6 @@ COLUMNS = {"llc": ["llc"], "loss": ["loss"], "tokens": ["tokens"], "llc_loss": [
            "llc_per_param": ["llc_per_param"], "redundancy": ["redundancy"]}
 WITH_SIZE = ("llc", "loss", "tokens", "llc_loss")
 SAVED = ("llc", "loss", "llc_loss")  # the lines `predict` uses for a run the fit never saw
-LEVEL = 0.95
-
-
-@dataclass
-class Regression:
-    """c* = Σ β_j·x_j over named columns (`const`, `llc`, `loss`, `log_d`, …) by OLS with HC3
-    covariance, as saved in a fit file. A new checkpoint's 95% prediction interval is
-        ŷ ± t_df · √(x₀ᵀ Σ x₀ + s² + (β_λ̂ · se(λ̂))²)."""
-
-    columns: list
-    beta: list
-    cov: list
-    scale: float  # residual variance s²
-    df_resid: int
-    r2: float
-    loro: float  # leave-one-run-out RMSE, knob units
-
-    def predict(self, values: dict, llc_se: float = 0.0) -> tuple[float, float, float]:
-        from scipy import stats
-
-        x = np.array([values[c] for c in self.columns], float)
-        mean = float(x @ np.asarray(self.beta))
-        spread = self.beta[self.columns.index("llc")] * llc_se if "llc" in self.columns else 0.0
-        variance = float(x @ np.asarray(self.cov) @ x) + self.scale + spread**2
-        half = stats.t.ppf(0.5 + LEVEL / 2, self.df_resid) * math.sqrt(variance)
-        return mean, mean - half, mean + half
-
-    def to_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "Regression":
-        return cls(**{k: math.nan if v is None else v for k, v in values.items()})
 
 
 def theory_signs(experiment) -> dict:
@@ -94,51 +61,6 @@ def design(group: pd.DataFrame, form: str) -> tuple[np.ndarray, list[str]]:
         names.append("log_d")
         columns.append(np.log(group.llc_params.to_numpy(float)))
     return np.column_stack(columns), names
-
-
-def leave_one_unit_out(X: np.ndarray, y: np.ndarray, units: np.ndarray) -> float:
-    """RMSE of each unit's rows (a run's checkpoints, a group at every checkpoint) predicted by OLS
-    on the other units' rows; NaN unless every unit can be predicted."""
-    errors = []
-    for unit in np.unique(units):
-        held = units == unit
-        rest = X[~held]
-        if len(rest) <= X.shape[1] or np.linalg.matrix_rank(rest) < X.shape[1]:
-            return math.nan
-        beta = np.linalg.lstsq(rest, y[~held], rcond=None)[0]
-        errors.extend(X[held] @ beta - y[held])
-    return float(np.sqrt(np.mean(np.square(errors))))
-
-
-def fit_form(X: np.ndarray, y: np.ndarray, units: np.ndarray, names: list[str],
-             target: str | None = None) -> tuple[dict, Regression | None]:
-    """R², the coefficient of column `target` (default: the first predictor) with its HC3 95%
-    interval and the leave-one-unit-out RMSE (`loro`), and the fitted line (None where undefined)."""
-    from scipy import stats
-
-    found = hc3(X, y) if np.isfinite(X).all() else None
-    if found is None:
-        return {"r2": math.nan, "coef": math.nan, "coef_low": math.nan, "coef_high": math.nan, "loro": math.nan}, None
-    beta, cov = found
-    j = names.index(target) if target is not None else 1
-    residual = y - X @ beta
-    total = np.sum((y - y.mean()) ** 2)
-    df = len(y) - X.shape[1]
-    half = stats.t.ppf(0.5 + LEVEL / 2, df) * math.sqrt(max(cov[j, j], 0.0))
-    figures = {"r2": float(1 - residual @ residual / total) if total > 0 else math.nan, "coef": float(beta[j]),
-               "coef_low": float(beta[j] - half), "coef_high": float(beta[j] + half),
-               "loro": leave_one_unit_out(X, y, units)}
-    line = Regression(names, beta.tolist(), cov.tolist(), float(residual @ residual / df), df, figures["r2"],
-                      figures["loro"])
-    return figures, line
-
-
-def direction(low: float, high: float, sign: int | None) -> str:
-    """λ̂'s coefficient at equal loss against the theory's sign: `as theory` or `against theory`
-    when its 95% interval excludes zero, else `unclear`."""
-    if sign is None or not (math.isfinite(low) and math.isfinite(high)) or low <= 0 <= high:
-        return "unclear"
-    return "as theory" if (low > 0) == (sign > 0) else "against theory"
 
 
 def scopes(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -194,8 +116,6 @@ def measures_across_runs(table: pd.DataFrame, inside: pd.Series | None, signs: d
     """One row per (scope, compressor, ε): the tournament (`tournament.compare`) of λ̂ in its forms, the
     loss, log tokens and every measure the table holds, each with log d where the pool holds several
     sizes, beside the loss, and with λ̂ beside it; units are runs."""
-    from mdl_slt.analysis.tournament import compare
-
     rows = []
     for (comp, eps), group in usable(table, inside).groupby(["compressor", "epsilon"]):
         for scope, part in scopes(group):

@@ -1,5 +1,6 @@
 """Every predictor of the critical value against the others, judged on units left out: the one
-tournament both designs share. Needs no torch.
+tournament both designs share, and the fit it is made of (`fit_form`: OLS with HC3 errors, a
+coefficient's interval, the leave-one-unit-out error). Needs no torch.
 
 Across runs the units are runs, the base columns a constant and log d, the companion the held-out
 loss; inside checkpoints the units are weight groups, the base an offset per checkpoint, the
@@ -24,8 +25,53 @@ import math
 import numpy as np
 import pandas as pd
 
-from mdl_slt.analysis.baselines import hc3_wald
-from mdl_slt.analysis.pooled import direction, fit_form
+from mdl_slt.analysis.baselines import hc3, hc3_wald
+from mdl_slt.analysis.lines import LEVEL, Regression
+
+def leave_one_unit_out(X: np.ndarray, y: np.ndarray, units: np.ndarray) -> float:
+    """RMSE of each unit's rows (a run's checkpoints, a group at every checkpoint) predicted by OLS
+    on the other units' rows; NaN unless every unit can be predicted."""
+    errors = []
+    for unit in np.unique(units):
+        held = units == unit
+        rest = X[~held]
+        if len(rest) <= X.shape[1] or np.linalg.matrix_rank(rest) < X.shape[1]:
+            return math.nan
+        beta = np.linalg.lstsq(rest, y[~held], rcond=None)[0]
+        errors.extend(X[held] @ beta - y[held])
+    return float(np.sqrt(np.mean(np.square(errors))))
+
+
+def fit_form(X: np.ndarray, y: np.ndarray, units: np.ndarray, names: list[str],
+             target: str | None = None) -> tuple[dict, Regression | None]:
+    """R², the coefficient of column `target` (default: the first predictor) with its HC3 95%
+    interval and the leave-one-unit-out RMSE (`loro`), and the fitted line (None where undefined)."""
+    from scipy import stats
+
+    found = hc3(X, y) if np.isfinite(X).all() else None
+    if found is None:
+        return {"r2": math.nan, "coef": math.nan, "coef_low": math.nan, "coef_high": math.nan, "loro": math.nan}, None
+    beta, cov = found
+    j = names.index(target) if target is not None else 1
+    residual = y - X @ beta
+    total = np.sum((y - y.mean()) ** 2)
+    df = len(y) - X.shape[1]
+    half = stats.t.ppf(0.5 + LEVEL / 2, df) * math.sqrt(max(cov[j, j], 0.0))
+    figures = {"r2": float(1 - residual @ residual / total) if total > 0 else math.nan, "coef": float(beta[j]),
+               "coef_low": float(beta[j] - half), "coef_high": float(beta[j] + half),
+               "loro": leave_one_unit_out(X, y, units)}
+    line = Regression(names, beta.tolist(), cov.tolist(), float(residual @ residual / df), df, figures["r2"],
+                      figures["loro"])
+    return figures, line
+
+
+def direction(low: float, high: float, sign: int | None) -> str:
+    """λ̂'s coefficient at equal loss against the theory's sign: `as theory` or `against theory`
+    when its 95% interval excludes zero, else `unclear`."""
+    if sign is None or not (math.isfinite(low) and math.isfinite(high)) or low <= 0 <= high:
+        return "unclear"
+    return "as theory" if (low > 0) == (sign > 0) else "against theory"
+
 
 OWN = ("llc", "llc_per_param", "redundancy")  # λ̂ in its forms: what the field's measures are set against
 MIN_UNITS = 4  # units a tournament needs (a line, and one left out)

@@ -13,15 +13,18 @@ from rich.console import Console
 
 from mdl_slt.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Critical compression and local learning coefficients of LM checkpoints.")
 console = Console(stderr=True)
 state = {"home": None, "threads": None, "device": None}
 
 EMBEDDED = ("Without --experiment: the embedded Shakespeare set (64 held-out sequences of 128 tokens for "
             "losses, 256 training sequences for sampling).")
-SET_HELP = "Override a setting of the experiment file, KEY.PATH=VALUE, repeatable (e.g. --set llc.num_draws=300)."
-EXPERIMENT_HELP = "Take data, sampler, compressor and device settings from this experiment file (YAML)."
+SET_HELP = ("Override a setting of the experiment file, KEY.PATH=VALUE, repeatable (e.g. --set llc.num_draws=300) "
+            "[default: none].")
+EXPERIMENT_HELP = ("Take data, sampler, compressor and device settings from this experiment file (YAML); "
+                   "experiments/demo.yaml measures as the main job does [default: none: the embedded data and the "
+                   "defaults].")
 
 
 @app.callback()
@@ -80,3 +83,17 @@ def load(ref: str, chosen):
     from mdl_slt.measure import load as load_unit
 
     return load_unit(ref, chosen, home(), resolve_device(chosen.device))
+
+
+def say_settings(chosen, sampler=None, extra: str = "") -> None:
+    """On stderr, the data and sampler settings a one-shot command measures with, and how to measure
+    as a run of an experiment does."""
+    d = chosen.data
+    text = (f"data: {d.source}, {d.eval_sequences} held-out sequences and {d.llc_sequences} sampling sequences of "
+            f"{d.context_length} tokens")
+    if sampler is not None:
+        step = sampler.step_size if sampler.step_size == "auto" else f"{sampler.step_size:g}"
+        text += (f"; sampler {sampler.sampler}: step η {step}, nβ {sampler.n_beta}, γ {sampler.localization:g}, "
+                 f"{sampler.num_chains} chains, minibatches of {sampler.batch_size}, {sampler.budget_text}")
+    hint = "" if chosen.name != "one-shot" else " (as the main job measures: --experiment experiments/demo.yaml)"
+    console.print(f"{text}{extra}{hint}", markup=False, highlight=False, soft_wrap=True)

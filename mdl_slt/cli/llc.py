@@ -9,7 +9,9 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from mdl_slt.cli.app import EMBEDDED, EXPERIMENT_HELP, SET_HELP, app, console, experiment, load, print_json
+from mdl_slt.cli.app import (EMBEDDED, EXPERIMENT_HELP, SET_HELP, app, console, experiment, load, print_json,
+                             say_settings)
+from mdl_slt.progress import phase
 from mdl_slt.errors import UserError, first_problem
 
 
@@ -23,12 +25,12 @@ class _EstimateByDefault(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-llc_app = typer.Typer(cls=_EstimateByDefault, no_args_is_help=True,
+llc_app = typer.Typer(cls=_EstimateByDefault, no_args_is_help=True, rich_markup_mode=None,
                       help="The LLC of one checkpoint (`mdl-slt llc REF` = `mdl-slt llc estimate REF`), a store's "
                            "traces re-estimated, or a step size × nβ sweep.")
 app.add_typer(llc_app, name="llc")
 
-STEP_HELP = ("A number, or auto (the paper's step for a Pythia size, else ε·(nβ·λ_max + γ) = 0.3) [default: the "
+STEP_HELP = ("A number, or auto (the paper's step for a Pythia size, else η·(nβ·λ_max + γ) = 0.3) [default: the "
              "experiment's, else 3e-4].")
 
 
@@ -59,8 +61,15 @@ SAMPLER_FLAGS = dict(
     sampler=typer.Option(None, help="sgld, rmsprop or baoab [default: the experiment's, else sgld]."),
     step_size=typer.Option(None, help=STEP_HELP),
     n_beta=typer.Option(None, help="A number, or auto (n/log n) [default: the experiment's, else 30]."),
-    num_draws=typer.Option(None, help="Draws per chain [default: auto, sampled in blocks until R̂ ≤ 1.05, "
-                                      "ESS ≥ 100 and 4 relaxation times]."),
+    num_draws=typer.Option(None, help="Draws per chain [default: the experiment's, else auto: sampled in blocks "
+                                      "until R̂ ≤ 1.05, ESS ≥ 100 and 4 relaxation times]."),
+    localization=typer.Option(None, help="γ, the pull towards w* [default: the experiment's, else 300]."),
+    num_chains=typer.Option(None, help="Chains [default: the experiment's, else 4]."),
+    num_burnin=typer.Option(None, help="Burn-in steps [default: the experiment's, else auto, from the trace]."),
+    batch_size=typer.Option(None, help="Sequences per SGLD minibatch [default: the experiment's, else 16]."),
+    seed=typer.Option(None, help="Seed of the chains' noise and minibatches [default: the experiment's, else 0]."),
+    parameters=typer.Option([], help="Sample only parameters matching these globs (component LLC), e.g. "
+                                     "'gpt_neox.layers.0.attention.*' [default: all]."),
 )
 
 
@@ -71,13 +80,14 @@ def estimate(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local d
              as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
              sampler: Optional[str] = SAMPLER_FLAGS["sampler"], step_size: Optional[str] = SAMPLER_FLAGS["step_size"],
              n_beta: Optional[str] = SAMPLER_FLAGS["n_beta"],
-             localization: Optional[float] = typer.Option(None), num_chains: Optional[int] = typer.Option(None),
+             localization: Optional[float] = SAMPLER_FLAGS["localization"],
+             num_chains: Optional[int] = SAMPLER_FLAGS["num_chains"],
              num_draws: Optional[int] = SAMPLER_FLAGS["num_draws"],
-             num_burnin: Optional[int] = typer.Option(None, help="Burn-in steps [default: auto, from the trace]."),
-             batch_size: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
-             parameters: list[str] = typer.Option([], help="Sample only parameters matching these globs "
-                                                           "(component LLC), e.g. 'gpt_neox.layers.0.attention.*'."),
-             thinning: Optional[int] = typer.Option(None, min=1, help="Keep every k-th draw."),
+             num_burnin: Optional[int] = SAMPLER_FLAGS["num_burnin"],
+             batch_size: Optional[int] = SAMPLER_FLAGS["batch_size"], seed: Optional[int] = SAMPLER_FLAGS["seed"],
+             parameters: list[str] = SAMPLER_FLAGS["parameters"],
+             thinning: Optional[int] = typer.Option(None, min=1, help="Keep every k-th draw [default: the "
+                                                                      "experiment's, else 1]."),
              trace: bool = typer.Option(False, help="Include the loss trace (chains × draws)."),
              robustness: bool = typer.Option(False, "--robustness", help="Also λ̂ with one sampler setting multiplied "
                                              "at a time: the experiment's `robustness` section, else step size, nβ and "
@@ -89,8 +99,10 @@ def estimate(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local d
                        n_beta=_number_or_auto(n_beta, "--n-beta"), localization=localization, num_chains=num_chains,
                        num_draws=num_draws, num_burnin=num_burnin, batch_size=batch_size, seed=seed,
                        parameters=parameters or None, thinning=thinning)
+    say_settings(chosen, config)
     ckpt, tokens = load(ref, chosen)
-    result = measure_llc(ckpt, tokens, config)
+    with phase(console, f"sampling λ̂ of {ckpt.ref}", config.budget_steps) as advance:
+        result = measure_llc(ckpt, tokens, config, lambda steps, budget: advance(steps))
     payload = {"ref": str(ckpt.ref), "step": ckpt.step, "tokens_seen": ckpt.tokens_seen,
                "checkpoint_params": ckpt.num_params, **result.to_dict()}
     if not trace:
@@ -136,7 +148,8 @@ def reestimate(store: Path = typer.Argument(..., help="Results store (SQLite) wr
                num_burnin: Optional[int] = typer.Option(None, help="Burn-in steps [default: each trace's own]."),
                thinning: Optional[int] = typer.Option(None, min=1, help="Keep every k-th draw [default: the "
                                                                         "trace's own]."),
-               model: Optional[str] = typer.Option(None, "--model", help="Only this model's checkpoints."),
+               model: Optional[str] = typer.Option(None, "--model", help="Only this model's checkpoints [default: "
+                                                                         "every model's]."),
                as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
     """λ̂ of every stored trace with another burn-in or thinning (or its own), without sampling."""
     from mdl_slt.llc.trace import reestimate_store
@@ -157,11 +170,12 @@ def calibrate(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local 
               set_: list[str] = typer.Option([], "--set", help=SET_HELP),
               as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
               sampler: Optional[str] = SAMPLER_FLAGS["sampler"],
-              localization: Optional[float] = typer.Option(None), num_chains: Optional[int] = typer.Option(None),
+              localization: Optional[float] = SAMPLER_FLAGS["localization"],
+              num_chains: Optional[int] = SAMPLER_FLAGS["num_chains"],
               num_draws: Optional[int] = SAMPLER_FLAGS["num_draws"],
-              num_burnin: Optional[int] = typer.Option(None, help="Burn-in steps [default: auto, from the trace]."),
-              batch_size: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
-              parameters: list[str] = typer.Option([], help="Sample only parameters matching these globs."),
+              num_burnin: Optional[int] = SAMPLER_FLAGS["num_burnin"],
+              batch_size: Optional[int] = SAMPLER_FLAGS["batch_size"], seed: Optional[int] = SAMPLER_FLAGS["seed"],
+              parameters: list[str] = SAMPLER_FLAGS["parameters"],
               plot: Path = typer.Option(Path("llc-calibration.png"), help="Where to draw the sweep.")):
     from rich.progress import Progress
 

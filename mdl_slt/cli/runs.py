@@ -47,15 +47,24 @@ def suite_list():
 
 @app.command("compressors")
 def list_compressors():
-    """List the registered compressors and their knobs."""
+    """List every registered compressor: its knob, its options with their defaults, and the install
+    line of any package it needs beyond the core install."""
+    from dataclasses import MISSING, fields
+
     import compressors
+    from compressors.registry import registered
 
     for name in compressors.names():
-        method = compressors.get(name)
-        k = method.knob
-        print(f"{name:11s} {(type(method).__doc__ or '').strip().splitlines()[0]}\n"
+        cls = registered(name)
+        needs = cls.missing()
+        k = cls.knob if needs else compressors.get(name).knob  # a knob may follow the options (bnb's formats)
+        options = ", ".join(f"{f.name}={f.default if f.default is not MISSING else f.default_factory()!r}"
+                            for f in fields(cls))
+        print(f"{name:11s} {(cls.__doc__ or '').strip().splitlines()[0]}\n"
               f"{'':11s} knob {k.name} in [{k.low:g}, {k.high:g}]{' ' + k.unit if k.unit else ''}, "
-              f"{k.more_compression} compresses more, {k.identity:g} = none; {k.description}")
+              f"{k.more_compression} compresses more, {k.identity:g} = none; {k.description}\n"
+              f"{'':11s} options: {options}"
+              + (f"\n{'':11s} needs the {cls.extra[0]} package, not installed: {needs}" if needs else ""))
 
 
 @app.command("run")
@@ -92,18 +101,23 @@ def run(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)
 def validate(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)."),
              set_: list[str] = typer.Option([], "--set", help=SET_HELP)):
     """Check an experiment file and print its plan and estimated cost, without running anything."""
-    from mdl_slt.plan import estimated_cost, plan
+    from mdl_slt.plan import Tasks, estimated_cost, plan, resolve_device
 
     chosen = experiment(experiment_file, set_)
     units = plan(chosen, home())
     by_model: dict[str, list[str]] = {}
     for unit in units:
         by_model.setdefault(unit.ref.model_id, []).append(unit.ref.revision or "(directory)")
-    print(f"experiment {chosen.name}: {len(units)} checkpoints → store {chosen.store}"
-          + (f", report {chosen.report}" if chosen.report else ""))
+    print(f"experiment {chosen.name}: {len(units)} checkpoints → store {Path(chosen.store).resolve()}"
+          + (f", report {Path(chosen.report).resolve()}" if chosen.report else ""))
     for model, revisions in by_model.items():
         print(f"  {model}: {len(revisions)} ({revisions[0]} … {revisions[-1]})")
-    print(f"tasks per checkpoint: {', '.join(['base_loss', 'llc'] + [f'critical:{e.key}' for e in chosen.critical.compressors])}")
+    tasks = Tasks(resolve_device(chosen))
+    kinds: dict[str, int] = {}
+    for unit in units:
+        for task in tasks.for_unit(unit):
+            kinds[task.kind] = kinds.get(task.kind, 0) + 1
+    print(f"tasks: {sum(kinds.values())} ({', '.join(f'{n} {k}' for k, n in kinds.items())})")
     llc, cost = chosen.llc, estimated_cost(chosen, units)
     print(f"cost: at most {cost.sgld_steps:,} SGLD steps ({llc.num_chains} chains × {llc.budget_text} per "
           f"checkpoint), at most {cost.evaluations:,} loss evaluations of {chosen.data.eval_sequences} × "
@@ -178,7 +192,7 @@ def report(store: Path = typer.Argument(..., help="Results store (SQLite) writte
            output: Optional[Path] = typer.Option(None, "-o", "--output", help="PDF file to write [default: the "
                                                                               "experiment's `report`, else STORE.pdf]."),
            min_step: Optional[int] = typer.Option(None, help="Fit checkpoints at or after this step instead of "
-                                                             "the experiment's analysis window."),
+                                                             "the analysis window [default: the experiment's]."),
            window: Optional[float] = typer.Option(None, help="Window fraction of the loss fall [default: the "
                                                              "experiment's `analysis.window`]."),
            critical: Optional[str] = typer.Option(None, help="interpolated | bracket: the critical value fitted "

@@ -88,8 +88,8 @@ def plot_sweep(settings: list[Setting], chosen: Setting | None, path) -> None:
                            linewidth=0.7 if s is not chosen else 1.6)
     if chosen is not None:
         left.scatter(chosen.step_size, chosen.llc_mean, s=160, marker="*", color="black", zorder=4,
-                     label=f"recommended: ε = {chosen.step_size:g}, nβ = {chosen.n_beta:g}")
-    left.set(xscale="log", xlabel="step size ε", ylabel="λ̂", title="LLC by step size (hollow: unstable)")
+                     label=f"recommended: η = {chosen.step_size:g}, nβ = {chosen.n_beta:g}")
+    left.set(xscale="log", xlabel="step size η", ylabel="λ̂", title="LLC by step size (hollow: unstable)")
     left.legend(fontsize=7)
     right.set(xlabel="draw", ylabel="nβ·(L − L*) (chain mean)", title="Traces (bold: recommended)")
     fig.tight_layout()

@@ -27,10 +27,10 @@ class LLCConfig(*(sampler.Settings for sampler in SAMPLERS.values())):
     preset: Literal["pythia"] | None = Field(None, description="`pythia`: the paper's settings (γ 300, nβ 30, "
                                                             "batch 32, 4 chains, 100 draws, step size by model size) "
                                                             "for every field not given")
-    step_size: float | Literal["auto"] = Field(3e-4, description="SGLD step size ε; `auto`: the paper's step for a "
-                                               "Pythia model, else ε = 0.3/(nβ·λ_max + γ) from the top Hessian "
+    step_size: float | Literal["auto"] = Field(3e-4, description="SGLD step size η; `auto`: the paper's step for a "
+                                               "Pythia model, else η = 0.3/(nβ·λ_max + γ) from the top Hessian "
                                                "eigenvalue at w* (in a run: of each model's last checkpoint, held "
-                                               "for all its checkpoints); for baoab ε = h², h its time step")
+                                               "for all its checkpoints); for baoab η = h², h its time step")
     n_beta: float | Literal["auto"] = Field(30.0, description="nβ; `auto` = n/log n, β = 1/log n")
     localization: float = Field(300.0, ge=0, description="γ, strength of the pull towards w*")
     num_chains: int = Field(4, ge=1)

@@ -1,8 +1,8 @@
 """The top Hessian eigenvalue of the loss at w*, the curvature that sets a stable SGLD step.
 
-SGLD's discretization bias grows with ε·(nβ·λ_max + γ): for a quadratic the stationary variance
-in the stiffest direction is inflated by 1/(1 − ε·a/4), a = nβ·λ_max + γ, and the chain is
-unstable for ε·a ≥ 4. `step_size: auto` (outside Pythia's table) sets ε·a = 0.3 (`sampling.STEP_SCALE`);
+SGLD's discretization bias grows with η·(nβ·λ_max + γ): for a quadratic the stationary variance
+in the stiffest direction is inflated by 1/(1 − η·a/4), a = nβ·λ_max + γ, and the chain is
+unstable for η·a ≥ 4. `step_size: auto` (outside Pythia's table) sets η·a = 0.3 (`sampling.STEP_SCALE`);
 the README gives the measured λ_max across a model's checkpoints and the resulting steps.
 """
 

@@ -4,14 +4,14 @@ Every sampler draws from the posterior localized at the trained parameter w*,
     p(w) ∝ exp(−U(w)),   U(w) = nβ·L_B(w) + (γ/2)‖w − w*‖²,
 on a minibatch B, and steps C chains at once over stacked parameters (leading dim C).
 
-- `sgld`: Δw = −(ε/2)·∇U + N(0, ε) (Welling & Teh 2011; Lau et al., arXiv 2308.12108).
+- `sgld`: Δw = −(η/2)·∇U + N(0, η) (Welling & Teh 2011; Lau et al., arXiv 2308.12108).
 - `rmsprop`: the same with the preconditioner P = 1/(√V̂ + eps), V ← αV + (1 − α)(∇L_B)², V̂
-  bias-corrected: Δw = −(ε/2)·P∇U + N(0, ε·P) (Hitchcock & Hoogland, arXiv 2507.21449).
-- `baoab`: underdamped Langevin with momentum p, time step h = √ε and friction ζ, split
+  bias-corrected: Δw = −(η/2)·P∇U + N(0, η·P) (Hitchcock & Hoogland, arXiv 2507.21449).
+- `baoab`: underdamped Langevin with momentum p, time step h = √η and friction ζ, split
   B-A-O-A-B (Leimkuhler & Matthews 2013): p ← p − (h/2)∇U;  w ← w + (h/2)p;
   p ← c·p + √(1 − c²)·N(0, I), c = e^(−ζh);  w ← w + (h/2)p;  p ← p − (h/2)∇U. It samples a
   quadratic U exactly for any stable h (h²·a < 4), and the directions held only by γ relax in
-  about ζ/(2γh) steps (ζ ≥ 2√γ) where SGLD takes 1/(εγ): far fewer on stiff, nearly singular
+  about ζ/(2γh) steps (ζ ≥ 2√γ) where SGLD takes 1/(ηγ): far fewer on stiff, nearly singular
   models. `friction: auto` is ζ = 10√γ, five times the critical damping of those directions: with
   critical damping the chains of an 874k-parameter deep linear network overshot and diverged. It
   wants exact gradients (`batch_size` at least the data size): minibatch noise heats it in
@@ -100,7 +100,7 @@ class Sampler:
 
 
 class SGLD(Sampler):
-    """Plain SGLD: Δw = −(ε/2)·∇U + N(0, ε)."""
+    """Plain SGLD: Δw = −(η/2)·∇U + N(0, η)."""
 
     name = "sgld"
 
@@ -117,7 +117,7 @@ class SGLD(Sampler):
 
 
 class RMSProp(Sampler):
-    """RMSProp-preconditioned SGLD: Δw = −(ε/2)·P∇U + N(0, ε·P), P = 1/(√V̂ + eps)."""
+    """RMSProp-preconditioned SGLD: Δw = −(η/2)·P∇U + N(0, η·P), P = 1/(√V̂ + eps)."""
 
     name = "rmsprop"
 
@@ -160,7 +160,7 @@ class RMSProp(Sampler):
 
 
 class BAOAB(Sampler):
-    """Underdamped Langevin, BAOAB splitting with h = √ε and friction ζ (module docstring)."""
+    """Underdamped Langevin, BAOAB splitting with h = √η and friction ζ (module docstring)."""
 
     name = "baoab"
 
@@ -187,7 +187,7 @@ class BAOAB(Sampler):
 
     @staticmethod
     def relaxation_steps(step: float, gamma: float, config: dict) -> float:
-        """1/(2r·h), h = √ε, r = ζ/2 − √(ζ²/4 − γ) for ζ ≥ 2√γ, else ζ/2."""
+        """1/(2r·h), h = √η, r = ζ/2 − √(ζ²/4 − γ) for ζ ≥ 2√γ, else ζ/2."""
         friction = config["friction"]
         rate = friction / 2 - math.sqrt(max(friction**2 / 4 - gamma, 0.0))
         return 1 / (2 * rate * math.sqrt(step))

@@ -28,7 +28,7 @@ from mdl_slt.llc.health import Health
 from mdl_slt.llc.samplers import SAMPLERS, relaxation_steps
 from mdl_slt.llc.trace import LLCResult, Trace, burnin_of, chain_diagnostics, estimate, levels_of, meets_targets
 
-STEP_SCALE = 0.3  # `step_size: auto` outside Pythia's table: ε·(nβ·λ_max + γ) = STEP_SCALE (see the README)
+STEP_SCALE = 0.3  # `step_size: auto` outside Pythia's table: η·(nβ·λ_max + γ) = STEP_SCALE (see the README)
 
 
 def resolve_n_beta(config: LLCConfig, data) -> float:
@@ -41,7 +41,7 @@ def resolve_n_beta(config: LLCConfig, data) -> float:
 
 def resolve(config: LLCConfig, model, data, loss_fn) -> tuple[LLCConfig, dict]:
     """The config with nβ, the step size and the sampler's own `auto` settings made concrete for
-    this model and data, and how: the paper's step for a model of a Pythia size, else ε from
+    this model and data, and how: the paper's step for a model of a Pythia size, else η from
     λ_max of ∇²L at w*; with the relaxation time these settings imply (`samplers.relaxation_steps`)."""
     from mdl_slt.pythia import default_step_size, is_pythia_sized
 
@@ -56,7 +56,7 @@ def resolve(config: LLCConfig, model, data, loss_fn) -> tuple[LLCConfig, dict]:
 
             top = top_hessian_eigenvalue(model, data, loss_fn, batch_size=config.batch_size * 4)
             update["step_size"] = STEP_SCALE / (update["n_beta"] * max(top, 0.0) + config.localization)
-            how = {"step_size_rule": f"ε = {STEP_SCALE:g}/(nβ·λ_max + γ)", "lambda_max": top}
+            how = {"step_size_rule": f"η = {STEP_SCALE:g}/(nβ·λ_max + γ)", "lambda_max": top}
     update.update(SAMPLERS[config.sampler].resolve(config))
     resolved = config.model_copy(update=update)
     return resolved, {**how, "relaxation_steps": relaxation_steps(resolved.model_dump())}
@@ -107,12 +107,14 @@ def _converged(traces, steps: int, health: Health, config: LLCConfig, n_beta: fl
     return meets_targets(found["r_hat"], found["ess"], probe.config, steps)
 
 
-def sample(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | None = None) -> Trace:
+def sample(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | None = None,
+           progress: Callable[[int, int], None] | None = None) -> Trace:
     """Run SGLD chains localized at `model`'s current parameters w*; return the whole trace.
 
     `data` is a LongTensor of token sequences (default loss: per-token cross-entropy), an (x, y)
     pair (default: `mse_loss`), or any tensor or tuple of tensors indexed along dim 0 with a
-    `loss_fn(model, batch) -> scalar mean loss`. The model's parameters are restored to w* on return.
+    `loss_fn(model, batch) -> scalar mean loss`. `progress(steps, budget)` is called after each block
+    of steps per chain. The model's parameters are restored to w* on return.
     """
     import torch
 
@@ -150,6 +152,8 @@ def sample(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | Non
                 stop = budget if config.fixed_steps else min(budget, steps + config.block)
                 runner.advance(steps, stop, traces, health)
                 steps = stop
+                if progress is not None:
+                    progress(steps, budget)
                 if not config.fixed_steps and health.any_active(config.num_chains) and \
                         _converged(traces, steps, health, config, n_beta, init_loss):
                     break
@@ -165,6 +169,7 @@ def sample(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | Non
                  config.model_dump(mode="json"), time.perf_counter() - start, vectorized, how)
 
 
-def estimate_llc(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | None = None) -> LLCResult:
+def estimate_llc(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> LLCResult:
     """Sample (see `sample`) and estimate λ̂ from the trace (see `mdl_slt.llc.trace.estimate`)."""
-    return estimate(sample(model, data, config, loss_fn))
+    return estimate(sample(model, data, config, loss_fn, progress))
