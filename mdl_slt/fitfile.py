@@ -95,15 +95,15 @@ class Prediction:
     lower: float
     upper: float
     basis: str  # "model" (the run's own line) or the pool of runs across runs ("runs of d = …", "all runs")
-    loo_rmse: float | None = None
+    rmse_unseen: float | None = None
     loss_predicted: float | None = None
     loss_lower: float | None = None
     loss_upper: float | None = None
-    loss_loo_rmse: float | None = None
+    loss_rmse_unseen: float | None = None
     both_predicted: float | None = None  # λ̂ and the loss together (across runs)
     both_lower: float | None = None
     both_upper: float | None = None
-    both_loo_rmse: float | None = None
+    both_rmse_unseen: float | None = None
     best: str | None = None  # of "llc", "loss", "llc_loss": the line with the least error on what it never saw
 
 
@@ -168,12 +168,12 @@ class FitFile:
         fit = LineFit.from_dict(line["fit"])
         inside = _within(line.get("knob_range"))
         found = Prediction(line["compressor"], line["epsilon"], *inside(fit.predict(llc, llc_se)), "model",
-                           fit.loo_rmse)
-        errors = {"llc": fit.loo_rmse}
+                           fit.rmse_loco)
+        errors = {"llc": fit.rmse_loco}
         if base_loss is not None and "loss_fit" in line:
             on_loss = LineFit.from_dict(line["loss_fit"])
             found.loss_predicted, found.loss_lower, found.loss_upper = inside(on_loss.predict(base_loss))
-            found.loss_loo_rmse = errors["loss"] = on_loss.loo_rmse
+            found.loss_rmse_unseen = errors["loss"] = on_loss.rmse_loco
         found.best = _least(errors)
         return found
 
@@ -188,13 +188,13 @@ class FitFile:
             line = lines.get(form)
             if line is None or any(values.get(c) is None for c in line.columns):
                 return (None, None, None), None
-            return inside(line.predict(values, llc_se)), line.loro
+            return inside(line.predict(values, llc_se)), line.rmse_loro
 
         (mean, low, high), error = at("llc")
         found = Prediction(row["compressor"], row["epsilon"], mean, low, high, row["scope"], error)
-        (found.loss_predicted, found.loss_lower, found.loss_upper), found.loss_loo_rmse = at("loss")
-        (found.both_predicted, found.both_lower, found.both_upper), found.both_loo_rmse = at("llc_loss")
-        found.best = _least({"llc": found.loo_rmse, "loss": found.loss_loo_rmse, "llc_loss": found.both_loo_rmse})
+        (found.loss_predicted, found.loss_lower, found.loss_upper), found.loss_rmse_unseen = at("loss")
+        (found.both_predicted, found.both_lower, found.both_upper), found.both_rmse_unseen = at("llc_loss")
+        found.best = _least({"llc": found.rmse_unseen, "loss": found.loss_rmse_unseen, "llc_loss": found.both_rmse_unseen})
         return found
 
 

@@ -67,7 +67,7 @@ def test_prediction_intervals_cover_new_checkpoints_at_their_nominal_rate():
 def test_leave_one_out_is_exact_on_a_noiseless_line_and_tabulated():
     table = synthetic(np.random.default_rng(3), {"a": (2.0, 0.1, 1000)}, noise=0.0)
     fit = fit_line(table.llc_mean, table.critical_value)
-    assert fit.loo_rmse == pytest.approx(0.0, abs=1e-9)
+    assert fit.rmse_loco == pytest.approx(0.0, abs=1e-9)
     loo = loo_predictions(fit_lines(table))
     assert len(loo) == len(table) and np.allclose(loo.predicted, loo.measured)
     assert fit_line([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) is None  # too few checkpoints for a fit
@@ -119,7 +119,7 @@ def test_fit_file_round_trip_and_predictions_for_a_fitted_run(tmp_path):
     assert small.loss_predicted is None and small.best == "llc"  # without the checkpoint's loss, no baseline
     (both,) = saved.predict("small", 40.0, 0.0, 1000, base_loss=4.0 - 0.02 * 40)
     assert both.loss_predicted == pytest.approx(small.predicted, abs=1e-6)  # the loss here is λ̂ in other units
-    assert both.loss_loo_rmse == pytest.approx(both.loo_rmse, rel=1e-6)
+    assert both.loss_rmse_unseen == pytest.approx(both.rmse_unseen, rel=1e-6)
     with pytest.raises(UserError, match="no lines across runs"):  # a run it never saw, and no answer across runs
         saved.predict("medium", 80.0, 0.0, 2000)
     path.write_text("{}")
@@ -151,7 +151,7 @@ def test_a_run_the_fit_never_saw_is_predicted_by_the_lines_across_runs(tmp_path)
         (p,) = saved.predict("run3", checkpoint.llc_mean, 0.3, 1000, base_loss=checkpoint.base_loss)
         assert p.basis == "runs of d = 1,000" and p.best == "llc_loss"
         pool = rows[rows.scope == "runs of d = 1,000"].iloc[0]
-        assert (p.loo_rmse, p.loss_loo_rmse, p.both_loo_rmse) == (pool.loro_llc, pool.loro_loss, pool.loro_llc_loss)
+        assert (p.rmse_unseen, p.loss_rmse_unseen, p.both_rmse_unseen) == (pool.rmse_loro_llc, pool.rmse_loro_loss, pool.rmse_loro_llc_loss)
         for name, (mean, low, high) in {"llc": (p.predicted, p.lower, p.upper),
                                         "loss": (p.loss_predicted, p.loss_lower, p.loss_upper),
                                         "both": (p.both_predicted, p.both_lower, p.both_upper)}.items():
@@ -231,7 +231,7 @@ def test_rows_of_other_settings_are_left_out_and_named():
     older = records_of({1: "fp32"}).assign(key=["o1", "o2", "o3"], config_hash="old", experiment="earlier")
     kept, left = select(pd.concat([ours, older]), config.model_dump(mode="json"))
     assert len(kept) == 3 and set(kept.config_hash) == set(hashes.values())
-    assert left.rows.sum() == 3 and set(left.experiment) == {"earlier"} and set(left.config_hash) == {"old"}
+    assert left.n_rows.sum() == 3 and set(left.experiment) == {"earlier"} and set(left.config_hash) == {"old"}
 
 
 def test_rows_of_older_bytes_of_a_checkpoint_are_left_out_and_named():
@@ -246,6 +246,6 @@ def test_rows_of_older_bytes_of_a_checkpoint_are_left_out_and_named():
     new = records_of({1: "fp32"}).assign(config_hash=hashes, checkpoint_id="bbb", key=["n1", "n2", "n3"])
     kept, left = select(pd.concat([old, new]), config.model_dump(mode="json"), {("m", "step1"): "bbb"})
     assert set(kept.checkpoint_id) == {"bbb"} and len(kept) == 3
-    assert left.rows.sum() == 3 and set(left.why) == {"older bytes of the checkpoint"}
+    assert left.n_rows.sum() == 3 and set(left.why) == {"older bytes of the checkpoint"}
     kept, _ = select(pd.concat([old, new]), config.model_dump(mode="json"), {("other", "step1"): "bbb"})
     assert len(kept) == 6  # a checkpoint the latest run did not plan keeps its rows

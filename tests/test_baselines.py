@@ -32,7 +32,7 @@ def test_a_line_in_the_loss_with_a_collinear_llc_is_flagged_and_the_llc_adds_not
     row = compared(table(rng, 16, llc, loss, critical))
     assert row.collinear and -0.99 < row.r_llc_loss < -0.9
     assert row.p_llc_beyond_loss > 0.05 and row.p_loss_beyond_llc < 0.05
-    assert row.loo_loss < row.loo_llc and row.best_out_of_sample == "loss"
+    assert row.rmse_loco_loss < row.rmse_loco_llc and row.best_out_of_sample == "loss"
     assert "cannot separate them" in verdict(row) and "best out of sample: held-out loss" in verdict(row)
 
 
@@ -44,7 +44,7 @@ def test_a_line_in_an_llc_that_is_independent_of_the_loss_wins_and_adds_to_the_l
     row = compared(table(rng, 16, llc, loss, critical))
     assert not row.collinear and abs(row.r_llc_loss) < 0.6
     assert row.p_llc_beyond_loss < 1e-6 and row.best_out_of_sample == "llc"
-    assert row.r2_llc > 0.99 and row.slope_low_llc < 0.05 < row.slope_high_llc
+    assert row.r2_llc > 0.99 and row.slope_ci_low_llc < 0.05 < row.slope_ci_high_llc
     assert "λ̂ adds to the loss" in verdict(row)
 
 

@@ -63,17 +63,18 @@ def test_critical_json_takes_several_epsilons(tiny_suite):
     out = json.loads(done.stdout)
     points = out["critical"]
     assert [p["epsilon"] for p in points] == [0.01, 0.05, 0.2]
-    bits = [p["bits"] for p in points]
+    assert out["knob_name"] == "bits" and out["knob_unit"] == "bits per weight"
+    bits = [p["knob"] for p in points]
     assert all(b is not None for b in bits) and bits == sorted(bits, reverse=True)  # larger ε, fewer bits
-    lengths = [p["description_length_bits"] for p in points]
-    assert lengths == sorted(lengths, reverse=True) and lengths[0] < out["uncompressed_bits"]
-    assert out["evaluations"] >= 3
+    lengths = [p["dl_bits"] for p in points]
+    assert lengths == sorted(lengths, reverse=True) and lengths[0] < out["uncompressed_dl_bits"]
+    assert out["n_evaluations"] >= 3
     for p in points:  # each critical value with its standard error over the held-out sequences
-        assert p["standard_error"] is not None and p["standard_error"] >= 0
-        noisy = p["standard_error"] > out["precision"]
+        assert p["knob_se"] is not None and p["knob_se"] >= 0
+        noisy = p["knob_se"] > out["precision"]
         assert (p["sequences_needed"] is not None) == noisy
         if noisy:  # errors fall as 1/√n: that many sequences bring this one under the precision
-            assert p["sequences_needed"] * out["precision"] ** 2 >= out["sequences"] * p["standard_error"] ** 2 * 0.999
+            assert p["sequences_needed"] * out["precision"] ** 2 >= out["n_sequences"] * p["knob_se"] ** 2 * 0.999
 
 
 def test_compressors_lists_the_registry():
@@ -83,7 +84,7 @@ def test_compressors_lists_the_registry():
     assert done.returncode == 0
     listed = [line.split()[0] for line in done.stdout.splitlines() if not line.startswith(" ")]
     assert listed == compressors.names()
-    assert "knob bits in [1, 16] bits, lower compresses more" in done.stdout
+    assert "knob bits in [1, 16] bits per weight, lower compresses more" in done.stdout
 
 
 def test_critical_takes_compressor_options(tiny_suite):
@@ -92,7 +93,7 @@ def test_critical_takes_compressor_options(tiny_suite):
                    "--option", "targets=[attention, mlp]", "--epsilon", "0.05", "--json", home=home)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert out["knob"] == "sparsity" and 0 <= out["critical"][0]["sparsity"] <= 0.99
+    assert out["knob_name"] == "sparsity" and 0 <= out["critical"][0]["knob"] <= 0.99
     bad = run_cli("critical", "mdl-slt/tiny-a@step24", "--compressor", "magnitude", "--option", "scope",
                   "--epsilon", "0.05", home=home)
     assert_one_line_error(bad, "write KEY=VALUE")
@@ -171,6 +172,6 @@ critical: {{compressors: [{{id: coarse, name: rtn, precision: 0.5}}], epsilons: 
     assert critical.returncode == 0, critical.stderr
     found = json.loads(critical.stdout)
     assert found["compressor"] == "coarse" and [p["epsilon"] for p in found["critical"]] == [0.1, 0.3]
-    assert "embedded Shakespeare set" in run_cli("llc", "--help").stdout
+    assert "embedded Shakespeare set" in run_cli("llc", "estimate", "--help").stdout
     assert_one_line_error(run_cli("llc", "mdl-slt/tiny-a@step24", "--set", "llc.seed=3", home=home),
                           "--set changes an experiment file's settings")

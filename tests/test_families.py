@@ -177,11 +177,11 @@ def test_gpt2_conv1d_gives_the_results_of_the_same_weights_in_linear_layout(fami
     assert base.mean() == pytest.approx(conv["base_loss"], rel=1e-6)
     found = measure_critical(Checkpoint(ckpt.ref, linear, ckpt.tokenizer, None, None), tokens,
                              compressors.get("rtn", granularity="channel"), base, [0.02, 0.05, 0.2], 0.05)
-    assert found.uncompressed_bits == conv["uncompressed_bits"] and found.search.num_evaluations == conv["evaluations"]
+    assert found.uncompressed_bits == conv["uncompressed_dl_bits"] and found.search.num_evaluations == conv["n_evaluations"]
     for ours, theirs in zip(found.search.points, conv["critical"]):
-        assert ours.value == theirs["bits"] and ours.beyond == theirs["beyond"]
-        assert ours.interpolated == pytest.approx(theirs["interpolated"], rel=1e-5)
-        assert found.at(ours.value).bits == theirs["description_length_bits"]
+        assert ours.value == theirs["knob"] and ours.beyond == theirs["knob_beyond"]
+        assert ours.interpolated == pytest.approx(theirs["knob_interpolated"], rel=1e-5)
+        assert found.at(ours.value).bits == theirs["dl_bits"]
 
 
 def test_an_unreadable_architecture_is_one_line(tiny_suite, tmp_path):

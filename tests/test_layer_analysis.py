@@ -27,38 +27,46 @@ def groups(rng, critical, checkpoints=("step500", "step1000"), noise=0.02):
         for g, d, lam, c in zip(GROUPS, sizes, drift * sizes, value):
             rows.append({"model": "run", "revision": revision, "step": 500 * (i + 1), "compressor": "rtn",
                          "epsilon": 0.05, "weight_group": g, "critical_value": c, "llc_mean": lam,
-                         "llc_std_error": 0.1, "group_params": d, "llc_per_param": lam / d, "size": math.log(d)})
+                         "llc_std_error": 0.1, "group_params": d, "llc_per_param": lam / d, "log_params": math.log(d)})
     return pd.DataFrame(rows)
+
+
+def figures_of(answers, figures, scope):
+    """(the answer of a scope, its figures by predictor)."""
+    return answers.set_index("scope").loc[scope], figures[figures.scope == scope].set_index("predictor")
 
 
 @pytest.mark.parametrize("beta", [50.0, -50.0])
 def test_a_known_per_parameter_relation_is_found_with_its_sign_on_unseen_groups(beta):
     table = groups(np.random.default_rng(0), lambda per_param, d: 3 + beta * per_param)
-    found = within_checkpoints(table, {"rtn": 1}).set_index("scope")
-    assert list(found.index) == ["step500", "step1000", "pooled"]
-    for scope, row in found.iterrows():
-        se = (row.coef_high_llc_per_param - row.coef_low_llc_per_param) / (2 * stats.t.ppf(0.975, row.n - 2 - (scope == "pooled")))
-        assert abs(row.coef_llc_per_param - beta) < 4 * se, scope  # within 4 standard errors
-        assert row.best == "llc_per_param" and row.r2_llc_per_param > 0.95
-        assert row.loo_llc_per_param < min(row.loo_llc, row.loo_size)
-        assert row.p_llc_beside_size < 1e-4
+    answers, figures = within_checkpoints(table, {"rtn": 1})
+    assert list(answers.scope) == ["step500", "step1000", "pooled"]
+    for scope in answers.scope:
+        row, own = figures_of(answers, figures, scope)
+        fit = own.loc["llc_per_param"]
+        se = (fit.coef_ci_high - fit.coef_ci_low) / (2 * stats.t.ppf(0.975, row.n - 2 - (scope == "pooled")))
+        assert abs(fit.coef - beta) < 4 * se, scope  # within 4 standard errors
+        assert row.best == "llc_per_param" and fit.r2 > 0.95
+        assert fit.rmse_logo < min(own.loc["llc"].rmse_logo, own.loc["log_params"].rmse_logo)
+        assert own.loc["log_params"].p_llc_beside < 1e-4  # λ̂_g/d_g beyond the size
         assert row.llc_direction == ("as theory" if beta > 0 else "against theory")
-    pooled = found.loc["pooled"]
-    assert pooled.checkpoints == 2 and pooled.n == 2 * len(GROUPS) and pooled.groups == len(GROUPS)
+    pooled = answers.set_index("scope").loc["pooled"]
+    assert pooled.n_checkpoints == 2 and pooled.n == 2 * len(GROUPS) and pooled.n_groups == len(GROUPS)
 
 
 def test_size_alone_wins_when_the_critical_value_follows_the_size():
     table = groups(np.random.default_rng(1), lambda per_param, d: 1 + 0.5 * np.log(d))
-    row = within_checkpoints(table, {"rtn": 1}).set_index("scope").loc["pooled"]
-    assert row.best == "size" and row.coef_size == pytest.approx(0.5, abs=0.05)
-    assert row.p_llc_beside_size > 0.001 and row.llc_direction == "unclear"
+    row, own = figures_of(*within_checkpoints(table, {"rtn": 1}), "pooled")
+    assert row.best == "log_params" and own.loc["log_params"].coef == pytest.approx(0.5, abs=0.05)
+    assert own.loc["log_params"].p_llc_beside > 0.001 and row.llc_direction == "unclear"
 
 
 def test_too_few_groups_give_no_fit():
     table = groups(np.random.default_rng(2), lambda per_param, d: 3 + 50 * per_param)
     few = table[table.weight_group.isin(GROUPS[:3])]
-    row = within_checkpoints(few, {"rtn": 1}).iloc[0]
-    assert row.groups == 3 and math.isnan(row.coef_llc_per_param) and row.best is None
+    answers, figures = within_checkpoints(few, {"rtn": 1})
+    row = answers.iloc[0]
+    assert row.n_groups == 3 and figures.coef.isna().all() and row.best is None
 
 
 def test_the_group_table_joins_each_group_s_critical_value_to_its_refined_llc():
@@ -74,7 +82,7 @@ def test_the_group_table_joins_each_group_s_critical_value_to_its_refined_llc():
         row("llc", None, llc_mean=40.0, detail={})])
     (found,) = group_table(records).to_dict(orient="records")
     assert found["critical_value"] == 2.8 and found["llc_mean"] == 8.0 and found["group_params"] == 400
-    assert found["llc_per_param"] == pytest.approx(0.02) and found["size"] == pytest.approx(math.log(400))
+    assert found["llc_per_param"] == pytest.approx(0.02) and found["log_params"] == pytest.approx(math.log(400))
     assert found["tolerance"] == 0.005 and found["epsilon"] == 0.05
 
 
@@ -93,12 +101,15 @@ def tournament_rows(rng, critical, runs=6, n=5):
 @pytest.mark.parametrize("beta", [0.05, -0.05])
 def test_the_tournament_names_the_winner_and_whether_llc_adds_to_it(beta):
     rows = tournament_rows(np.random.default_rng(4), lambda llc, loss, fisher: 2 * fisher + beta * llc)
-    found = compare(rows, ["llc", "loss", "fisher"], [np.ones(len(rows))], rows.model.to_numpy(), rows.y.to_numpy(),
-                    "loss", "llc", 1)
+    found, figures = compare(rows, ["llc", "loss", "fisher"], [np.ones(len(rows))], rows.model.to_numpy(),
+                             rows.y.to_numpy(), "loss", "llc", 1, "loro")
+    fisher = {f["predictor"]: f for f in figures}["fisher"]
     assert found["best_other"] == "fisher" and found["llc_adds"]
-    assert found["llc_coef_beside_fisher"] == pytest.approx(beta, abs=0.005)
+    assert fisher["llc_coef_beside"] == pytest.approx(beta, abs=0.005)
     assert found["llc_direction_beside"] == ("as theory" if beta > 0 else "against theory")
-    assert found["coef_fisher"] > 0 and found["p_llc_beside_fisher"] < 1e-6
-    alone = compare(rows.assign(y=2 * rows.fisher), ["llc", "fisher"], [np.ones(len(rows))], rows.model.to_numpy(),
-                    (2 * rows.fisher).to_numpy(), None, "llc", 1)
-    assert alone["best"] == "fisher" and alone["loo_fisher"] < 1e-9 and alone["llc_adds"] is False
+    assert fisher["coef"] > 0 and fisher["p_llc_beside"] < 1e-6
+    assert fisher["rmse_loro_with_llc"] < fisher["rmse_loro"] and math.isfinite(fisher["rmse_loro_beside_loss"])
+    alone, figures = compare(rows, ["llc", "fisher"], [np.ones(len(rows))], rows.model.to_numpy(),
+                             (2 * rows.fisher).to_numpy(), None, "llc", 1, "loro")
+    fisher = {f["predictor"]: f for f in figures}["fisher"]
+    assert alone["best"] == "fisher" and fisher["rmse_loro"] < 1e-9 and alone["llc_adds"] is False

@@ -33,19 +33,19 @@ def runs(rng, sizes, critical, n=8):
 def test_runs_driven_by_the_llc_are_told_from_the_loss_and_predicted_on_unseen_runs():
     table = runs(np.random.default_rng(0), [1000] * 4, lambda llc, loss, d: 0.1 * llc)
     row = across_runs(table)[0].iloc[0]
-    assert row.scope == "all runs" and row.runs == 4 and row.sizes == 1
+    assert row.scope == "all runs" and row.n_runs == 4 and row.n_sizes == 1
     assert abs(row.r_llc_loss) < 0.8 and not row.collinear
     assert row.p_llc_beyond_loss < 1e-6 and row.p_loss_beyond_llc > 0.001
-    assert row.loro_llc < 0.05 < 0.5 < row.loro_loss
-    assert row.coef_low_llc < 0.1 < row.coef_high_llc
+    assert row.rmse_loro_llc < 0.05 < 0.5 < row.rmse_loro_loss
+    assert row.coef_ci_low_llc < 0.1 < row.coef_ci_high_llc
     assert row.best_across_runs == "llc"  # one size: λ̂/d is λ̂ rescaled, never a predictor of its own
-    assert math.isnan(row.loro_llc_per_param) and math.isnan(row.r2_llc_per_param)
+    assert math.isnan(row.rmse_loro_llc_per_param) and math.isnan(row.r2_llc_per_param)
 
 
 def test_runs_driven_by_the_loss_pick_the_loss():
     table = runs(np.random.default_rng(1), [1000] * 4, lambda llc, loss, d: 10 * (4.5 - loss))
     row = across_runs(table)[0].iloc[0]
-    assert row.best_across_runs == "loss" and row.loro_loss < row.loro_llc
+    assert row.best_across_runs == "loss" and row.rmse_loro_loss < row.rmse_loro_llc
     assert row.p_loss_beyond_llc < 1e-6 and row.p_llc_beyond_loss > 0.001
 
 
@@ -55,12 +55,12 @@ def test_log_d_carries_an_offset_per_size_and_each_size_with_two_runs_is_its_own
     found = across_runs(table)[0].set_index("scope")
     assert list(found.index) == ["all runs", "runs of d = 1,000"]
     every = found.loc["all runs"]
-    assert every.sizes == 3 and every.r2_llc > 0.99 and every.r2_llc_per_param < 0.9
-    assert every.loro_llc < 0.05
+    assert every.n_sizes == 3 and every.r2_llc > 0.99 and every.r2_llc_per_param < 0.9
+    assert every.rmse_loro_llc < 0.05
     X, names = design(table, "llc")
     assert names == ["const", "llc", "log_d"] and np.allclose(X[:, 2], np.log(table.llc_params))
     assert design(table[table.llc_params == 1000], "llc")[1] == ["const", "llc"]  # one size: no log d
-    assert every.r2_llc_per_param < 0.9 and math.isfinite(every.loro_llc_per_param)  # several sizes: a form of its own
+    assert every.r2_llc_per_param < 0.9 and math.isfinite(every.rmse_loro_llc_per_param)  # several sizes: a form of its own
 
 
 def test_leave_one_run_out_is_exact_on_a_line_and_undefined_when_a_run_cannot_be_predicted():
@@ -108,21 +108,21 @@ def test_the_coefficient_of_llc_at_equal_loss_has_its_true_sign_and_value(beta):
     table = runs(np.random.default_rng(7), [1000] * 4, lambda llc, loss, d: beta * llc + 10 * (4.5 - loss))
     row, lines = across_runs(table, signs={"rtn": 1})
     row = row.iloc[0]
-    se = (row.coef_high_llc_loss - row.coef_low_llc_loss) / (2 * stats.t.ppf(0.975, row.n - 3))
+    se = (row.coef_ci_high_llc_loss - row.coef_ci_low_llc_loss) / (2 * stats.t.ppf(0.975, row.n - 3))
     assert abs(row.coef_llc_loss - beta) < 4 * se < 0.01  # within 4 standard errors (a 6e-5 chance to fail)
-    assert np.sign(row.coef_low_llc_loss) == np.sign(row.coef_high_llc_loss) == np.sign(beta)
+    assert np.sign(row.coef_ci_low_llc_loss) == np.sign(row.coef_ci_high_llc_loss) == np.sign(beta)
     assert row.llc_direction == ("as theory" if beta > 0 else "against theory")
-    assert row.llc_adds_out_of_sample and row.loro_llc_loss < min(row.loro_llc, row.loro_loss)
+    assert row.llc_adds_out_of_sample and row.rmse_loro_llc_loss < min(row.rmse_loro_llc, row.rmse_loro_loss)
     both = lines[("all runs", "rtn", 0.05)][0]["llc_loss"]
     assert both.columns == ["const", "llc", "loss"]
     assert both.beta[1:] == pytest.approx([beta, -10.0], abs=0.02)
-    assert row.r2_llc_loss > 0.99 and both.r2 == row.r2_llc_loss and both.loro == row.loro_llc_loss
+    assert row.r2_llc_loss > 0.99 and both.r2 == row.r2_llc_loss and both.rmse_loro == row.rmse_loro_llc_loss
 
 
 def test_llc_that_adds_nothing_has_an_unclear_direction_and_does_not_add_out_of_sample():
     table = runs(np.random.default_rng(8), [1000] * 4, lambda llc, loss, d: 10 * (4.5 - loss))
     row = across_runs(table, signs={"rtn": -1})[0].iloc[0]
-    assert row.llc_direction == "unclear" and row.coef_low_llc_loss < 0 < row.coef_high_llc_loss
+    assert row.llc_direction == "unclear" and row.coef_ci_low_llc_loss < 0 < row.coef_ci_high_llc_loss
     assert row.theory_sign == -1
 
 

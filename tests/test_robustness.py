@@ -50,9 +50,9 @@ def test_a_refit_keeps_or_changes_the_answer_as_the_varied_llc_says():
                            "reason": "all 4 chains diverged"})
     found = summary(measured, table, per_fit(measured, lines), failed).set_index("setting")
     assert found.loc["step_size×3"].held and not found.loc["n_beta×0.33"].held
-    assert found.loc["n_beta×0.33"].diverged_chains == 2 and found.loc["n_beta×0.33"].unconverged == 1
+    assert found.loc["n_beta×0.33"].n_diverged_chains == 2 and found.loc["n_beta×0.33"].n_unconverged == 1
     lost = found.loc["localization×0.33"]  # every chain diverged everywhere: nothing measured, not held
-    assert lost.failed == 2 and lost.checkpoints == 0 and not lost.held
+    assert lost.n_failed == 2 and lost.n_checkpoints == 0 and not lost.held
 
 
 def test_varied_settings_are_tasks_of_their_own_and_reach_the_report(tiny_suite, tmp_path):
@@ -76,7 +76,7 @@ def test_varied_settings_are_tasks_of_their_own_and_reach_the_report(tiny_suite,
         after = store.table()
     assert (after.task == "llc_robust").sum() == 6 and after[after.task == "llc"].set_index("revision").llc_mean.equals(main)
     report = pd.read_csv(tmp_path / "tiny-robustness.csv")
-    assert sorted(report.setting) == ["n_beta×0.5", "step_size×3"] and (report.checkpoints == 3).all()
+    assert sorted(report.setting) == ["n_beta×0.5", "step_size×3"] and (report.n_checkpoints == 3).all()
     text = subprocess.run(["pdftotext", str(tmp_path / "tiny.pdf"), "-"], capture_output=True, text=True).stdout
     assert "Robustness to the sampler: λ̂ measured again at 2 other settings" in text
     assert "Robustness: the answer under other sampler settings" in text

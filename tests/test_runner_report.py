@@ -272,3 +272,43 @@ def test_predict_from_the_saved_fit_matches_a_fresh_measurement(finished_run):
     assert errors.notna().all() and (errors >= 0).all()
     bad = run_cli("predict", "--fit", work / "tiny.yaml", "--model", "mdl-slt/tiny-a@step24", home=home)
     assert bad.returncode == 2 and "is not a fit file" in bad.stderr
+
+
+def test_every_csv_reads_with_pandas_and_every_column_is_documented(finished_run):
+    """reports/README.md is the reference written from `report.columns`; each CSV of a report reads
+    back, empty ones with their header, and holds no column the reference does not describe."""
+    import pandas as pd
+
+    from mdl_slt.report.columns import TABLES, columns, header, markdown
+
+    home, work, path, first, _ = finished_run
+    assert (Path(__file__).parent.parent / "reports" / "README.md").read_text() == markdown()
+    for name in TABLES:
+        frame = pd.read_csv(work / f"tiny-{name}.csv")  # an empty table would raise EmptyDataError without its header
+        assert set(frame.columns) <= set(columns(name)), (name, set(frame.columns) - set(columns(name)))
+        assert set(header(name)) <= set(frame.columns), name
+    assert len(pd.read_csv(work / "tiny-robustness.csv")) == 0  # no robustness section: a header, no rows
+
+
+def test_results_and_traces_in_python(finished_run):
+    import arviz as az
+
+    import mdl_slt
+
+    home, work, path, first, _ = finished_run
+    frame = mdl_slt.results(work / "tiny.sqlite")
+    with open_existing(work / "tiny.sqlite") as store:
+        table = store.table()
+    assert len(frame) == (table.task == "critical").sum()  # a row per checkpoint × entry × ε
+    assert {"llc_mean", "llc_std_error", "r_hat", "ess", "critical_value", "critical_se", "critical_dl_bits",
+            "llc_dl_bits", "in_window"} <= set(frame.columns)
+    llc = table[table.task == "llc"].set_index(["model", "revision"]).llc_mean
+    assert all(llc[(r.model, r.revision)] == r.llc_mean for r in frame.itertuples())
+    data = mdl_slt.traces(work / "tiny.sqlite")
+    assert len(data.posterior.data_vars) == (table.task == "llc").sum()
+    one = mdl_slt.traces(work / "tiny.sqlite", "mdl-slt/tiny-a@step24")
+    (name,) = one.posterior.data_vars
+    stored = table[(table.task == "llc") & (table.revision == "step24") & (table.model == "mdl-slt/tiny-a")]
+    assert float(one.posterior[name].mean()) == pytest.approx(stored.llc_mean.item(), rel=1e-6)  # its mean is λ̂
+    assert one.posterior[name].attrs["llc_mean"] == pytest.approx(stored.llc_mean.item())
+    assert az.rhat(one)[name].item() == pytest.approx(stored.detail.item()["r_hat"], rel=1e-6)

@@ -56,8 +56,10 @@ class Analysis:
     across_runs: pd.DataFrame  # per (scope, compressor, ε): each predictor across runs, leave-one-run-out
     across_lines: dict  # (scope, compressor, ε) → ({form: Regression} on λ̂, the loss and both, the rows pooled)
     groups: pd.DataFrame  # the layer study: per (checkpoint, entry, ε, weight group) c*_g beside λ̂_g and d_g
-    layers: pd.DataFrame  # per (run, checkpoint or pooled, entry, ε): the groups' c* on each predictor
-    measures: pd.DataFrame  # per (scope, entry, ε): every measure against λ̂ across runs (the tournament)
+    layers: pd.DataFrame  # per (run, checkpoint or pooled, entry, ε): the answer of the tournament over groups
+    layer_predictors: pd.DataFrame  # and per predictor: its figures
+    measures: pd.DataFrame  # per (scope, entry, ε): the answer of every measure against λ̂ across runs
+    measure_predictors: pd.DataFrame  # and per predictor: its figures
     allocations: pd.DataFrame  # per (checkpoint, entry, ε, method): the allocation within ε and its bits
     costs: pd.DataFrame  # per measure: seconds per checkpoint (the refined λ̂: per group)
     robust_fits: pd.DataFrame  # per (varied sampler setting, main fit): the fit redone with that λ̂
@@ -109,9 +111,9 @@ def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
     present = {m: LABELS[m] for m in LABELS if m in table or m in groups}
     return Analysis(experiment, settings, records, table, inside, lines, lines_all, on_loss, fit_relation(lines),
                     fit_relation(lines_all), baselines(lines, on_loss), pooled_fits(table, inside), across,
-                    across_lines, groups, within_checkpoints(groups, signs, present),
-                    measures_across_runs(table, inside, signs, [m for m in present if m in table])
-                    if any(m in table for m in present) else pd.DataFrame(),
+                    across_lines, groups, *within_checkpoints(groups, signs, present),
+                    *(measures_across_runs(table, inside, signs, [m for m in present if m in table])
+                      if any(m in table for m in present) else (pd.DataFrame(), pd.DataFrame())),
                     allocation_table(records), costs(records), robust_fits, robust, eps_sweep(table),
                     loo_predictions(lines), left_out, configs, traces)
 

@@ -74,9 +74,10 @@ def predictors(group: pd.DataFrame) -> dict[str, np.ndarray]:
 def _line_figures(fit) -> dict:
     """R², slope, its HC3 interval and the leave-one-out RMSE of a LineFit (NaN without one)."""
     if fit is None:
-        return {"r2": math.nan, "slope": math.nan, "slope_low": math.nan, "slope_high": math.nan, "loo": math.nan}
-    return {"r2": fit.r_squared, "slope": fit.slope, "slope_low": fit.slope_ci[0], "slope_high": fit.slope_ci[1],
-            "loo": fit.loo_rmse}
+        return {"r2": math.nan, "slope": math.nan, "slope_ci_low": math.nan, "slope_ci_high": math.nan,
+                "rmse_loco": math.nan}
+    return {"r2": fit.r_squared, "slope": fit.slope, "slope_ci_low": fit.slope_ci[0], "slope_ci_high": fit.slope_ci[1],
+            "rmse_loco": fit.rmse_loco}
 
 
 def compare(group: pd.DataFrame, on_llc, on_loss) -> dict:
@@ -89,7 +90,7 @@ def compare(group: pd.DataFrame, on_llc, on_loss) -> dict:
     for name, fit in (("llc", on_llc), ("loss", on_loss), ("tokens", on_tokens)):
         row.update({f"{key}_{name}": value for key, value in _line_figures(fit).items()})
     row.update(separation(y, found["llc"], found["loss"]))
-    scored = {name: row[f"loo_{name}"] for name in found if math.isfinite(row[f"loo_{name}"])}
+    scored = {name: row[f"rmse_loco_{name}"] for name in found if math.isfinite(row[f"rmse_loco_{name}"])}
     row["best_out_of_sample"] = min(scored, key=scored.get) if scored else None
     return row
 

@@ -59,7 +59,7 @@ def pooled_fits(table: pd.DataFrame, inside: pd.Series | None = None) -> pd.Data
     rows = []
     for (comp, eps), group in usable(table, inside).groupby(["compressor", "epsilon"]):
         group = group.assign(llc_per_param=group.llc_mean / group.llc_params)
-        row = {"compressor": comp, "epsilon": eps, "n": len(group), "models": group.model.nunique()}
+        row = {"compressor": comp, "epsilon": eps, "n": len(group), "n_models": group.model.nunique()}
         if group.model.nunique() >= 2 and len(group) > 2 * group.model.nunique() + 1:
             common = smf.ols("critical_value ~ llc_mean", group).fit()
             separate = smf.ols("critical_value ~ llc_mean * C(model)", group).fit()
@@ -87,7 +87,7 @@ def eps_sweep(table: pd.DataFrame) -> pd.DataFrame:
         x = np.log2(1 / group.epsilon.to_numpy())
         slope, intercept = np.polyfit(x, group.critical_dl_bits.to_numpy(), 1)
         first = group.iloc[0]
-        rows.append({"model": model, "step": step, "compressor": comp, "epsilons": group.epsilon.nunique(),
+        rows.append({"model": model, "step": step, "compressor": comp, "n_epsilons": group.epsilon.nunique(),
                      "eps_slope_bits": slope, "llc_mean": first.llc_mean, "llc_std_error": first.llc_std_error,
                      "num_params": first.num_params})
     return pd.DataFrame(rows)
@@ -104,7 +104,7 @@ def loo_predictions(lines: dict) -> pd.DataFrame:
         y = group.critical_value.to_numpy()
         for i, mean, low, high in fit.loo_points:
             rows.append(dict(zip(GROUP, key), step=group.step.iloc[i], llc_mean=group.llc_mean.iloc[i],
-                             measured=y[i], predicted=mean, lower=low, upper=high, inside=bool(low <= y[i] <= high)))
+                             measured=y[i], predicted=mean, pi_low=low, pi_high=high, inside=bool(low <= y[i] <= high)))
     return pd.DataFrame(rows)
 
 

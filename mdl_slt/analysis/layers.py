@@ -8,7 +8,7 @@ Per (checkpoint, entry, ε), over its groups, c*_g on each predictor (OLS, HC3):
 
     llc            c*_g = α + β·λ̂_g
     llc_per_param  c*_g = α + β·λ̂_g/d_g         the theory's: a group's bits per weight follow λ_g/d_g
-    size           c*_g = α + β·log d_g
+    log_params     c*_g = α + β·log d_g
 
 with R², β and its 95% interval, the leave-one-group-out RMSE (each group predicted from the
 others), each beside log d_g, and λ̂_g/d_g beside each (the nested HC3 Wald test of λ̂_g/d_g
@@ -27,8 +27,8 @@ import pandas as pd
 
 from mdl_slt.analysis.tournament import compare
 
-PREDICTORS = {"llc": "λ̂_g", "llc_per_param": "λ̂_g/d_g", "size": "log d_g"}
-COMPANION = "size"  # what every predictor is also fitted beside: how large the group is
+PREDICTORS = {"llc": "λ̂_g", "llc_per_param": "λ̂_g/d_g", "log_params": "log d_g"}
+COMPANION = "log_params"  # what every predictor is also fitted beside: how large the group is
 LLC = "llc_per_param"  # λ̂ in the theory's form for a part: per parameter
 KEYS = ["model", "revision", "step"]
 
@@ -44,18 +44,19 @@ def group_table(records: pd.DataFrame) -> pd.DataFrame:
                        critical_se=crit.detail.map(lambda d: d.get("critical_se")).astype(float),
                        tolerance=crit.detail.map(lambda d: d.get("tolerance")).astype(float),
                        critical_value=crit.knob_interpolated.where(crit.knob_interpolated.notna(), crit.knob))
+    crit = crit.rename(columns={"bits_interpolated": "critical_dl_bits"})
     crit = crit[KEYS + ["compressor", "method", "epsilon", "weight_group", "knob_name", "critical_value", "critical_se",
-                        "tolerance", "bits_interpolated"]]
+                        "tolerance", "critical_dl_bits"]]
     llc = llc.assign(group_params=llc.detail.map(lambda d: d.get("num_params")),
                      r_hat=llc.detail.map(lambda d: d.get("r_hat")), converged=llc.detail.map(lambda d: d.get("converged")))
     llc = llc[["model", "revision", "weight_group", "llc_mean", "llc_std_error", "group_params", "r_hat", "converged"]]
     table = crit.merge(llc, on=["model", "revision", "weight_group"])
     table["llc_per_param"] = table.llc_mean / table.group_params
-    table["size"] = np.log(table.group_params.astype(float))
+    table["log_params"] = np.log(table.group_params.astype(float))
     return table.sort_values(KEYS + ["compressor", "epsilon", "weight_group"]).reset_index(drop=True)
 
 
-def compare_groups(rows: pd.DataFrame, sign: int | None, offsets: bool, measures: dict | None = None) -> dict:
+def compare_groups(rows: pd.DataFrame, sign: int | None, offsets: bool, measures: dict | None = None) -> tuple:
     """The tournament of one set of groups (`tournament.compare`): the predictors, and the measures
     given (name → label) where the table has them, each alone, beside the size and with λ̂_g/d_g
     beside it; units are groups, with an offset per checkpoint when `offsets`."""
@@ -63,23 +64,28 @@ def compare_groups(rows: pd.DataFrame, sign: int | None, offsets: bool, measures
     base = ([(rows.revision == r).to_numpy(float) for r in rows.revision.unique()] if offsets
             else [np.ones(len(rows))])
     candidates = list(PREDICTORS) + [m for m in measures or {} if m in rows]
-    return {"groups": rows.weight_group.nunique(), "n": len(rows),
-            **compare(rows, candidates, base, rows.weight_group.to_numpy(), rows.critical_value.to_numpy(float),
-                      COMPANION, LLC, sign)}
+    summary, found = compare(rows, candidates, base, rows.weight_group.to_numpy(), rows.critical_value.to_numpy(float),
+                             COMPANION, LLC, sign, "logo")
+    return {"n_groups": rows.weight_group.nunique(), "n": len(rows), **summary}, found
 
 
-def within_checkpoints(groups: pd.DataFrame, signs: dict | None = None, measures: dict | None = None) -> pd.DataFrame:
-    """One row per (scope, compressor, ε): each checkpoint of the layer study on its own, then each
-    run's checkpoints pooled with an offset per checkpoint (module docstring)."""
+def within_checkpoints(groups: pd.DataFrame, signs: dict | None = None,
+                       measures: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per (run, scope, compressor, ε): each checkpoint of the layer study on its own, then
+    each run's checkpoints pooled with an offset per checkpoint — the answer; one row per predictor
+    of each: its figures)."""
     if not len(groups):
-        return pd.DataFrame()
-    rows = []
+        return pd.DataFrame(), pd.DataFrame()
+    answers, figures = [], []
     for (model, comp, eps), part in groups.groupby(["model", "compressor", "epsilon"], sort=False):
         sign = (signs or {}).get(comp)
-        for (revision, step), one in part.groupby(["revision", "step"], sort=False):
-            rows.append({"model": model, "scope": revision, "step": step, "compressor": comp, "epsilon": eps,
-                         "checkpoints": 1, **compare_groups(one, sign, False, measures)})
+        scopes = [(revision, step, one, False) for (revision, step), one in part.groupby(["revision", "step"], sort=False)]
         if part.revision.nunique() > 1:
-            rows.append({"model": model, "scope": "pooled", "step": math.nan, "compressor": comp, "epsilon": eps,
-                         "checkpoints": part.revision.nunique(), **compare_groups(part, sign, True, measures)})
-    return pd.DataFrame(rows)
+            scopes.append(("pooled", math.nan, part, True))
+        for scope, step, rows, offsets in scopes:
+            key = {"model": model, "scope": scope, "step": step, "compressor": comp, "epsilon": eps,
+                   "n_checkpoints": rows.revision.nunique()}
+            answer, found = compare_groups(rows, sign, offsets, measures)
+            answers.append({**key, **answer})
+            figures += [{**key, **row} for row in found]
+    return pd.DataFrame(answers), pd.DataFrame(figures)

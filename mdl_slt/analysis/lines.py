@@ -52,8 +52,8 @@ class LineFit:
     slope_ci: tuple
     intercept_ci: tuple
     bootstrap_slope_ci: tuple  # with each λ̂ redrawn from its standard error
-    loo_rmse: float  # leave-one-checkpoint-out prediction error, in units of y
-    loo_coverage: float  # share of left-out points inside their prediction interval
+    rmse_loco: float  # leave-one-checkpoint-out prediction error, in units of y
+    coverage_loco: float  # share of left-out points inside their prediction interval
     loo_points: list = field(default_factory=list)  # (i, prediction, lower, upper) of each left-out point; not saved
     eiv_slope: float = math.nan  # York's slope with the errors of both λ̂ and the critical value
     eiv_slope_ci: tuple = (math.nan, math.nan)
@@ -171,8 +171,8 @@ def fit_line(x, y, x_se=None, seed: int = 0, y_se=None) -> LineFit | None:
         spearman_rho=math.nan if constant_y else float(stats.spearmanr(x, y)[0]),
         slope_ci=tuple(map(float, ci[1])), intercept_ci=tuple(map(float, ci[0])),
         bootstrap_slope_ci=_bootstrap_slope(x, y, se, seed),
-        loo_rmse=float(np.sqrt(np.mean(np.square(errors)))) if errors else math.nan,
-        loo_coverage=float(np.mean([low <= y[i] <= high for i, _, low, high in loo])) if loo else math.nan,
+        rmse_loco=float(np.sqrt(np.mean(np.square(errors)))) if errors else math.nan,
+        coverage_loco=float(np.mean([low <= y[i] <= high for i, _, low, high in loo])) if loo else math.nan,
         loo_points=loo, **_errors_in_both(x, y, se, y_se))
 
 
@@ -221,7 +221,7 @@ class Regression:
     scale: float  # residual variance s²
     df_resid: int
     r2: float
-    loro: float  # leave-one-run-out RMSE, knob units
+    rmse_loro: float  # leave-one-run-out RMSE, knob units
 
     def predict(self, values: dict, llc_se: float = 0.0) -> tuple[float, float, float]:
         from scipy import stats

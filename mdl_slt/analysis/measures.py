@@ -126,13 +126,13 @@ def allocation_table(records: pd.DataFrame) -> pd.DataFrame:
     rows = records[records.task == "allocation"]
     if not len(rows):
         return pd.DataFrame()
-    table = rows.assign(bits_se=rows.value_se, delta_loss=rows.loss - rows.base_loss,
-                        evaluations=rows.detail.map(lambda d: d.get("evaluations")),
+    table = rows.assign(dl_bits=rows.bits, dl_bits_se=rows.value_se, delta_loss=rows.loss - rows.base_loss,
+                        n_evaluations=rows.detail.map(lambda d: d.get("evaluations")),
                         allocation=rows.detail.map(lambda d: d.get("allocation")))
-    table = table[["model", "revision", "step", "compressor", "epsilon", "measure", "bits", "bits_se", "delta_loss",
-                   "evaluations", "allocation"]].rename(columns={"measure": "allocation_method"})
+    table = table[["model", "revision", "step", "compressor", "epsilon", "measure", "dl_bits", "dl_bits_se", "delta_loss",
+                   "n_evaluations", "allocation"]].rename(columns={"measure": "allocation_method"})
     keys = ["model", "revision", "compressor", "epsilon"]
     for reference in ("uniform", "oracle"):
-        own = table[table.allocation_method == reference].set_index(keys).bits
-        table[f"bits_vs_{reference}"] = table.bits / [own.get(k, math.nan) for k in zip(*(table[c] for c in keys))]
+        own = table[table.allocation_method == reference].set_index(keys).dl_bits
+        table[f"dl_vs_{reference}"] = table.dl_bits / [own.get(k, math.nan) for k in zip(*(table[c] for c in keys))]
     return table.reset_index(drop=True)

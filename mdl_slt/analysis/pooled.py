@@ -77,24 +77,25 @@ def compare_runs(group: pd.DataFrame, sign: int | None = None) -> tuple[dict, di
     y = group.critical_value.to_numpy(float)
     runs = group.model.to_numpy()
     sizes = group.llc_params.nunique()
-    row: dict = {"n": len(y), "runs": group.model.nunique(), "sizes": sizes}
+    row: dict = {"n": len(y), "n_runs": group.model.nunique(), "n_sizes": sizes}
     lines = {}
     for form in FORMS:
         if form == "llc_per_param" and sizes < 2:  # one size: λ̂/d is λ̂ rescaled, not a predictor of its own
-            figures = dict.fromkeys(("r2", "coef", "coef_low", "coef_high", "loro"), math.nan)
+            figures = dict.fromkeys(("r2", "coef", "coef_ci_low", "coef_ci_high", "rmse"), math.nan)
         else:
             X, names = design(group, form)
             figures, line = fit_form(X, y, runs, names)
             if form in SAVED and line is not None:
                 lines[form] = line
-        row.update({f"{key}_{form}": value for key, value in figures.items()})
+        row.update({f"{key.replace('rmse', 'rmse_loro')}_{form}": value for key, value in figures.items()})
     covariates = [np.log(group.llc_params.to_numpy(float))] if sizes >= 2 else []
     row.update(separation(y, group.llc_mean, group.base_loss, covariates, min_points=5))
-    scored = {form: row[f"loro_{form}"] for form in FORMS if form != "llc_loss" and math.isfinite(row[f"loro_{form}"])}
+    scored = {form: row[f"rmse_loro_{form}"] for form in FORMS
+              if form != "llc_loss" and math.isfinite(row[f"rmse_loro_{form}"])}
     row["best_across_runs"] = min(scored, key=scored.get) if scored else None
     row["theory_sign"] = sign
-    row["llc_direction"] = direction(row["coef_low_llc_loss"], row["coef_high_llc_loss"], sign)
-    both, alone = row["loro_llc_loss"], row["loro_loss"]
+    row["llc_direction"] = direction(row["coef_ci_low_llc_loss"], row["coef_ci_high_llc_loss"], sign)
+    both, alone = row["rmse_loro_llc_loss"], row["rmse_loro_loss"]
     row["llc_adds_out_of_sample"] = bool(both < alone) if math.isfinite(both) and math.isfinite(alone) else None
     return row, lines
 
@@ -112,11 +113,13 @@ def across_runs(table: pd.DataFrame, inside: pd.Series | None = None,
     return pd.DataFrame(rows), saved
 
 
-def measures_across_runs(table: pd.DataFrame, inside: pd.Series | None, signs: dict, measures: list[str]) -> pd.DataFrame:
-    """One row per (scope, compressor, ε): the tournament (`tournament.compare`) of λ̂ in its forms, the
-    loss, log tokens and every measure the table holds, each with log d where the pool holds several
-    sizes, beside the loss, and with λ̂ beside it; units are runs."""
-    rows = []
+def measures_across_runs(table: pd.DataFrame, inside: pd.Series | None, signs: dict,
+                         measures: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per (scope, compressor, ε): the answer of the tournament (`tournament.compare`) of λ̂
+    in its forms, the loss, log tokens and every measure the table holds, each with log d where the
+    pool holds several sizes, beside the loss, and with λ̂ beside it, units runs; one row per
+    predictor of each: its figures)."""
+    answers, figures = [], []
     for (comp, eps), group in usable(table, inside).groupby(["compressor", "epsilon"]):
         for scope, part in scopes(group):
             sizes = part.llc_params.nunique()
@@ -125,7 +128,9 @@ def measures_across_runs(table: pd.DataFrame, inside: pd.Series | None, signs: d
             base = [np.ones(len(part))] + ([np.log(part.llc_params.to_numpy(float))] if sizes >= 2 else [])
             candidates = ["llc", "loss", "tokens", *(["llc_per_param"] if sizes >= 2 else []), "redundancy",
                           *[m for m in measures if m in part]]
-            rows.append({"scope": scope, "compressor": comp, "epsilon": eps, "n": len(part), "runs": part.model.nunique(),
-                         **compare(frame, candidates, base, part.model.to_numpy(), part.critical_value.to_numpy(float),
-                                   "loss", "llc", signs.get(comp))})
-    return pd.DataFrame(rows)
+            answer, found = compare(frame, candidates, base, part.model.to_numpy(), part.critical_value.to_numpy(float),
+                                    "loss", "llc", signs.get(comp), "loro")
+            key = {"scope": scope, "compressor": comp, "epsilon": eps}
+            answers.append({**key, "n": len(part), "n_runs": part.model.nunique(), **answer})
+            figures += [{**key, **row} for row in found]
+    return pd.DataFrame(answers), pd.DataFrame(figures)

@@ -81,7 +81,7 @@ def per_fit(measured: pd.DataFrame, lines: dict) -> pd.DataFrame:
                 p_other = separation(y, both.varied_llc, loss)["p_llc_beyond_loss"]
                 low, high = _interval(other)
                 row.update(tau=_tau(both.llc_mean, both.varied_llc), slope_main=main.slope, slope=other.slope,
-                           slope_low=low, slope_high=high, r2_main=main.r_squared, r2=other.r_squared,
+                           slope_ci_low=low, slope_ci_high=high, r2_main=main.r_squared, r2=other.r_squared,
                            p_beyond_main=p_main, p_beyond=p_other,
                            slope_kept=bool(np.sign(main.slope) == np.sign(other.slope)
                                            and _significant(main) == _significant(other)),
@@ -107,12 +107,12 @@ def summary(measured: pd.DataFrame, table: pd.DataFrame, fits: pd.DataFrame, fai
         taus = [_tau(g.llc_mean, g.varied_llc) for _, g in both.groupby("model")]
         taus = [t for t in taus if math.isfinite(t)]
         own = fits[(fits.setting == setting) & fits.slope.notna()] if "slope" in fits else fits.iloc[0:0]
-        rows.append({"setting": setting, "checkpoints": len(part), "failed": lost,
+        rows.append({"setting": setting, "n_checkpoints": len(part), "n_failed": lost,
                      "tau_median": float(np.median(taus)) if taus else math.nan,
-                     "tau_min": min(taus) if taus else math.nan, "fits": len(own),
-                     "slopes_kept": int(own.slope_kept.sum()) if len(own) else 0,
-                     "verdicts_kept": int(own.verdict_kept.sum()) if len(own) else 0,
-                     "diverged_chains": int(part.diverged.sum()), "unconverged": int((~part.converged).sum()),
+                     "tau_min": min(taus) if taus else math.nan, "n_fits": len(own),
+                     "n_slopes_kept": int(own.slope_kept.sum()) if len(own) else 0,
+                     "n_verdicts_kept": int(own.verdict_kept.sum()) if len(own) else 0,
+                     "n_diverged_chains": int(part.diverged.sum()), "n_unconverged": int((~part.converged).sum()),
                      "held": bool(len(own) and own.slope_kept.all() and own.verdict_kept.all() and not lost)})
     return pd.DataFrame(rows)
 

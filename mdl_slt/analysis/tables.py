@@ -41,7 +41,7 @@ def select(records: pd.DataFrame, experiment: dict, identities: dict | None = No
     rest = records[~keep].assign(why=np.where(settings[~keep], "older bytes of the checkpoint",
                                               "other settings or experiment"))
     left = (rest.groupby(["task", "config_hash", "why"], dropna=False)
-            .agg(experiment=("experiment", "first"), models=("model", "nunique"), rows=("key", "size"),
+            .agg(experiment=("experiment", "first"), n_models=("model", "nunique"), n_rows=("key", "size"),
                  created=("created_at", "max")).reset_index())
     return records[keep], left
 
@@ -78,15 +78,15 @@ def measurements(records: pd.DataFrame, critical: str = "interpolated") -> pd.Da
                        monotone=crit.detail.map(lambda d: d.get("monotone")),
                        wide=crit.detail.map(lambda d: d.get("wide")),
                        interpolation=crit.detail.map(lambda d: d.get("interpolation")),
-                       evaluations=crit.detail.map(lambda d: d.get("evaluations")), critical_config=crit.config_hash,
+                       n_evaluations=crit.detail.map(lambda d: d.get("evaluations")), critical_config=crit.config_hash,
                        critical_se=crit.detail.map(lambda d: d.get("critical_se")).astype(float),
                        search_precision=crit.detail.map(lambda d: d.get("precision")).astype(float),
-                       sequences_needed=crit.detail.map(lambda d: d.get("sequences_needed")),
+                       n_sequences_needed=crit.detail.map(lambda d: d.get("sequences_needed")),
                        knob_low=crit.detail.map(lambda d: (d.get("knob_range") or [None, None])[0]).astype(float),
                        knob_high=crit.detail.map(lambda d: (d.get("knob_range") or [None, None])[1]).astype(float))
     crit = crit[["model", "revision", "compressor", "method", "epsilon", "knob", "knob_interpolated", "bits",
-                 "bits_interpolated", "bits_entropy", "knob_name", "monotone", "wide", "interpolation", "evaluations",
-                 "critical_se", "search_precision", "sequences_needed", "knob_low", "knob_high", "device", "numerics",
+                 "bits_interpolated", "bits_entropy", "knob_name", "monotone", "wide", "interpolation", "n_evaluations",
+                 "critical_se", "search_precision", "n_sequences_needed", "knob_low", "knob_high", "device", "numerics",
                  "critical_config"]]
     table = crit.merge(llc, on=["model", "revision"]).merge(base, on=["model", "revision"])
     interpolated = critical == "interpolated"
@@ -96,8 +96,9 @@ def measurements(records: pd.DataFrame, critical: str = "interpolated") -> pd.Da
     table["noisy"] = table.critical_se > table.search_precision
     table["critical_dl_bits"] = table.bits_interpolated.where(table.bits_interpolated.notna() & interpolated,
                                                               table.bits)
-    table = table.rename(columns={"knob": "critical_bracket", "bits": "critical_bracket_bits",
-                                  "bits_entropy": "critical_dl_entropy_bits"})
+    table["critical_rule"] = critical
+    table = table.drop(columns=["knob_interpolated", "bits_interpolated"]).rename(columns={
+        "knob": "critical_bracket", "bits": "critical_bracket_dl_bits", "bits_entropy": "critical_bracket_dl_entropy_bits"})
     table["llc_dl_bits"] = llc_description_length(table.llc_mean, table.tokens_seen)
     for key, group in table.groupby(GROUP):
         setups = group[["device", "numerics", "llc_numerics"]].drop_duplicates()

@@ -45,12 +45,13 @@ def leave_one_unit_out(X: np.ndarray, y: np.ndarray, units: np.ndarray) -> float
 def fit_form(X: np.ndarray, y: np.ndarray, units: np.ndarray, names: list[str],
              target: str | None = None) -> tuple[dict, Regression | None]:
     """R², the coefficient of column `target` (default: the first predictor) with its HC3 95%
-    interval and the leave-one-unit-out RMSE (`loro`), and the fitted line (None where undefined)."""
+    interval, and `rmse`, the leave-one-unit-out RMSE; and the fitted line (None where undefined)."""
     from scipy import stats
 
     found = hc3(X, y) if np.isfinite(X).all() else None
     if found is None:
-        return {"r2": math.nan, "coef": math.nan, "coef_low": math.nan, "coef_high": math.nan, "loro": math.nan}, None
+        return {"r2": math.nan, "coef": math.nan, "coef_ci_low": math.nan, "coef_ci_high": math.nan,
+                "rmse": math.nan}, None
     beta, cov = found
     j = names.index(target) if target is not None else 1
     residual = y - X @ beta
@@ -58,10 +59,10 @@ def fit_form(X: np.ndarray, y: np.ndarray, units: np.ndarray, names: list[str],
     df = len(y) - X.shape[1]
     half = stats.t.ppf(0.5 + LEVEL / 2, df) * math.sqrt(max(cov[j, j], 0.0))
     figures = {"r2": float(1 - residual @ residual / total) if total > 0 else math.nan, "coef": float(beta[j]),
-               "coef_low": float(beta[j] - half), "coef_high": float(beta[j] + half),
-               "loro": leave_one_unit_out(X, y, units)}
+               "coef_ci_low": float(beta[j] - half), "coef_ci_high": float(beta[j] + half),
+               "rmse": leave_one_unit_out(X, y, units)}
     line = Regression(names, beta.tolist(), cov.tolist(), float(residual @ residual / df), df, figures["r2"],
-                      figures["loro"])
+                      figures["rmse"])
     return figures, line
 
 
@@ -78,36 +79,35 @@ MIN_UNITS = 4  # units a tournament needs (a line, and one left out)
 
 
 def compare(rows: pd.DataFrame, candidates: list[str], base: list[np.ndarray], units: np.ndarray, y: np.ndarray,
-            companion: str | None, llc: str, sign: int | None) -> dict:
-    """The tournament over `rows` (module docstring), flat: per candidate `<figure>_<candidate>`,
-    then `best`, `best_other`, `llc_adds`, `llc_direction` and `llc_direction_beside`."""
-    found: dict = {}
+            companion: str | None, llc: str, sign: int | None, unseen: str) -> tuple[dict, list[dict]]:
+    """The tournament over `rows` (module docstring): (the summary — `best`, `best_other`, `llc_adds`,
+    `llc_direction`, `llc_direction_beside`, `theory_sign` —, a row per candidate with its figures,
+    errors on unseen units named `rmse_<unseen>`)."""
     usable = len(np.unique(units)) >= MIN_UNITS and len(y) > len(base) + 2 and np.ptp(y) > 0  # nothing to predict
-    for name in candidates:
-        found.update({f"{k}_{name}": v for k, v in _candidate(rows, name, base, units, y, companion, llc,
-                                                             usable).items()})
-    scored = {n: found[f"loo_{n}"] for n in candidates if math.isfinite(found[f"loo_{n}"])}
+    found = {name: _candidate(rows, name, base, units, y, companion, llc, usable) for name in candidates}
+    scored = {n: f["rmse"] for n, f in found.items() if math.isfinite(f["rmse"])}
     others = {n: v for n, v in scored.items() if n not in OWN}
     best_other = min(others, key=others.get) if others else None
-    found["best"] = min(scored, key=scored.get) if scored else None
-    found["best_other"] = best_other
-    if best_other is not None and math.isfinite(found[f"loo_llc_beside_{best_other}"]):
-        found["llc_adds"] = bool(found[f"loo_llc_beside_{best_other}"] < found[f"loo_{best_other}"])
-        found["llc_direction_beside"] = direction(found[f"llc_coef_low_beside_{best_other}"],
-                                                  found[f"llc_coef_high_beside_{best_other}"], sign)
-    else:
-        found["llc_adds"], found["llc_direction_beside"] = None, "unclear"
-    found["theory_sign"] = sign
-    found["llc_direction"] = direction(found.get(f"coef_low_{llc}", math.nan), found.get(f"coef_high_{llc}", math.nan),
-                                       sign)
-    return found
+    summary = {"best": min(scored, key=scored.get) if scored else None, "best_other": best_other,
+               "llc_adds": None, "llc_direction_beside": "unclear", "theory_sign": sign,
+               "llc_direction": direction(found[llc]["coef_ci_low"], found[llc]["coef_ci_high"], sign)
+               if llc in found else "unclear"}
+    if best_other is not None and math.isfinite(found[best_other]["rmse_with_llc"]):
+        other = found[best_other]
+        summary["llc_adds"] = bool(other["rmse_with_llc"] < other["rmse"])
+        summary["llc_direction_beside"] = direction(other["llc_coef_beside_ci_low"], other["llc_coef_beside_ci_high"],
+                                                    sign)
+    beside = f"beside_{companion}" if companion else "beside"
+    named = [{"predictor": n, **{k.replace("rmse", f"rmse_{unseen}").replace("_beside_companion", f"_{beside}"): v
+                                 for k, v in f.items()}} for n, f in found.items()]
+    return summary, named
 
 
 def _candidate(rows, name, base, units, y, companion, llc, usable) -> dict:
     nan = math.nan
-    figures = {"r2": nan, "coef": nan, "coef_low": nan, "coef_high": nan, "loo": nan, "loo_with": nan,
-               "p_llc_beside": nan, "llc_coef_beside": nan, "llc_coef_low_beside": nan, "llc_coef_high_beside": nan,
-               "loo_llc_beside": nan}
+    figures = {"r2": nan, "coef": nan, "coef_ci_low": nan, "coef_ci_high": nan, "rmse": nan,
+               "rmse_beside_companion": nan, "p_llc_beside": nan, "llc_coef_beside": nan,
+               "llc_coef_beside_ci_low": nan, "llc_coef_beside_ci_high": nan, "rmse_with_llc": nan}
     if name not in rows or not usable:
         return figures
     x = rows[name].to_numpy(float)
@@ -115,16 +115,15 @@ def _candidate(rows, name, base, units, y, companion, llc, usable) -> dict:
         return figures
     names = [f"base{i}" for i in range(len(base))]
     alone, _ = fit_form(np.column_stack([*base, x]), y, units, names + [name], target=name)
-    figures.update(r2=alone["r2"], coef=alone["coef"], coef_low=alone["coef_low"], coef_high=alone["coef_high"],
-                   loo=alone["loro"])
+    figures.update(alone)
     if companion is not None and companion != name:
         beside = rows[companion].to_numpy(float)
-        figures["loo_with"] = fit_form(np.column_stack([*base, x, beside]), y, units,
-                                       names + [name, companion], target=name)[0]["loro"]
+        figures["rmse_beside_companion"] = fit_form(np.column_stack([*base, x, beside]), y, units,
+                                                    names + [name, companion], target=name)[0]["rmse"]
     if name != llc:
         X = np.column_stack([*base, x, rows[llc].to_numpy(float)])
         both, _ = fit_form(X, y, units, names + [name, llc], target=llc)
         figures.update(p_llc_beside=hc3_wald(X, y, X.shape[1] - 1)[1], llc_coef_beside=both["coef"],
-                       llc_coef_low_beside=both["coef_low"], llc_coef_high_beside=both["coef_high"],
-                       loo_llc_beside=both["loro"])
+                       llc_coef_beside_ci_low=both["coef_ci_low"], llc_coef_beside_ci_high=both["coef_ci_high"],
+                       rmse_with_llc=both["rmse"])
     return figures

@@ -52,7 +52,7 @@ def predict(fit: Path = typer.Option(..., "--fit", help="Fit file written by `md
             if value is None:
                 continue
             line = (f"    {label:9s} {value:7.3f}  [{row[f'{prefix}lower']:.3f}, {row[f'{prefix}upper']:.3f}]  "
-                    f"({error} {row[f'{prefix}loo_rmse']:.3g})")
+                    f"({error} {row[f'{prefix}rmse_unseen']:.3g})")
             if verify:
                 measured = row["measured"]
                 line += (f"   measured {measured:.3f} {'inside' if row[f'{prefix}inside'] else 'OUTSIDE'}"
@@ -103,10 +103,10 @@ def critical(ctx: typer.Context,
     entry = CompressorEntry(id=entry.key, name=entry.name, options=options,
                             precision=precision if precision is not None else entry.precision)
     method = entry.build()  # a bad option is refused before the checkpoint loads
+    ckpt, tokens = load(ref, chosen)
     say_settings(chosen, extra=f"; {entry.key} ({entry.name}) with {options or 'its defaults'}, precision "
                                f"{entry.search_precision(method):g} {method.knob.unit or method.knob.name}, ε "
                                f"{', '.join(f'{e:g}' for e in epsilons)}, {chosen.critical.numerics}")
-    ckpt, tokens = load(ref, chosen)
     with phase(console, f"critical search of {entry.key} on {ckpt.ref}", search_budget(entry, epsilons)) as advance:
         found = measure_entry(ckpt, tokens, entry, epsilons, chosen.critical.numerics, progress=advance)
     knob = method.knob

@@ -100,10 +100,10 @@ def _measure(ref: str, chosen, as_json: bool) -> None:
     if failed:
         raise UserError("; ".join(failed))
     groups = group_table(pd.DataFrame(rows))
-    fits = within_checkpoints(groups, theory_signs(chosen))
+    answers, figures = within_checkpoints(groups, theory_signs(chosen))
     if as_json:
         print_json({"ref": str(ckpt.ref), "groups": groups.to_dict(orient="records"),
-                    "fits": fits.to_dict(orient="records")})
+                    "answers": answers.to_dict(orient="records"), "predictors": figures.to_dict(orient="records")})
         return
     share = round(groups.epsilon.iloc[0] / groups.tolerance.iloc[0])
     print(f"{ckpt.ref}: {groups.weight_group.nunique()} weight groups, each at tolerance ε/{share} (its share of the "
@@ -113,7 +113,8 @@ def _measure(ref: str, chosen, as_json: bool) -> None:
         for r in part.itertuples():
             print(f"    {r.weight_group:18s} d {r.group_params:>9,d}  λ̂ {r.llc_mean:8.3f} ± {r.llc_std_error:.3f}  "
                   f"λ̂/d {r.llc_per_param:.5f}  critical {r.knob_name} {r.critical_value:.3f}")
-        fit = fits[(fits.compressor == comp) & (fits.epsilon == eps)].iloc[0]
-        print(f"    over groups: λ̂/d β {fit.coef_llc_per_param:.3g} [{fit.coef_low_llc_per_param:.3g}, "
-              f"{fit.coef_high_llc_per_param:.3g}] ({fit.llc_direction}), R² {fit.r2_llc_per_param:.2f}; "
-              f"best on unseen groups: {fit.best}")
+        answer = answers[(answers.compressor == comp) & (answers.epsilon == eps)].iloc[0]
+        fit = figures[(figures.compressor == comp) & (figures.epsilon == eps)
+                      & (figures.predictor == "llc_per_param")].iloc[0]
+        print(f"    over groups: λ̂/d β {fit.coef:.3g} [{fit.coef_ci_low:.3g}, {fit.coef_ci_high:.3g}] "
+              f"({answer.llc_direction}), R² {fit.r2:.2f}; best on unseen groups: {answer.best}")

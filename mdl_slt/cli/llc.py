@@ -99,8 +99,8 @@ def estimate(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local d
                        n_beta=_number_or_auto(n_beta, "--n-beta"), localization=localization, num_chains=num_chains,
                        num_draws=num_draws, num_burnin=num_burnin, batch_size=batch_size, seed=seed,
                        parameters=parameters or None, thinning=thinning)
-    say_settings(chosen, config)
     ckpt, tokens = load(ref, chosen)
+    say_settings(chosen, config)
     with phase(console, f"sampling λ̂ of {ckpt.ref}", config.budget_steps) as advance:
         result = measure_llc(ckpt, tokens, config, lambda steps, budget: advance(steps))
     payload = {"ref": str(ckpt.ref), "step": ckpt.step, "tokens_seen": ckpt.tokens_seen,

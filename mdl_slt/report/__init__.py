@@ -41,13 +41,19 @@ def figure_pages(a: Analysis) -> list[tuple[str, str, Callable]]:
                         *chains.figure_pages(a, style), *compression.figure_pages(a, style)])
 
 
+RECORD_NAMES = {"bits": "dl_bits", "bits_entropy": "dl_entropy_bits", "bits_interpolated": "dl_interpolated_bits"}
+
+
 def tables(a: Analysis) -> dict:
-    """Every table the report writes as a CSV, by its name in the file name."""
-    return {"records": a.records.drop(columns="detail"), "measurements": a.table.assign(in_window=a.inside),
-            "fits": a.fits, "fits-all": a.fits_all, "baselines": a.baselines, "pooled": a.pooled,
-            "across-runs": a.across_runs, "groups": a.groups, "layers": a.layers, "measures": a.measures,
-            "allocations": a.allocations, "costs": a.costs, "robustness": a.robust, "robustness-fits": a.robust_fits,
-            "eps-sweep": a.sweep, "predictions": a.loo, "left-out": a.left_out}
+    """Every table the report writes as a CSV, by its name in the file name (reports/README.md has
+    every column); a table with no rows keeps its header."""
+    return {"records": a.records.drop(columns="detail").rename(columns=RECORD_NAMES),
+            "measurements": a.table.assign(in_window=a.inside), "fits": a.fits, "fits-all": a.fits_all,
+            "baselines": a.baselines, "pooled": a.pooled, "across-runs": a.across_runs, "groups": a.groups,
+            "layers": a.layers, "layers-predictors": a.layer_predictors, "measures": a.measures,
+            "measures-predictors": a.measure_predictors, "allocations": a.allocations, "costs": a.costs,
+            "robustness": a.robust, "robustness-fits": a.robust_fits, "eps-sweep": a.sweep, "predictions": a.loo,
+            "left-out": a.left_out}
 
 
 def write_report(store_path: Path, output: Path | None = None, overrides: dict | None = None) -> dict:
@@ -56,6 +62,7 @@ def write_report(store_path: Path, output: Path | None = None, overrides: dict |
     from mdl_slt.analysis import analyse
     from mdl_slt.fitfile import build_fit_file
     from mdl_slt.report import answer, layers, measures, per_run, robustness, settings
+    from mdl_slt.report.columns import header
     from mdl_slt.report.pdf import document, figure_page
 
     a = analyse(store_path, overrides)
@@ -64,7 +71,8 @@ def write_report(store_path: Path, output: Path | None = None, overrides: dict |
     stem = output.with_suffix("")
     written = tables(a)
     for name, frame in written.items():
-        frame.to_csv(f"{stem}-{name}.csv", index=False)
+        documented = list(dict.fromkeys([*header(name), *frame.columns]))  # every table keeps its documented header
+        frame.reindex(columns=documented).to_csv(f"{stem}-{name}.csv", index=False)
     fit_path = Path(f"{stem}-fit.json")
     fit_path.write_text(json.dumps(build_fit_file(a.lines, a.configs, a.settings.model_dump(mode="json"),
                                                   a.experiment.name, store_path, a.loss_lines, a.across_runs,

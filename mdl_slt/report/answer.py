@@ -34,7 +34,7 @@ def pool(a) -> tuple[str, list[str]]:
     if not len(a.across_runs):
         return ("the run" if len(runs) == 1 else "all runs"), runs
     sized = a.across_runs[a.across_runs.scope.str.startswith("runs of d")]
-    scope = sized.sort_values("runs", ascending=False, kind="stable").scope.iloc[0] if len(sized) else "all runs"
+    scope = sized.sort_values("n_runs", ascending=False, kind="stable").scope.iloc[0] if len(sized) else "all runs"
     rows = a.across_lines[next(k for k in a.across_lines if k[0] == scope)][1]
     return scope, list(rows.model.unique())
 
@@ -50,9 +50,9 @@ def errors_of(a, scope: str, comp: str, eps: float) -> dict:
     if len(a.across_runs):
         row = a.across_runs[(a.across_runs.scope == scope) & (a.across_runs.compressor == comp)
                             & (a.across_runs.epsilon == eps)]
-        return {} if not len(row) else {"llc": row.loro_llc.iloc[0], "loss": row.loro_loss.iloc[0]}
+        return {} if not len(row) else {"llc": row.rmse_loro_llc.iloc[0], "loss": row.rmse_loro_loss.iloc[0]}
     row = a.baselines[(a.baselines.compressor == comp) & (a.baselines.epsilon == eps)]
-    return {} if not len(row) else {"llc": row.loo_llc.iloc[0], "loss": row.loo_loss.iloc[0]}
+    return {} if not len(row) else {"llc": row.rmse_loco_llc.iloc[0], "loss": row.rmse_loco_loss.iloc[0]}
 
 
 def picture(a, style: Style) -> plt.Figure:
@@ -98,10 +98,10 @@ def family_sentence(comp: str, part: pd.DataFrame, knob: str, sign: int | None) 
     best = " / ".join(BEST.get(b, "–") for b in part.best_across_runs)
     adds = int(part.llc_adds_out_of_sample.fillna(False).astype(bool).sum())
     text = (f"{comp} ({knob}) at ε = {each}: best on unseen runs {best} (LORO λ̂ "
-            f"{' / '.join(g(v) for v in part.loro_llc)}, loss {' / '.join(g(v) for v in part.loro_loss)}). "
+            f"{' / '.join(g(v) for v in part.rmse_loro_llc)}, loss {' / '.join(g(v) for v in part.rmse_loro_loss)}). "
             f"λ̂ adds to the loss out of sample at {adds} of {len(part)} (λ̂ + loss "
-            f"{' / '.join(g(v) for v in part.loro_llc_loss)}). At equal loss, λ̂'s coefficient is "
-            + " / ".join(f"{g(r.coef_llc_loss)} [{g(r.coef_low_llc_loss)}, {g(r.coef_high_llc_loss)}]"
+            f"{' / '.join(g(v) for v in part.rmse_loro_llc_loss)}). At equal loss, λ̂'s coefficient is "
+            + " / ".join(f"{g(r.coef_llc_loss)} [{g(r.coef_ci_low_llc_loss)}, {g(r.coef_ci_high_llc_loss)}]"
                          for r in part.itertuples()) + f" {knob} per unit of λ̂")
     if sign is None:
         return text + "."
@@ -164,9 +164,9 @@ def across_runs_page(pdf, a) -> None:
     order = {c: i for i, c in enumerate(a.entries)}
     for _, r in a.across_runs.sort_values(["compressor", "epsilon"], key=lambda c: c.map(order) if c.name ==
                                           "compressor" else c, kind="stable").iterrows():
-        rows.append([r.scope, r.compressor, f"{r.epsilon:g}", f"{int(r.n)} ({int(r.runs)})",
+        rows.append([r.scope, r.compressor, f"{r.epsilon:g}", f"{int(r.n)} ({int(r.n_runs)})",
                      f"{r.r_llc_loss:.2f}{' collinear' if r.collinear else ''}", g(r.p_llc_beyond_loss, 2),
-                     g(r.p_loss_beyond_llc, 2), g(r.loro_llc), g(r.loro_loss), g(r.loro_llc_loss),
+                     g(r.p_loss_beyond_llc, 2), g(r.rmse_loro_llc), g(r.rmse_loro_loss), g(r.rmse_loro_llc_loss),
                      f"{g(r.coef_llc_loss)} ({r.llc_direction})", BEST.get(r.best_across_runs, "–")])
     paragraph(pdf, " ".join(scope_sentence(scope, part) for scope, part in a.across_runs.groupby("scope", sort=False)),
               8.5, 4.2)
@@ -203,7 +203,7 @@ def appendix(pdf, a) -> None:
     pdf.add_page()
     heading(pdf, "Appendix: every form across runs, judged on runs left out")
     rows = [[r.scope, r.compressor, f"{r.epsilon:g}", str(int(r.n))]
-            + [f"{g(r[f'r2_{f}'], 2)} / {g(r[f'loro_{f}'])}" for f in FORMS] for _, r in a.across_runs.iterrows()]
+            + [f"{g(r[f'r2_{f}'], 2)} / {g(r[f'rmse_loro_{f}'])}" for f in FORMS] for _, r in a.across_runs.iterrows()]
     table(pdf, ["runs pooled", "method", "ε", "n"] + [f"{label}: R² / LORO" for label in FORMS.values()], rows,
           [40, 20, 9, 10] + [33] * len(FORMS), 7)
     paragraph(pdf, "OLS with HC3 errors over the pooled checkpoints in the window; log d (d the sampled parameters) "

@@ -38,11 +38,11 @@ def figure_pages(a, style: Style) -> list:
              "shared among its groups); a point per group, labelled; the line: the groups' OLS fit on λ̂_g/d_g, its "
              "R² and leave-one-group-out error in the title. Look for: the theory's direction (more λ̂ per parameter, "
              "less compressible) across the parts of one model, where training progress is the same for all.",
-             lambda comp=comp: per_group(a.groups, a.layers, comp, eps, style))
+             lambda comp=comp: per_group(a.groups, a.layer_predictors, comp, eps, style))
             for comp in style.methods if comp in set(a.groups.compressor)]
 
 
-def per_group(groups: pd.DataFrame, layers: pd.DataFrame, comp: str, eps: float, style: Style) -> plt.Figure:
+def per_group(groups: pd.DataFrame, predictors: pd.DataFrame, comp: str, eps: float, style: Style) -> plt.Figure:
     """Critical value against λ̂_g/d_g, one panel per checkpoint, a labelled point per group."""
     part = groups[(groups.compressor == comp) & (groups.epsilon == eps)]
     checkpoints = part[["model", "revision", "step"]].drop_duplicates()
@@ -57,15 +57,16 @@ def per_group(groups: pd.DataFrame, layers: pd.DataFrame, comp: str, eps: float,
         for row in one.itertuples():
             ax.annotate(label(row.weight_group), (row.llc_per_param, row.critical_value), fontsize=5,
                         xytext=(2, 2), textcoords="offset points")
-        fit = layers[(layers.model == point.model) & (layers.scope == point.revision) & (layers.compressor == comp)
-                     & (layers.epsilon == eps)]
+        fit = predictors[(predictors.model == point.model) & (predictors.scope == point.revision)
+                         & (predictors.compressor == comp) & (predictors.epsilon == eps)
+                         & (predictors.predictor == "llc_per_param")] if len(predictors) else predictors
         title = f"{short(point.model)}@{point.revision}"
-        if len(fit) and pd.notna(fit.coef_llc_per_param.iloc[0]):
+        if len(fit) and pd.notna(fit.coef.iloc[0]):
             f = fit.iloc[0]
             slope, intercept = np.polyfit(one.llc_per_param, one.critical_value, 1)
             xs = np.linspace(one.llc_per_param.min(), one.llc_per_param.max(), 2)
             ax.plot(xs, intercept + slope * xs, color=colour, linewidth=0.8)
-            title += f": R² {f.r2_llc_per_param:.2f}, LOGO {g(f.loo_llc_per_param)}"
+            title += f": R² {f.r2:.2f}, LOGO {g(f.rmse_logo)}"
         ax.set_title(title, fontsize=7)
         ax.set_xlabel("λ̂_g / d_g")
         ax.set_ylabel(f"critical {one.knob_name.iloc[0]}" if len(one) else "")
@@ -81,7 +82,7 @@ def sentence(layers: pd.DataFrame) -> str:
     decided = pooled[pooled.best.notna()]
     wins = ", ".join(f"{NAMES[k]} in {n}" for k, n in decided.best.value_counts().items())
     ways = ", ".join(f"{d} in {int((pooled.llc_direction == d).sum())}" for d in DIRECTIONS)
-    return (f"Inside checkpoints (the layer study, {int(pooled.groups.max())} weight groups a model at most): of "
+    return (f"Inside checkpoints (the layer study, {int(pooled.n_groups.max())} weight groups a model at most): of "
             f"{len(pooled)} run × method × ε, each group's critical value is best predicted on groups left out by "
             f"{wins or 'nothing (too few groups)'}; λ̂_g/d_g's coefficient: {ways} (layers page).")
 
@@ -91,13 +92,18 @@ def table_page(pdf, a) -> None:
     pdf.add_page()
     heading(pdf, "Inside checkpoints: which parts of a model compress, and does λ̂_g say which?", 13)
     paragraph(pdf, sentence(a.layers), 8.5, 4.2)
-    pooled = a.layers[a.layers.scope == "pooled"] if (a.layers.scope == "pooled").any() else a.layers
-    rows = [[short(r.model), r.scope, r.compressor, f"{r.epsilon:g}", f"{int(r.groups)} ({int(r.checkpoints)})"]
-            + [f"{g(r[f'r2_{p}'], 2)} / {g(r[f'loo_{p}'])}" for p in PREDICTORS]
-            + [f"{g(r.coef_llc_per_param, 2)} [{g(r.coef_low_llc_per_param, 2)}, {g(r.coef_high_llc_per_param, 2)}]",
-               g(r.p_llc_beside_size, 2), r.llc_direction,
-               NAMES.get(r.best, f"too few groups ({int(r.groups)})" if r.groups < MIN_UNITS else "–")]
-            for _, r in pooled.iterrows()]
+    scope = "pooled" if (a.layers.scope == "pooled").any() else None
+    pooled = a.layers[a.layers.scope == scope] if scope else a.layers
+    figures = a.layer_predictors.set_index(["model", "scope", "compressor", "epsilon", "predictor"])
+    rows = []
+    for _, r in pooled.iterrows():
+        own = {p: figures.loc[(r.model, r.scope, r.compressor, r.epsilon, p)] for p in PREDICTORS}
+        per_param = own["llc_per_param"]
+        rows.append([short(r.model), r.scope, r.compressor, f"{r.epsilon:g}", f"{int(r.n_groups)} ({int(r.n_checkpoints)})"]
+                    + [f"{g(own[p].r2, 2)} / {g(own[p].rmse_logo)}" for p in PREDICTORS]
+                    + [f"{g(per_param.coef, 2)} [{g(per_param.coef_ci_low, 2)}, {g(per_param.coef_ci_high, 2)}]",
+                       g(own["log_params"].p_llc_beside, 2), r.llc_direction,
+                       NAMES.get(r.best, f"too few groups ({int(r.n_groups)})" if r.n_groups < MIN_UNITS else "–")])
     table(pdf, ["run", "checkpoints", "method", "ε", "groups (ckpts)"] + [f"{v}: R² / LOGO" for v in PREDICTORS.values()]
           + ["β on λ̂_g/d_g [95% CI]", "p beyond d_g", "direction", "best on unseen groups"], rows,
           [28, 20, 14, 9, 17, 27, 27, 27, 40, 14, 24, 26], 7)

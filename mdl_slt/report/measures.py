@@ -24,15 +24,17 @@ COST = {"llc": "llc", "llc_per_param": "llc", "redundancy": "llc", "loss": "loss
 METHODS = {"uniform": "uniform", "hawq": "HAWQ (tr H)", "llc": "λ̂_g/d_g", "fisher": "Fisher", "oracle": "oracle"}
 
 
-def candidates(frame: pd.DataFrame, names: dict) -> list[str]:
-    return [n for n in names if f"loo_{n}" in frame and frame[f"loo_{n}"].notna().any()]
+def candidates(figures: pd.DataFrame, error: str, names: dict) -> list[str]:
+    """The predictors among `names` with an error on unseen units somewhere."""
+    scored = set(figures[figures[error].notna()].predictor)
+    return [n for n in names if n in scored]
 
 
 def seconds(a, name: str, per_group: bool = False) -> str:
     """A predictor's cost: seconds per checkpoint, or for the refined λ̂ per group."""
     key = "llc_group" if per_group and name in ("llc", "llc_per_param") else COST.get(name)
     value = a.costs.set_index("measure").seconds.get(key)
-    return "0" if name in ("tokens", "size") else ("–" if value is None else f"{value:.3g} s")
+    return "0" if name in ("tokens", "log_params") else ("–" if value is None else f"{value:.3g} s")
 
 
 def sentence(a) -> str:
@@ -50,30 +52,32 @@ def sentence(a) -> str:
                      + ", ".join(f"{d} in {int((rows.llc_direction_beside == d).sum())}" for d in
                                  ("as theory", "against theory", "unclear")) + ".")
     if len(a.allocations):
-        medians = a.allocations.groupby("allocation_method")[["bits_vs_uniform", "bits_vs_oracle"]].median()
+        medians = a.allocations.groupby("allocation_method")[["dl_vs_uniform", "dl_vs_oracle"]].median()
         parts.append("Allocations within ε (median bits against uniform's / the oracle's): " + "; ".join(
-            f"{METHODS[m]} {r.bits_vs_uniform:.3f} / {r.bits_vs_oracle:.3f}" for m, r in medians.iterrows()) + ".")
+            f"{METHODS[m]} {r.dl_vs_uniform:.3f} / {r.dl_vs_oracle:.3f}" for m, r in medians.iterrows()) + ".")
     return " ".join(parts) + (" (measures page)" if parts else "")
 
 
-def tournament_table(pdf, a, frame: pd.DataFrame, names: dict, error: str, per_group: bool) -> None:
+def tournament_table(pdf, a, answers: pd.DataFrame, figures: pd.DataFrame, names: dict, error: str,
+                     per_group: bool) -> None:
     """Rows: the predictors with their cost; columns: each method and ε, the error on unseen units (the
-    best marked *); pooled scopes only."""
-    shown = candidates(frame, names)
-    keys = list(frame[["compressor", "epsilon"]].drop_duplicates().itertuples(index=False, name=None))
+    median over the pools or runs there are; * the best of that many of them)."""
+    shown = candidates(figures, error, names)
+    keys = list(answers[["compressor", "epsilon"]].drop_duplicates().itertuples(index=False, name=None))
     rows = []
     for name in shown:
         cells = []
         for comp, eps in keys:
-            part = frame[(frame.compressor == comp) & (frame.epsilon == eps)]
-            wins = int((part.best == name).sum())
-            cells.append(f"{g(part[f'loo_{name}'].median())}{'*' * min(wins, 3)}")
+            own = figures[(figures.compressor == comp) & (figures.epsilon == eps) & (figures.predictor == name)]
+            wins = int(((answers.compressor == comp) & (answers.epsilon == eps) & (answers.best == name)).sum())
+            cells.append(f"{g(own[error].median())}{'*' * min(wins, 3)}")
         rows.append([names[name], seconds(a, name, per_group), *cells])
     table(pdf, ["predictor", "cost"] + [f"{c} ε {e:g}" for c, e in keys], rows,
           [30, 18] + [min(26, 229 / max(1, len(keys)))] * len(keys), 7)
-    paragraph(pdf, f"Cells: the {error} (knob units; the median over the {'runs' if per_group else 'pools'} where there "
-                   "are several); * the best predictor of that many of them. Cost: seconds per checkpoint on this "
-                   "machine (the refined λ̂: per group).", 7, 3.6)
+    paragraph(pdf, f"Cells: the {'leave-one-group-out' if per_group else 'leave-one-run-out'} RMSE (knob units; the "
+                   f"median over the {'runs' if per_group else 'pools'} where there are several); * the best predictor "
+                   "of that many of them. Cost: seconds per checkpoint on this machine (the refined λ̂: per group).",
+              7, 3.6)
 
 
 def page(pdf, a) -> None:
@@ -84,7 +88,7 @@ def page(pdf, a) -> None:
     if len(a.measures):
         paragraph(pdf, "Across runs: each predictor alone (with log d where the pool holds several sizes), judged on "
                        "runs left out.", 8.5, 4.2)
-        tournament_table(pdf, a, a.measures, ACROSS, "leave-one-run-out RMSE", False)
+        tournament_table(pdf, a, a.measures, a.measure_predictors, ACROSS, "rmse_loro", False)
         for comp, part in a.measures.groupby("compressor", sort=False):
             other = part.best_other.dropna()
             paragraph(pdf, f"{comp}: the best measure that is not λ̂ is {', '.join(ACROSS[b] for b in other)} at ε "
@@ -92,12 +96,18 @@ def page(pdf, a) -> None:
                            f"{int(part.llc_adds.fillna(False).astype(bool).sum())} of {len(part)}, its coefficient "
                            + ", ".join(part.llc_direction_beside) + ".", 7.5, 3.8)
     if len(a.layers):
-        pooled = a.layers[a.layers.scope == "pooled"] if (a.layers.scope == "pooled").any() else a.layers
+        scope = "pooled" if (a.layers.scope == "pooled").any() else None
+        keep = (lambda t: t[t.scope == scope]) if scope else (lambda t: t)
         paragraph(pdf, "Inside checkpoints: each predictor over a run's weight groups, judged on groups left out.",
                   8.5, 4.2)
-        tournament_table(pdf, a, pooled, WITHIN, "leave-one-group-out RMSE", True)
+        tournament_table(pdf, a, keep(a.layers), keep(a.layer_predictors), WITHIN, "rmse_logo", True)
     if len(a.allocations):
         allocation_table(pdf, a)
+
+
+def se(error: float, bits: float) -> str:
+    """A standard error in kB, 0 where it is below a millionth of the bits (rounding, not spread)."""
+    return "0" if not error > 1e-6 * bits else g(error / 8e3, 2)
 
 
 def allocation_table(pdf, a) -> None:
@@ -107,8 +117,9 @@ def allocation_table(pdf, a) -> None:
     for (model, revision, comp, eps), part in t.groupby(["model", "revision", "compressor", "epsilon"], sort=False):
         own = part.set_index("allocation_method")
         rows.append([f"{short(model)}@{revision}", comp, f"{eps:g}"] + [
-            "none passes" if pd.isna(own.bits.get(m)) else
-            f"{own.bits[m] / 8e3:.1f} ± {g(own.bits_se[m] / 8e3, 2)} ({own.bits_vs_uniform[m]:.3f})" for m in methods])
+            "none passes" if pd.isna(own.dl_bits.get(m)) else
+            f"{own.dl_bits[m] / 8e3:.1f} ± {se(own.dl_bits_se[m], own.dl_bits[m])} ({own.dl_vs_uniform[m]:.3f})"
+            for m in methods])
     paragraph(pdf, "Allocations: per-group knob values within ε, each scaled on the measured loss of the whole model.",
               8.5, 4.2)
     table(pdf, ["checkpoint", "method", "ε"] + [METHODS[m] for m in methods], rows,
@@ -146,7 +157,7 @@ def allocation_figure(t: pd.DataFrame) -> plt.Figure:
                 continue
             values = [row.allocation.iloc[0].get(gr, np.nan) for gr in groups]
             ax.bar(np.arange(len(groups)) + i * width, values, width,
-                   label=f"{METHODS[m]} {row.bits.iloc[0] / 8e3:.0f} kB")
+                   label=f"{METHODS[m]} {row.dl_bits.iloc[0] / 8e3:.0f} kB")
         ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, [gr.removeprefix("block") for gr in groups],
                       rotation=60, ha="right", fontsize=5)
         ax.set_title(f"{short(panel.model)}@{panel.revision} {panel.compressor}, ε = {eps:g}", fontsize=7)

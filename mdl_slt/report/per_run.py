@@ -60,7 +60,7 @@ def table_page(pdf, a, summary: bool = False) -> None:
                      f"{f.r_squared:.2f}" if fitted else "too few",
                      f"{f.slope:.3g} [{f.slope_ci_low:.3g}, {f.slope_ci_high:.3g}]" if fitted else "–",
                      f"{f.eiv_slope:.3g} [{f.eiv_slope_ci_low:.3g}, {f.eiv_slope_ci_high:.3g}]" if eiv else "–",
-                     g(f.loo_rmse) if fitted else "–", against, f"{f.converged_share:.0%}"])
+                     g(f.rmse_loco) if fitted else "–", against, f"{f.converged_share:.0%}"])
     table(pdf, ["model", "method", "ε", "n", "R²", "slope β [95% CI]", "errors in both [95% CI]", "LOO error",
                 "best LOO; p(λ̂ | loss)", "converged"], rows, [34, 20, 10, 8, 12, 50, 50, 18, 48, 18],
           size=7 if len(rows) > 24 else 8)
@@ -99,7 +99,7 @@ def appendix(pdf, a) -> None:
     for _, f in in_order(both, a).iterrows():
         rows.append([short(f.model), f.compressor, f"{f.epsilon:g}"] + [
             g(f.get(f"{k}{s}")) if k != "n" else str(int(f.get(f"n{s}")))
-            for s in ("", "_all") for k in ("n", "r_squared", "slope", "spearman_rho", "loo_rmse")])
+            for s in ("", "_all") for k in ("n", "r_squared", "slope", "spearman_rho", "rmse_loco")])
     table(pdf, ["model", "method", "ε", "n", "R²", "β", "ρ", "LOO", "n (all)", "R² (all)", "β (all)", "ρ (all)",
                 "LOO (all)"], rows, [34, 26, 12, 10, 16, 22, 16, 18, 16, 18, 22, 18, 20], 7)
     if len(a.baselines):
@@ -108,7 +108,7 @@ def appendix(pdf, a) -> None:
         rows = []
         for _, b in in_order(a.baselines, a).iterrows():
             rows.append([short(b.model), b.compressor, f"{b.epsilon:g}", str(int(b.n))]
-                        + [g(b[f"{k}_{p}"]) for p in ("llc", "loss", "tokens") for k in ("r2", "loo")]
+                        + [g(b[f"{k}_{p}"]) for p in ("llc", "loss", "tokens") for k in ("r2", "rmse_loco")]
                         + [g(b.r_llc_loss, 2), g(b.p_llc_beyond_loss, 2), g(b.p_loss_beyond_llc, 2)])
         table(pdf, ["model", "method", "ε", "n", "R² λ̂", "LOO λ̂", "R² loss", "LOO loss", "R² tokens", "LOO tokens",
                     "r(λ̂, L)", "p λ̂ | L", "p L | λ̂"], rows, [32, 26, 12, 10, 18, 20, 18, 20, 20, 22, 20, 20, 20], 7)
@@ -118,7 +118,7 @@ def appendix(pdf, a) -> None:
     if "p_same_line" in a.pooled:
         pdf.ln(3)
         heading(pdf, "Across sizes: does one line serve all?", 11)
-        rows = [[p.compressor, f"{p.epsilon:g}", str(int(p.n)), str(int(p.models)), g(p.get("r2_common")),
+        rows = [[p.compressor, f"{p.epsilon:g}", str(int(p.n)), str(int(p.n_models)), g(p.get("r2_common")),
                  g(p.get("r2_separate")), g(p.get("p_same_line")), g(p.get("p_same_slope")),
                  g(p.get("r2_per_param"))] for _, p in a.pooled.iterrows()]
         table(pdf, ["method", "ε", "n", "sizes", "R² one line", "R² per size", "p (one line)", "p (equal slopes)",
@@ -133,7 +133,7 @@ def methods_compared(fits: pd.DataFrame, style: Style) -> plt.Figure:
     error: which family tracks λ̂, and how the answer changes with size."""
     epsilons = sorted(fits.epsilon.unique())
     metrics = [("r_squared", "R² of c* on λ̂"), ("slope_t", "slope / its standard error"),
-               ("loo_rmse", "leave-one-out error (knob units)")]
+               ("rmse_loco", "leave-one-out error (knob units)")]
     fits = fits.assign(slope_t=fits.slope / fits.slope_se) if "slope" in fits else fits
     fig, axes = figure(len(metrics), len(epsilons), sharex=True)
     positions = {m: i for i, m in enumerate(style.methods)}

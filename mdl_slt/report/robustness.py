@@ -18,17 +18,17 @@ def sentence(robust: pd.DataFrame) -> str:
     if not len(changed):
         return head + "every fit kept its slope's sign and significance and its 'λ̂ beyond the loss' verdict under all of them."
     return head + "the answer did not hold under " + "; ".join(
-        f"{r.setting} ({r.fits - r.slopes_kept} slopes and {r.fits - r.verdicts_kept} verdicts of {r.fits} fits changed"
-        + (f"; every chain diverged on {r.failed} checkpoints" if r.failed else "") + ")"
+        f"{r.setting} ({r.n_fits - r.n_slopes_kept} slopes and {r.n_fits - r.n_verdicts_kept} verdicts of {r.n_fits} "
+        f"fits changed" + (f"; every chain diverged on {r.n_failed} checkpoints" if r.n_failed else "") + ")"
         for r in changed.itertuples()) + " (robustness page)."
 
 
 def page(pdf, a) -> None:
     pdf.add_page()
     heading(pdf, "Robustness: the answer under other sampler settings")
-    rows = [[r.setting, str(r.checkpoints), str(r.failed), g(r.tau_median, 2), g(r.tau_min, 2),
-             f"{r.slopes_kept} / {r.fits}", f"{r.verdicts_kept} / {r.fits}", str(r.diverged_chains), str(r.unconverged),
-             "yes" if r.held else "no"] for r in a.robust.itertuples()]
+    rows = [[r.setting, str(r.n_checkpoints), str(r.n_failed), g(r.tau_median, 2), g(r.tau_min, 2),
+             f"{r.n_slopes_kept} / {r.n_fits}", f"{r.n_verdicts_kept} / {r.n_fits}", str(r.n_diverged_chains),
+             str(r.n_unconverged), "yes" if r.held else "no"] for r in a.robust.itertuples()]
     table(pdf, ["setting (× main)", "measured", "all chains diverged", "Kendall τ (median)", "τ (least)",
                 "slopes kept", "verdicts kept", "diverged chains", "unconverged", "answer held"], rows,
           [36, 20, 28, 28, 20, 24, 24, 26, 24, 22], 8)

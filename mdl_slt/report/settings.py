@@ -42,8 +42,8 @@ def page(pdf, a) -> None:
             pdf.multi_cell(0, 3.6, f"{name}: {json.dumps(block)}", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)
     if len(a.left_out):
-        total = int(a.left_out.rows.sum())
-        groups = "; ".join(f"{int(r.rows)} {r.task} rows of {r.experiment} (config {r.config_hash}: {r.why})"
+        total = int(a.left_out.n_rows.sum())
+        groups = "; ".join(f"{int(r.n_rows)} {r.task} rows of {r.experiment} (config {r.config_hash}: {r.why})"
                            for r in a.left_out.itertuples())
         paragraph(pdf, f"Left out: {total} rows of the store measured with other settings, by other experiments or "
                        f"on older bytes of a checkpoint ({groups}); they are in the store and in the left-out CSV, "
@@ -63,7 +63,7 @@ def precision_line(t: pd.DataFrame) -> str:
             "knob units. ")
     if not len(noisy):
         return text + "Every one is within its search precision."
-    worst = noisy.sequences_needed.max()
+    worst = noisy.n_sequences_needed.max()
     per = "; ".join(f"{c} {n}" for c, n in noisy.groupby("compressor").size().items())
     return text + (f"{len(noisy)} of {len(known)} exceed their search precision ({per}); the worst would need "
                    f"{int(worst):,} evaluation sequences to come under it (data.eval_sequences).")
