@@ -1,7 +1,9 @@
 import json
+import math
 
 import pytest
 
+from mdl_slt.llc.calibrate import Setting, recommend
 from tests.conftest import run_cli
 
 
@@ -71,10 +73,25 @@ def test_critical_json_takes_several_epsilons(tiny_suite):
     assert out["n_evaluations"] >= 3
     for p in points:  # each critical value with its standard error over the held-out sequences
         assert p["knob_se"] is not None and p["knob_se"] >= 0
-        noisy = p["knob_se"] > out["precision"]
-        assert (p["sequences_needed"] is not None) == noisy
-        if noisy:  # errors fall as 1/√n: that many sequences bring this one under the precision
-            assert p["sequences_needed"] * out["precision"] ** 2 >= out["n_sequences"] * p["knob_se"] ** 2 * 0.999
+        assert (p["sequences_needed"] is not None) == (p["knob_se"] > out["precision"])
+
+
+@pytest.mark.parametrize("precision", [0.001, 16.0])
+def test_critical_says_how_many_sequences_bring_its_error_under_the_precision(tiny_suite, precision):
+    """A precision finer than every error: each point names the sequences that would meet it (errors
+    fall as 1/√n, so n·(se/precision)², rounded up); one coarser than the knob's range: none does."""
+    home, _ = tiny_suite
+    done = run_cli("critical", "mdl-slt/tiny-a@step24", "--compressor", "rtn", "--epsilon", "0.05", "0.2",
+                   "--precision", str(precision), "--json", home=home)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["precision"] == precision
+    for p in out["critical"]:
+        if precision < 1:
+            assert p["knob_se"] > precision
+            assert p["sequences_needed"] == math.ceil(out["n_sequences"] * (p["knob_se"] / precision) ** 2)
+        else:
+            assert p["knob_se"] < precision and p["sequences_needed"] is None
 
 
 def test_compressors_lists_the_registry():
@@ -120,9 +137,12 @@ def test_llc_calibrate_recommends_and_plots(tiny_suite, tmp_path):
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert len(out["settings"]) == 18 and plot.read_bytes()[:4] == b"\x89PNG"
-    stable = [(s["step_size"], s["n_beta"]) for s in out["settings"] if s["stable"]]
-    assert (out["recommended"] is None) == (not stable)
-    assert out["recommended"] is None or (out["recommended"]["step_size"], out["recommended"]["n_beta"]) in stable
+    settings = [Setting(**{k: s[k] for k in Setting.__dataclass_fields__ if k != "trace"}, trace=[])
+                for s in out["settings"]]
+    assert any(s.stable for s in settings)  # the tiny model has a plateau of stable steps at nβ = 30
+    chosen = recommend(settings)  # the rule of docs/science.md, applied to what the sweep printed
+    assert chosen is not None and chosen.stable
+    assert out["recommended"] == {"step_size": chosen.step_size, "n_beta": chosen.n_beta}
 
 
 BAD = [("noise", "draws=0", "option draws=0 is not allowed"),

@@ -13,7 +13,7 @@ def test_demo_file_validates():
 
     exp = load_experiment(DEMO)
     spec = SuiteSpec()
-    assert exp.name == "demo" and exp.report == Path("reports/demo.pdf")
+    assert exp.name == "demo" and exp.report == (DEMO.parent.parent / "reports" / "demo.pdf").resolve()  # from the file
     assert {m.id for m in exp.models} <= {spec.model_id(m) for m in spec.all_models()}
     assert {spec.model_id(m) for m in spec.models} <= {m.id for m in exp.models}  # the three sizes, and variants
     assert exp.critical.compressors[0].name == "rtn" and exp.critical.epsilons == [0.02, 0.05, 0.1]

@@ -1,7 +1,6 @@
 """Weight groups: the reader, the refined LLC of one group against known answers, every compressor
 restricted to one group, and the keys of the layer study's tasks."""
 
-import math
 
 import pytest
 import torch

@@ -47,6 +47,9 @@ def test_runs_driven_by_the_loss_pick_the_loss():
     row = across_runs(table)[0].iloc[0]
     assert row.best_across_runs == "loss" and row.rmse_loro_loss < row.rmse_loro_llc
     assert row.p_loss_beyond_llc < 1e-6 and row.p_llc_beyond_loss > 0.001
+    se = (row.coef_ci_high_loss - row.coef_ci_low_loss) / (2 * stats.t.ppf(0.975, row.n - 2))
+    assert abs(row.coef_loss + 10) <= 3 * se and row.coef_ci_high_loss < 0  # c* = 10·(4.5 − L): −10 per nat
+    assert row.coef_loss_beyond_llc == pytest.approx(-10, abs=3 * se)
 
 
 def test_log_d_carries_an_offset_per_size_and_each_size_with_two_runs_is_its_own_scope():

@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
+from mdl_slt.results import results
 from tests.conftest import TINY, run_cli
 
 EXPERIMENT = """
@@ -48,12 +51,13 @@ def test_failed_unit_is_recorded_and_the_others_go_on(tiny_suite, tmp_path):
     status = run_cli("status", tmp_path / "partial.sqlite", home=home)
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
-    assert any(l.startswith("failed") and "step999" in l and "cannot load checkpoint" in l for l in lines)
+    assert any(line.startswith("failed") and "step999" in line and "mdl-slt/tiny-a has no revision step999: the suite holds "
+               "step0, step1, step2, step4, step8, step16, step24" in line for line in lines)
     assert lines[-1] == "resume: 2 done, 1 failed, 0 pending of 3"
     keys = records(tmp_path / "partial.sqlite")
     assert keys and not any("step999" in k for k in keys)  # nothing half-written for the failed unit
     log = (tmp_path / "partial.log").read_text()
-    assert "failed mdl-slt/tiny-a@step999 base_loss: cannot load checkpoint" in log
+    assert "failed mdl-slt/tiny-a@step999 base_loss: mdl-slt/tiny-a has no revision step999" in log
     assert "done mdl-slt/tiny-a@step24 critical:rtn" in log
     # the run's output is a log, not a terminal: one plain line per finished checkpoint, with counts and an ETA
     progress = [line for line in done.stderr.splitlines() if line.startswith("[")]
@@ -312,6 +316,20 @@ def test_a_run_over_local_model_directories_writes_its_report(tiny_suite, tmp_pa
     done = run_cli("run", path, home=home)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "local.pdf").read_bytes().startswith(b"%PDF") and "report" in done.stderr
+    # the same bytes under the suite's names measure the same: a directory is a checkpoint like any other
+    named = tmp_path / "named.yaml"
+    named.write_text(EXPERIMENT.format(step_size="1.0e-4", store=tmp_path / "named.sqlite",
+                                       revisions="[step4, step8, step16, step24]").replace("tiny-a", "tiny-b"))
+    assert run_cli("run", named, home=home).returncode == 0
+    columns = ["step", "epsilon", "base_loss", "llc_mean", "llc_std_error", "critical_value", "critical_dl_bits"]
+    local = results(tmp_path / "local.sqlite")
+    assert sorted(local.model.unique()) == sorted(str(d) for d in dirs) and sorted(local.step.unique()) == [4, 8, 16, 24]
+    assert local[columns].notna().all().all() and len(local) == 8  # 4 checkpoints × 2 ε
+    by_name = results(tmp_path / "named.sqlite")
+    pd.testing.assert_frame_equal(local.sort_values(["step", "epsilon"])[columns].reset_index(drop=True),
+                                  by_name.sort_values(["step", "epsilon"])[columns].reset_index(drop=True))
+    text = subprocess.run(["pdftotext", str(tmp_path / "local.pdf"), "-"], capture_output=True, text=True).stdout
+    assert all(d.name in text for d in dirs)  # each directory is named in the report
 
 
 def test_a_checkpoint_rebuilt_with_other_bytes_is_measured_again(tiny_suite, tmp_path):

@@ -93,7 +93,11 @@ def test_one_shot_robustness_prints_each_setting_beside_the_main(tiny_suite, tmp
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert [r["setting"] for r in out["robustness"]] == ["step_size×3", "batch_size×2"]
-    for row in out["robustness"]:
+    # each setting's λ̂ is the λ̂ measured at that setting on its own (same seed): the setting was applied
+    for row, flag in zip(out["robustness"], (["--step-size", repr(1.0e-4 * 3)], ["--batch-size", "16"])):
+        alone = run_cli("llc", "mdl-slt/tiny-a@step24", "--json", "--experiment", path, *flag, home=home)
+        assert alone.returncode == 0, alone.stderr
+        assert row["llc_mean"] == json.loads(alone.stdout)["llc_mean"] != out["llc_mean"]
         assert row["ratio"] == pytest.approx(row["llc_mean"] / out["llc_mean"]) and row["llc_std_error"] > 0
     text = run_cli("llc", "mdl-slt/tiny-a@step24", "--robustness", "--experiment", path, home=home)
     assert text.returncode == 0 and "step_size×3" in text.stdout and "× the main λ̂" in text.stdout

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mdl_slt.errors import UserError
-from mdl_slt.ground_truth import crossing_expectation, deep_linear, deep_linear_cases, deep_linear_task, normal_crossing
+from mdl_slt.ground_truth import crossing_expectation, deep_linear_cases, normal_crossing
 from mdl_slt.llc.batches import mse_loss
 from mdl_slt.llc.config import LLCConfig
 from mdl_slt.llc.sampling import estimate_llc
@@ -103,42 +103,25 @@ def test_float_data_needs_a_loss_function():
     assert estimate_llc(model, data, config).llc_per_chain == estimate_llc(model, data, config, mse_loss).llc_per_chain
 
 
-DLN_SAMPLER = LLCConfig(step_size=1e-5, n_beta="auto", localization=1.0, num_chains=4, num_draws=3000,
-                        num_burnin=1500, batch_size=500, seed=0)
+STATED = [186.5, 252.6, 489.4, 729.5, 2003.7, 3040.9, 7004.9, 4707.4]  # the README's λ̂ of the first eight networks
 
 
-def dln_relative_error(widths, rank, config=DLN_SAMPLER):
-    model, data, loss = deep_linear_task(widths, rank, 10_000, seed=1)
-    result = estimate_llc(model, data, config, loss)
-    truth = deep_linear(widths, rank)
-    return (result.llc_mean - truth) / truth, result, truth
-
-
-@pytest.mark.parametrize("widths,rank", [([20, 30, 40, 20], 5), ([30, 50, 40, 30], 10)])
-def test_deep_linear_networks_match_aoyagi(widths, rank):
-    error, result, truth = dln_relative_error(widths, rank, DLN_SAMPLER.model_copy(update={"num_draws": 2000,
-                                                                                           "num_burnin": 1000}))
-    assert abs(error) < 0.10, f"λ̂ {result.llc_mean:.1f} vs λ {truth:.1f}"
-    assert result.vectorized and result.r_hat < 1.2
-
-
-@pytest.mark.slow
-def test_deep_linear_networks_at_the_recommended_settings():
-    """The accuracy bench's first eight networks (0.9k–108k parameters, 2–5 layers) at its
-    recommended settings (bench/llc_accuracy.py: BAOAB, exact gradients, n = 10⁶, γ = 100): every
-    chain set converged (R̂ ≤ 1.1), mean relative error at most 5%, each within 10%."""
+@pytest.mark.parametrize("case", range(8))
+def test_deep_linear_networks_at_the_recommended_settings(case):
+    """The accuracy bench's first eight networks (0.9k–108k parameters, 2–5 layers) at the
+    recommended settings (bench/llc_accuracy.py: BAOAB, exact gradients, n = 10⁶, γ = 100) give the
+    README's table: converged by the code's own rule (R̂ ≤ 1.05, ESS, relaxation), and λ̂ within 3
+    of its standard errors (plus the table's rounding) of the λ̂ the table states, so the stated
+    errors against Aoyagi's λ (mean 2.5%, worst 6.0%) hold as written."""
     import sys
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent.parent / "bench"))
     from llc_accuracy import run_case
 
-    errors = []
-    for widths, rank in deep_linear_cases(11)[:8]:
-        result, truth = run_case(widths, rank)
-        errors.append(abs(result.llc_mean / truth - 1))
-        print(f"{widths} r={rank}: error {errors[-1]:.1%}, R̂ {result.r_hat:.3f}, {result.steps} steps")
-        assert result.r_hat <= 1.1, f"{widths}: R̂ {result.r_hat:.3f}"
-    assert sum(errors) / len(errors) <= 0.05 and max(errors) <= 0.10
+    widths, rank = deep_linear_cases(11)[case]
+    result, truth = run_case(widths, rank)
+    assert result.converged and result.r_hat <= result.config["target_r_hat"] == 1.05, result.r_hat
+    assert abs(result.llc_mean - STATED[case]) <= 3 * result.llc_std_error + 0.05, (result.llc_mean, truth)
 
 
 def test_normal_crossing_potential():

@@ -1,5 +1,4 @@
 import json
-import time
 
 import pytest
 import torch
@@ -69,12 +68,14 @@ def test_tiny_suite_loads_by_revision_offline(tiny_suite):
     assert by_step[TINY.train_steps]["train_loss"] < by_step[1]["train_loss"]  # training learned something
 
 
-def test_suite_build_is_reused(tiny_suite):
+def test_suite_build_is_reused(tiny_suite, monkeypatch):
+    """A built suite is a manifest read: nothing is trained or locked again."""
+    import mdl_slt.suite
+
     home, manifest = tiny_suite
-    start = time.perf_counter()
-    again = build_suite(home, TINY)
-    assert again == manifest
-    assert time.perf_counter() - start < 5  # a manifest read, not a rebuild
+    monkeypatch.setattr(mdl_slt.suite, "_build", lambda *args: pytest.fail("a built suite was trained again"))
+    monkeypatch.setattr("mdl_slt.files.locked", lambda path: pytest.fail(f"{path} was locked"))
+    assert build_suite(home, TINY) == manifest
 
 
 def test_variant_is_built_on_demand_with_its_own_training(tiny_suite):

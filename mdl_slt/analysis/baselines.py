@@ -9,7 +9,7 @@ checkpoints as the fit on λ̂, the line of the critical value on each predictor
     tokens  log(1 + tokens seen), or log(1 + step) where tokens are unknown
 
 with its R², slope and 95% interval (OLS, HC3) and leave-one-checkpoint-out RMSE; the nested tests
-in c* = α + β_L·L + β_λ·λ̂,
+in c* = α + β_L·L + β_λ·λ̂ (β_λ: λ̂'s coefficient at equal loss, its sign the direction),
 
     λ̂ beyond the loss   H0: β_λ = 0        the loss beyond λ̂   H0: β_L = 0
 
@@ -30,6 +30,7 @@ from mdl_slt.analysis.tables import GROUP
 
 PREDICTORS = {"llc": "λ̂", "loss": "held-out loss", "tokens": "log tokens seen"}
 COLLINEAR = 0.9
+SEPARATION = ("coef_llc_beyond_loss", "p_llc_beyond_loss", "coef_loss_beyond_llc", "p_loss_beyond_llc")
 
 
 def hc3(X, y) -> tuple[np.ndarray, np.ndarray] | None:
@@ -96,17 +97,18 @@ def compare(group: pd.DataFrame, on_llc, on_loss) -> dict:
 
 
 def separation(y, llc, loss, covariates=(), min_points: int = 4) -> dict:
-    """Can these checkpoints tell λ̂ from the loss? r(λ̂, L) with the collinearity flag, and the
-    nested HC3 Wald tests of each in c* = α + β_L·L + γ·covariates + β_λ·λ̂ (module docstring);
-    NaN below `min_points` points or for a constant λ̂ or loss."""
+    """Can these checkpoints tell λ̂ from the loss? r(λ̂, L) with the collinearity flag, and in
+    c* = α + β_L·L + γ·covariates + β_λ·λ̂ each coefficient (β_λ: λ̂'s at equal loss, β_L: the
+    loss's at equal λ̂) with its nested HC3 Wald test (module docstring); NaN below `min_points`
+    points or for a constant λ̂ or loss."""
     y, llc, loss = (np.asarray(v, float) for v in (y, llc, loss))
     if not (len(y) >= min_points and np.ptp(llc) > 0 and np.ptp(loss) > 0):
-        return {"r_llc_loss": math.nan, "collinear": False, "p_llc_beyond_loss": math.nan,
-                "p_loss_beyond_llc": math.nan}
+        return {"r_llc_loss": math.nan, "collinear": False, **dict.fromkeys(SEPARATION, math.nan)}
     r = float(np.corrcoef(llc, loss)[0, 1])
     design = np.column_stack([np.ones(len(y)), loss, *covariates, llc])
-    return {"r_llc_loss": r, "collinear": abs(r) > COLLINEAR, "p_llc_beyond_loss": hc3_wald(design, y, -1)[1],
-            "p_loss_beyond_llc": hc3_wald(design, y, 1)[1]}
+    (coef_llc, p_llc), (coef_loss, p_loss) = hc3_wald(design, y, -1), hc3_wald(design, y, 1)
+    return {"r_llc_loss": r, "collinear": abs(r) > COLLINEAR, "coef_llc_beyond_loss": coef_llc,
+            "p_llc_beyond_loss": p_llc, "coef_loss_beyond_llc": coef_loss, "p_loss_beyond_llc": p_loss}
 
 
 def baselines(lines: dict, loss_lines: dict) -> pd.DataFrame:
@@ -125,7 +127,7 @@ def verdict(row) -> str:
         beyond = f"λ̂ and the loss move together (r = {row['r_llc_loss']:.2f}): these checkpoints cannot separate them"
     elif math.isfinite(row["p_llc_beyond_loss"]):
         beyond = ("λ̂ adds to the loss" if row["p_llc_beyond_loss"] < 0.05 else "λ̂ adds nothing detectable to the loss") + \
-            f" (p = {row['p_llc_beyond_loss']:.2g})"
+            f" (at equal loss {row['coef_llc_beyond_loss']:+.3g} per unit of λ̂, p = {row['p_llc_beyond_loss']:.2g})"
     else:
         beyond = "the nested test is undefined"
     return f"best out of sample: {best}; {beyond}"

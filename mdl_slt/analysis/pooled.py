@@ -89,7 +89,9 @@ def compare_runs(group: pd.DataFrame, sign: int | None = None) -> tuple[dict, di
                 lines[form] = line
         row.update({f"{key.replace('rmse', 'rmse_loro')}_{form}": value for key, value in figures.items()})
     covariates = [np.log(group.llc_params.to_numpy(float))] if sizes >= 2 else []
-    row.update(separation(y, group.llc_mean, group.base_loss, covariates, min_points=5))
+    apart = separation(y, group.llc_mean, group.base_loss, covariates, min_points=5)
+    apart.pop("coef_llc_beyond_loss")  # the llc_loss form's coefficient, with its interval
+    row.update(apart)
     scored = {form: row[f"rmse_loro_{form}"] for form in FORMS
               if form != "llc_loss" and math.isfinite(row[f"rmse_loro_{form}"])}
     row["best_across_runs"] = min(scored, key=scored.get) if scored else None

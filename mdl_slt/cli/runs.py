@@ -114,10 +114,15 @@ def validate(experiment_file: Path = typer.Argument(..., help="Experiment file (
         print(f"  {model}: {len(revisions)} ({revisions[0]} … {revisions[-1]})")
     tasks = Tasks(resolve_device(chosen))
     kinds: dict[str, int] = {}
+    whole: dict[str, None] = {}  # the tasks' names, in order, each group's tasks once under its first name
+    groups: dict[str, set] = {}
     for unit in units:
         for task in tasks.for_unit(unit):
             kinds[task.kind] = kinds.get(task.kind, 0) + 1
-    print(f"tasks: {sum(kinds.values())} ({', '.join(f'{n} {k}' for k, n in kinds.items())})")
+            name, _, group = task.name.partition("@")
+            (groups.setdefault(name, set()).add(group) if group else whole.setdefault(name))
+    print(f"tasks: {sum(kinds.values())} ({', '.join(f'{n} {k}' for k, n in kinds.items())}): "
+          + ", ".join([*whole, *(f"{name}@<group> ({len(found)} groups)" for name, found in groups.items())]))
     llc, cost = chosen.llc, estimated_cost(chosen, units)
     print(f"cost: at most {cost.sgld_steps:,} SGLD steps ({llc.num_chains} chains × {llc.budget_text} per "
           f"checkpoint), at most {cost.evaluations:,} loss evaluations of {chosen.data.eval_sequences} × "

@@ -5,6 +5,7 @@ every SGLD step at the first, middle and last checkpoints; their figure pages. N
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from mdl_slt.figures import FIGURE_SIZE, Style, figure, finish, plt, robust_limits, short, steps_axis
 

@@ -127,8 +127,11 @@ TABLES = {
             "slope_ci_low": ("", "95% interval"), "slope_ci_high": ("", ""),
             "rmse_loco": ("knob units", "leave-one-checkpoint-out RMSE")}.items()},
         "r_llc_loss": ("", "Pearson r of λ̂ and the loss"), "collinear": ("", "|r| > 0.9: they cannot be separated"),
-        "p_llc_beyond_loss": ("", "HC3 Wald test of λ̂ in c* = α + β_L·L + β_λ·λ̂"),
-        "p_loss_beyond_llc": ("", "of the loss in the same"),
+        "coef_llc_beyond_loss": ("knob units per unit of λ̂", "β_λ in c* = α + β_L·L + β_λ·λ̂: λ̂'s coefficient at "
+                                                             "equal loss"),
+        "p_llc_beyond_loss": ("", "HC3 Wald test of β_λ = 0"),
+        "coef_loss_beyond_llc": ("knob units per nat", "β_L in the same: the loss's coefficient at equal λ̂"),
+        "p_loss_beyond_llc": ("", "HC3 Wald test of β_L = 0"),
         "best_out_of_sample": ("", "llc, loss or tokens: the least rmse_loco")}),
     "pooled": ("per compressor entry × ε, across sizes: does one line serve all?", {
         **_pick("compressor", "epsilon"), "n": ("", "checkpoints"), "n_models": ("", "models"),
@@ -142,7 +145,8 @@ TABLES = {
         **{f"{k}_{form}": (u, f"{m} — {label}" if k == "r2" else m) for form, label in FORMS.items()
            for k, (u, m) in {**FIGURES, "rmse_loro": ("knob units", "leave-one-run-out RMSE")}.items()},
         "r_llc_loss": ("", "Pearson r of λ̂ and the loss"), "collinear": ("", "|r| > 0.9"),
-        "p_llc_beyond_loss": ("", "HC3 Wald test of λ̂ beyond the loss (+ log d)"),
+        "p_llc_beyond_loss": ("", "HC3 Wald test of λ̂ beyond the loss (+ log d): of coef_llc_loss = 0"),
+        "coef_loss_beyond_llc": ("knob units per nat", "the loss's coefficient in the llc_loss form"),
         "p_loss_beyond_llc": ("", "of the loss beyond λ̂"),
         "best_across_runs": ("", "the form of least rmse_loro (llc_loss aside)"),
         "theory_sign": ANSWER["theory_sign"],

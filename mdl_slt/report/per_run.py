@@ -81,11 +81,14 @@ def within_runs(pdf, a) -> None:
     base = a.baselines
     if len(base):
         decided = base[base.best_out_of_sample.notna()]
+        adds = decided.p_llc_beyond_loss < 0.05
         paragraph(pdf, (f"Within each run, the same lines on the held-out loss and on log tokens seen, over the same "
                         f"checkpoints: λ̂ predicts best out of sample in {int((decided.best_out_of_sample == 'llc').sum())} "
                         f"of {len(decided)} fits (the loss in {int((decided.best_out_of_sample == 'loss').sum())}, tokens "
                         f"seen in {int((decided.best_out_of_sample == 'tokens').sum())}); λ̂ adds to a line in the loss at "
-                        f"p < 0.05 in {int((decided.p_llc_beyond_loss < 0.05).sum())}; in {int(decided.collinear.sum())} "
+                        f"p < 0.05 in {int(adds.sum())} (at equal loss, more λ̂ goes with a higher critical value in "
+                        f"{int((adds & (decided.coef_llc_beyond_loss > 0)).sum())} of them, a lower one in "
+                        f"{int((adds & (decided.coef_llc_beyond_loss < 0)).sum())}); in {int(decided.collinear.sum())} "
                         "the two correlate beyond |r| = 0.9, and those checkpoints cannot separate them."), 8.5, 4.2)
     if len(a.robust):
         paragraph(pdf, robustness.sentence(a.robust), 8.5, 4.2)
@@ -109,12 +112,15 @@ def appendix(pdf, a) -> None:
         for _, b in in_order(a.baselines, a).iterrows():
             rows.append([short(b.model), b.compressor, f"{b.epsilon:g}", str(int(b.n))]
                         + [g(b[f"{k}_{p}"]) for p in ("llc", "loss", "tokens") for k in ("r2", "rmse_loco")]
-                        + [g(b.r_llc_loss, 2), g(b.p_llc_beyond_loss, 2), g(b.p_loss_beyond_llc, 2)])
+                        + [g(b.r_llc_loss, 2), g(b.coef_llc_beyond_loss), g(b.p_llc_beyond_loss, 2),
+                           g(b.p_loss_beyond_llc, 2)])
         table(pdf, ["model", "method", "ε", "n", "R² λ̂", "LOO λ̂", "R² loss", "LOO loss", "R² tokens", "LOO tokens",
-                    "r(λ̂, L)", "p λ̂ | L", "p L | λ̂"], rows, [32, 26, 12, 10, 18, 20, 18, 20, 20, 22, 20, 20, 20], 7)
+                    "r(λ̂, L)", "β_λ | L", "p λ̂ | L", "p L | λ̂"], rows,
+              [30, 24, 11, 9, 17, 19, 17, 19, 19, 21, 18, 20, 19, 19], 7)
         paragraph(pdf, "Lines of c* on each predictor alone (OLS, HC3; LOO: leave-one-checkpoint-out RMSE in knob "
-                       "units); p λ̂ | L and p L | λ̂: HC3 Wald tests of each coefficient in c* = α + β_L·L + β_λ·λ̂. "
-                       "Where |r(λ̂, L)| > 0.9 the checkpoints cannot separate the two.", 7, 3.6)
+                       "units); in c* = α + β_L·L + β_λ·λ̂, β_λ | L is λ̂'s coefficient at equal loss (knob units per "
+                       "unit of λ̂), p λ̂ | L and p L | λ̂ the HC3 Wald tests of each coefficient. Where |r(λ̂, L)| > 0.9 "
+                       "the checkpoints cannot separate the two.", 7, 3.6)
     if "p_same_line" in a.pooled:
         pdf.ln(3)
         heading(pdf, "Across sizes: does one line serve all?", 11)

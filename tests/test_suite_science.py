@@ -1,13 +1,12 @@
-"""Slow checks of the science on the built suite (in the cache home; what is missing is trained once):
-the training variants part λ̂ from the held-out loss by the criterion they were chosen by
-(docs/science.md, "Training variants"; 24 LLCs, 1 min 47 s on 2 cores with the runs built), and λ̂'s stated
-standard errors match its spread across sampler seeds (20 LLCs, about 2 minutes)."""
+"""Checks of the science on the embedded suite (in the cache home; the runs they need are trained
+once, under the suite's lock, by whichever test comes first): the training variants part λ̂ from the
+held-out loss by the criterion they were chosen by (docs/science.md, "Training variants"; 24 LLCs),
+and λ̂'s stated standard errors match its spread across sampler seeds (20 LLCs)."""
 
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from mdl_slt.analysis.parting import checkpoints, criterion
@@ -17,7 +16,6 @@ ROOT = Path(__file__).parent.parent
 TAKEN = ["mdl-slt/micro-pythia-90k-lr6e-3", "mdl-slt/micro-pythia-90k-b64", "mdl-slt/micro-pythia-90k-seed1"]
 
 
-@pytest.mark.slow
 def test_the_variants_in_the_main_job_part_llc_from_the_loss(tmp_path):
     design = yaml.safe_load((ROOT / "experiments" / "variants.yaml").read_text())
     reference = design["models"][0]["id"]
@@ -34,12 +32,16 @@ def test_the_variants_in_the_main_job_part_llc_from_the_loss(tmp_path):
     assert {reference, *TAKEN} <= main_job
 
 
-@pytest.mark.slow
 def test_llc_standard_errors_are_honest_across_seeds_on_a_language_model():
     """20 sampler seeds on one suite checkpoint at the main job's settings: the spread of λ̂ across
     seeds is within 0.7–1.5 of the stated standard error (bench/llc_seeds.py; about 2 minutes)."""
+    from mdl_slt.home import resolve_home
+    from mdl_slt.suite import SuiteSpec, build_suite
+
     sys.path.insert(0, str(ROOT / "bench"))
     from llc_seeds import seed_spread
+
+    build_suite(resolve_home(None), SuiteSpec(), SuiteSpec().find(["mdl-slt/micro-pythia-90k"]))
 
     figures = seed_spread("mdl-slt/micro-pythia-90k@step1000", 20)
     assert all(r_hat <= 1.05 for _, _, _, r_hat in figures["estimates"])
