@@ -14,8 +14,8 @@ _LAZY = {
     "CheckpointRef": "mdl_slt.checkpoints",
     "find_critical": "mdl_slt.critical",
     "evaluate_loss": "mdl_slt.lm_loss",
-    "results": "mdl_slt.results",
-    "traces": "mdl_slt.results",
+    "results": "mdl_slt.frames",
+    "traces": "mdl_slt.frames",
 }
 
 

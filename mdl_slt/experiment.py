@@ -213,6 +213,12 @@ class Experiment(_Strict):
         """Whether a checkpoint is among those the sensitivity measures take (`every`)."""
         return bool(self.sensitivity.measures) and self._every(model_id, revision, self.sensitivity.every)
 
+    def measured_per_group(self, measure: str) -> bool:
+        """Whether sensitivity measure `measure` is taken per weight group as well as for the whole model:
+        for a layer study or an allocation, and the Hessian trace for HAWQ's Ω (a sum over groups)."""
+        return (bool(self.layers.groups) or bool(self.allocation.compressors)
+                or (measure in ("hessian_trace", "hawq") and "hawq" in self.sensitivity.measures))
+
     def allocation_at(self, model_id: str, revision: str | None) -> bool:
         """Whether a checkpoint is among those the allocation study takes (`every`)."""
         return bool(self.allocation.compressors) and self._every(model_id, revision, self.allocation.every)

@@ -27,6 +27,7 @@ from mdl_slt.llc.trace import LLCResult
 from mdl_slt.lm_loss import sequence_losses
 from mdl_slt.plan import Task, Unit
 from mdl_slt.store import Record
+from mdl_slt.studies import allocation_records, group_llc, group_tolerances, sensitivity_records
 
 
 @dataclass
@@ -232,7 +233,10 @@ def measure_unit(unit: Unit, experiment, home: Path, tasks: list[Task]) -> Itera
                 yield Outcome(name, task, allocation_records(ckpt, tokens, experiment, task, entries[task.entry], base,
                                                              known, {**common, "numerics": NUMERICS_LABEL[numerics]}))
             elif task.kind == "llc_group":
-                outcome = Outcome(name, task, *group_llc(ckpt, tokens, experiment, task, common))
+                result = group_llc(ckpt, tokens, experiment, task.group)
+                record = llc_record(result, task, experiment.llc.seed, common, "llc_group")
+                record.weight_group = task.group
+                outcome = Outcome(name, task, [record], result.trace)
                 known[task.name] = [vars(r) for r in outcome.records]
                 yield outcome
             elif task.kind == "critical_group":
@@ -276,110 +280,6 @@ def save_compressed(checkpoint: Checkpoint, tokens: TokenSets, entry, point: dic
             "numerics": numerics, "mdl_slt": __version__,
             "note": "weights stored dequantized in fp32; dl_bits counts them at the compressed format's size"}
     (folder / "mdl_slt-compression.json").write_text(json.dumps(info, indent=1))
-
-
-def group_tolerances(model, experiment) -> dict[float, float]:
-    """Each group's tolerance → the whole model's ε it stands for: ε/G with G the model's weight
-    groups (`layers.tolerance: share`), or ε itself (`whole`)."""
-    from compressors.groups import weight_groups
-
-    share = len(weight_groups(model)) if experiment.layers.tolerance == "share" else 1
-    return {epsilon / share: epsilon for epsilon in experiment.critical.epsilons}
-
-
-def group_llc(ckpt: Checkpoint, tokens: TokenSets, experiment, task: Task, common: dict) -> tuple[list, bytes]:
-    """([the refined λ̂ of weight group `task.group`: only its parameters sampled, every other held at
-    w*], the trace)."""
-    from compressors.groups import select_groups
-
-    (group,) = select_groups(ckpt.model, [task.group])
-    config = experiment.llc_for(ckpt.ref.model_id).model_copy(update={"parameters": [n for n, _ in group.params]})
-    result = measure_llc(ckpt, tokens, config)
-    record = llc_record(result, task, experiment.llc.seed, common, "llc_group")
-    record.weight_group = task.group
-    return [record], result.trace
-
-
-def sensitivity_records(ckpt: Checkpoint, tokens: TokenSets, experiment, task: Task, entries: dict,
-                        common: dict) -> list[Record]:
-    """The rows of one sensitivity measure (`mdl_slt.sensitivity`) for the whole model and each
-    weight group: on the held-out sequences, or for hawq the calibration tokens its compressor reads."""
-    from compressors.groups import weight_groups
-    from mdl_slt.sensitivity import measure
-
-    name = task.name.split(":")[1]
-    entry = entries.get(task.entry)
-    data = tokens.train if name == "hawq" else tokens.eval
-    groups = weight_groups(ckpt.model)
-    sizes = {g.name: g.size for g in groups} | {None: sum(g.size for g in groups)}
-    rows, seconds = measure(name, ckpt.model, data, groups, experiment.sensitivity, entry)
-    return [Record("sensitivity", task_key=task.key, config_hash=task.config_hash, measure=r.quantity,
-                   weight_group=r.group, value=r.value, value_se=r.se, knob=r.knob,
-                   compressor=entry.key if entry is not None else None, elapsed_s=seconds,
-                   detail={"measure": name, "parameters": sizes[r.group], **r.detail}, **common) for r in rows]
-
-
-def allocation_records(ckpt: Checkpoint, tokens: TokenSets, experiment, task: Task, entry, base, known: dict,
-                       common: dict) -> list[Record]:
-    """Per method and ε, the most compressing per-group allocation of `entry` within ε on the measured
-    loss of the whole model (`mdl_slt.allocation`), its bits with their standard error, and the
-    knob value of every group."""
-    from mdl_slt import allocation
-
-    start = time.perf_counter()
-    settings = experiment.allocation
-    method = entry.build()
-    low, high = settings.ranges.get(entry.key, (method.knob.low, method.knob.high))
-    least, most = (high, low) if method.knob.more_compression == "lower" else (low, high)
-    grid = [least + (most - least) * i / (settings.grid - 1) for i in range(settings.grid)]
-    model = ckpt.model
-    groups = allocation.groups_for(model, entry, tokens.train.to(next(model.parameters()).device), grid)
-    other = ckpt.num_params - sum(sum(t.original.numel() for t in g.prepared.targets) for g in groups)
-    per_weight = _per_weight(known, groups)
-    options = {}
-    for name in settings.methods:
-        if name == "uniform":
-            options[name] = allocation.uniform(groups, grid)
-            continue
-        if name == "oracle":
-            costs = [_measured_curve(model, tokens, g, base, experiment.critical.numerics) for g in groups]
-        else:
-            costs = [[0.5 * per_weight[name][g.name] * d for d in g.delta2] for g in groups]
-        options[name] = allocation.frontier([g.bits for g in groups], costs)
-    epsilons = settings.epsilons or experiment.critical.epsilons
-    results = [result for name, found in options.items() for result in
-               allocation.judge(model, tokens.eval, base, groups, found, epsilons, other, name,
-                                experiment.critical.numerics)]
-    elapsed = time.perf_counter() - start
-    return [Record("allocation", task_key=task.key, config_hash=task.config_hash, compressor=entry.key,
-                   method=entry.name, measure=r.method, epsilon=r.epsilon, bits=r.bits,
-                   loss=None if r.delta_loss is None else float(base.mean()) + r.delta_loss, base_loss=float(base.mean()),
-                   value=r.bits, value_se=r.bits_se, elapsed_s=elapsed,
-                   detail={"allocation": r.allocation, "evaluations": r.evaluations, "frontier": r.frontier,
-                           "grid": grid}, **common) for r in results]
-
-
-def _per_weight(known: dict, groups) -> dict:
-    """method → group → its measure per weight: tr(H_g)/d_g (hawq), F_g/d_g (fisher), λ̂_g/d_g (llc)."""
-    found = {"hawq": {}, "fisher": {}, "llc": {}}
-    for rows in known.values():
-        for row in rows:
-            group = row.get("weight_group")
-            if row.get("task") == "sensitivity" and row.get("measure") in ("hessian_trace", "fisher") and group:
-                found["hawq" if row["measure"] == "hessian_trace" else "fisher"][group] = \
-                    row["value"] / row["detail"]["parameters"]
-            elif row.get("task") == "llc_group":
-                found["llc"][group] = row["llc_mean"] / row["detail"]["num_params"]
-    return found
-
-
-def _measured_curve(model, tokens, group, base, numerics: str) -> list[float]:
-    """The oracle's costs: the measured loss increase with `group` alone at each of its values."""
-    found = []
-    for value in group.values:
-        with group.method.applied(model, group.prepared, value):
-            found.append(float((sequence_losses(model, tokens.eval, numerics=numerics) - base).mean()))
-    return found
 
 
 def llc_record(result: LLCResult, task: Task, seed: int, common: dict, kind: str = "llc") -> Record:

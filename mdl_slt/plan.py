@@ -165,6 +165,8 @@ class Tasks:
         measure = MEASURES[name]
         chosen = self.experiment.sensitivity.model_dump(mode="json", include=set(measure.settings))
         settings = {k: v for k, v in common.items() if k != "data" or measure.data} | {"measure": name, **chosen}
+        if not self.experiment.measured_per_group(name):  # the whole model alone (per-group tasks keep their keys)
+            settings["groups"] = "none"
         if name != "hawq":
             return {f"measure:{name}": (settings, config_hash(settings))}
         found = {}

@@ -2,7 +2,8 @@
 
 Each measure is one class with a name, what it needs, what it costs and whether it is an estimate
 (with a standard error); `measure(model, data, groups, ...)` returns its rows for the whole model
-(group None) and for every weight group (compressors.groups). Data and losses are those of
+(group None) and for every weight group (compressors.groups), or for the whole model alone where no
+layer study, allocation or HAWQ reads the groups' (`per_group`). Data and losses are those of
 `estimate_llc`: token sequences (per-token cross-entropy), an (x, y) pair (½·squared error), or
 any data with a `loss_fn(model, batch)`. Each is a task of its own, keyed by its settings, so
 adding a measure measures only it.
@@ -10,10 +11,11 @@ adding a measure measures only it.
     hessian_trace  tr(H) of the held-out loss by Hutchinson's estimator, E_v[vᵀHv] over Rademacher
                    probes v, each on a random batch of held-out sequences; per group the trace of its
                    diagonal block, E[v_gᵀ(Hv)_g] from the same probes (E[v_g v_hᵀ] = 0 for g ≠ h). Probes
-                   are added until every standard error (sd/√probes) is within `target` of its trace,
-                   or `max_probes`. Hessian-vector products by double backward, attention eager (CPU
-                   flash attention has no double backward). Away from an exact minimum, and on
-                   held-out text, vᵀHv can be negative, and so can a trace: it is reported as measured.
+                   are added until every standard error (sd/√probes) is within `target` of its trace
+                   (the whole model's alone without `per_group`), or `max_probes`. Hessian-vector
+                   products by double backward, attention eager (CPU flash attention has no double
+                   backward). Away from an exact minimum, and on held-out text, vᵀHv can be
+                   negative, and so can a trace: it is reported as measured.
     fisher         the empirical Fisher trace: the mean over held-out sequences of ‖∇ℓ_i(w*)‖², ℓ_i a
                    sequence's mean next-token NLL under its own text (the empirical labels, not the
                    model's); per group its part of each gradient
@@ -56,7 +58,7 @@ class Measure:
     settings: ClassVar[tuple[str, ...]] = ()  # the fields of SensitivityConfig its result depends on
     data: ClassVar[bool] = True  # whether its result depends on the data settings
 
-    def measure(self, model, data, groups, settings, entry=None, loss_fn=None) -> list[Row]:
+    def measure(self, model, data, groups, settings, entry=None, loss_fn=None, per_group=True) -> list[Row]:
         raise NotImplementedError
 
 
@@ -92,7 +94,7 @@ class HessianTrace(Measure):
     quantities = ("hessian_trace",)
     settings = ("target", "min_probes", "max_probes", "batch_sequences", "seed")
 
-    def measure(self, model, data, groups, settings, entry=None, loss_fn=None) -> list[Row]:
+    def measure(self, model, data, groups, settings, entry=None, loss_fn=None, per_group=True) -> list[Row]:
         import torch
 
         from mdl_slt.llc.batches import data_size, default_loss, pick, to_device
@@ -114,7 +116,8 @@ class HessianTrace(Measure):
                 for name, value in _split(per_param, groups).items():
                     samples[name].append(value)
                 samples[None].append(sum(per_param))
-                if probe + 1 >= settings.min_probes and _within(samples, settings.target):
+                judged = samples if per_group else {None: samples[None]}  # whose errors the probes must meet
+                if probe + 1 >= settings.min_probes and _within(judged, settings.target):
                     break
         return _rows("hessian_trace", samples, {"probes": len(samples[None]), "batch": settings.batch_sequences})
 
@@ -136,7 +139,7 @@ class Fisher(Measure):
     estimate = True
     quantities = ("fisher",)
 
-    def measure(self, model, data, groups, settings, entry=None, loss_fn=None) -> list[Row]:
+    def measure(self, model, data, groups, settings, entry=None, loss_fn=None, per_group=True) -> list[Row]:
         import torch
 
         from mdl_slt.llc.batches import data_size, default_loss, pick, to_device
@@ -161,7 +164,7 @@ class Outliers(Measure):
     quantities = ("max_over_rms", "kurtosis")
     data = False
 
-    def measure(self, model, data, groups, settings, entry=None, loss_fn=None) -> list[Row]:
+    def measure(self, model, data, groups, settings, entry=None, loss_fn=None, per_group=True) -> list[Row]:
         import torch
 
         rows, sizes = [], []
@@ -186,7 +189,7 @@ class Hawq(Measure):
     quantities = ("perturbation",)
     settings = ("grid",)
 
-    def measure(self, model, data, groups, settings, entry=None, loss_fn=None) -> list[Row]:
+    def measure(self, model, data, groups, settings, entry=None, loss_fn=None, per_group=True) -> list[Row]:
         method = entry.build()
         prepared = method.prepare(model, data)
         inside = {id(p): g.name for g in groups for _, p in g.params}
@@ -251,8 +254,9 @@ class SensitivityConfig(BaseModel):
 
 
 def measure(name: str, model, data, groups, settings: SensitivityConfig, entry=None,
-            loss_fn=None) -> tuple[list[Row], float]:
-    """(the rows of measure `name`, the seconds it took)."""
+            loss_fn=None, per_group: bool = True) -> tuple[list[Row], float]:
+    """(the rows of measure `name`, the seconds it took): the whole model's, and each group's unless
+    `per_group` is false (then an estimate stops when the whole model's error meets its target)."""
     start = time.perf_counter()
-    rows = MEASURES[name]().measure(model, data, groups, settings, entry, loss_fn)
-    return rows, time.perf_counter() - start
+    rows = MEASURES[name]().measure(model, data, groups, settings, entry, loss_fn, per_group)
+    return [r for r in rows if per_group or r.group is None], time.perf_counter() - start

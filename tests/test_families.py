@@ -252,9 +252,9 @@ critical: {{compressors: [{{name: rtn, precision: 0.5}}, {{name: heads}}], epsil
 """)
     os.environ["HF_HUB_CACHE"] = str(cache)
     try:
-        done = run_cli("run", experiment, home=home)
+        done = run_cli("run", experiment, home=home, process=True)  # the hub's cache is read at import
         one_shot = run_cli("llc", "allenai/OLMo-2-tiny@stage1-step20-tokens2B", "--experiment", experiment, "--json",
-                           "--num-draws", "10", "--num-burnin", "2", home=home)
+                           "--num-draws", "10", "--num-burnin", "2", home=home, process=True)
     finally:
         del os.environ["HF_HUB_CACHE"]
     assert done.returncode == 0, done.stderr

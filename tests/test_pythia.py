@@ -117,7 +117,7 @@ critical:
 """)
     os.environ["HF_HUB_CACHE"] = str(cache)
     try:
-        done = run_cli("run", experiment, home=home, timeout=600)
+        done = run_cli("run", experiment, home=home, process=True)  # the hub's cache is read at import
     finally:
         del os.environ["HF_HUB_CACHE"]
     assert done.returncode == 0, done.stderr

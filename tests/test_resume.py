@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mdl_slt.results import results
+from mdl_slt.frames import results
 from tests.conftest import TINY, run_cli
 
 EXPERIMENT = """

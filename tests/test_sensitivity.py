@@ -215,3 +215,20 @@ def test_adding_a_measure_measures_only_it(tiny_suite):
     assert set(two) - set(one) == {"measure:outliers"} and {k: two[k] for k in one} == one
     assert probes == two  # the Hessian's probe settings key only the Hessian trace
     assert set(hawq) - set(two) == {"measure:hessian_trace", "measure:hawq:rtn"} and {k: hawq[k] for k in two} == two
+    alone = keys(measures=["hessian_trace", "fisher"])  # no layer study, allocation or HAWQ: the whole model only
+    assert alone["measure:fisher"] == one["measure:fisher"] and alone["measure:hessian_trace"] != hawq["measure:hessian_trace"]
+    layered = validated({**base, "sensitivity": {"measures": ["fisher"]}, "layers": {"groups": "all"}}, "x")
+    assert layered.measured_per_group("fisher") and not validated({**base, "sensitivity": {"measures": ["fisher"]}},
+                                                                  "x").measured_per_group("fisher")
+
+
+def test_without_groups_the_hessian_trace_is_the_whole_models_and_stops_at_its_own_error():
+    model, data, groups = mlp()
+    groups = [*groups, WeightGroup("bias", [("0.bias", model[0].bias)])]  # a small block trace, hard to pin
+    settings = SensitivityConfig(min_probes=4, max_probes=1000, batch_sequences=64, target=0.1)
+    every, _ = measure("hessian_trace", model, data, groups, settings)
+    whole, _ = measure("hessian_trace", model, data, groups, settings, per_group=False)
+    (row,) = whole
+    assert row.group is None and row.se <= 0.1 * abs(row.value) and row.detail["probes"] < settings.max_probes
+    assert row.detail["probes"] < every[0].detail["probes"]  # the groups' errors asked for more probes
+    assert [r.group for r in measure("fisher", model, data, groups, settings, per_group=False)[0]] == [None]

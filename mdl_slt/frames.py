@@ -48,7 +48,6 @@ def traces(store: str | Path, checkpoint: str | None = None):
     the burn-in's steps in `warmup_posterior`, shorter ones padded with NaN to the longest (so take R̂
     and ESS of one checkpoint at a time); with `checkpoint` (`<model>@<revision>`) that checkpoint
     alone, unpadded. Each variable's attributes give λ̂, its standard error, the burn-in and nβ."""
-
     from mdl_slt.llc.trace import arviz, burnin_of, estimate, levels_of, stored
 
     az = arviz()
