@@ -131,3 +131,15 @@ def test_errors_tell_the_truth(tiny_suite, tmp_path):
     wrong = run_cli("llc", "mdl-slt/tiny-a@step23", home=home)
     assert_one_line_error(wrong, "mdl-slt/tiny-a has no revision step23: the suite holds step0, step1, step2",
                           "step24")
+
+
+def test_every_name_the_package_exports_is_its_function_after_any_import():
+    """`mdl_slt.results` stays the function once its module is imported (a module of the same name
+    would replace the attribute)."""
+    import importlib
+
+    import mdl_slt
+
+    for name, module in mdl_slt._LAZY.items():
+        importlib.import_module(module)
+        assert getattr(mdl_slt, name) is getattr(importlib.import_module(module), name), name
