@@ -4,7 +4,7 @@ Heavy imports (torch, transformers) happen only when their functions are first u
 analysis and report layers run without them.
 """
 
-__version__ = "0.5.1"
+__version__ = "0.6.0"
 
 _LAZY = {
     "estimate_llc": "mdl_slt.llc.sampling",
