@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 from compressors import layout
-from compressors.spill import Spill, spill_bytes
 from compressors.groups import role_of
+from compressors.spill import Spill, spill_bytes
 from compressors.targets import DEFAULT_TARGETS, Role, select_targets
 from mdl_slt.errors import UserError, first_problem
 

@@ -81,8 +81,8 @@ def test_one_shot_commands_say_what_they_measure_with(tiny_suite):
 def test_the_compressed_model_is_saved_loads_and_reproduces_its_measured_loss(tiny_suite, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from mdl_slt.data import DataConfig, token_sets
     from mdl_slt.checkpoints import load_checkpoint
+    from mdl_slt.data import DataConfig, token_sets
     from mdl_slt.lm_loss import evaluate_loss
 
     home, _ = tiny_suite

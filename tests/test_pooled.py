@@ -10,8 +10,8 @@ from scipy import stats
 
 from mdl_slt.analysis.parting import checkpoints, criterion, parting_pairs
 from mdl_slt.analysis.pooled import across_runs, design
-from mdl_slt.analysis.tournament import leave_one_unit_out
 from mdl_slt.analysis.tables import llc_description_length
+from mdl_slt.analysis.tournament import leave_one_unit_out
 
 
 def runs(rng, sizes, critical, n=8):

@@ -28,6 +28,7 @@ import pandas as pd
 from mdl_slt.analysis.baselines import hc3, hc3_wald
 from mdl_slt.analysis.lines import LEVEL, Regression
 
+
 def leave_one_unit_out(X: np.ndarray, y: np.ndarray, units: np.ndarray) -> float:
     """RMSE of each unit's rows (a run's checkpoints, a group at every checkpoint) predicted by OLS
     on the other units' rows; NaN unless every unit can be predicted."""

@@ -11,8 +11,8 @@ from typer.core import TyperGroup
 
 from mdl_slt.cli.app import (EMBEDDED, EXPERIMENT_HELP, SET_HELP, app, console, experiment, load, print_json,
                              say_settings)
-from mdl_slt.progress import phase
 from mdl_slt.errors import UserError, first_problem
+from mdl_slt.progress import phase
 
 
 class _EstimateByDefault(TyperGroup):
@@ -127,7 +127,7 @@ def estimate(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local d
 def _varied(ckpt, tokens, config, chosen, main: float, quiet: bool) -> list[dict]:
     """λ̂ with one sampler setting multiplied at a time (the experiment's robustness section, else
     the suggested one), each beside the main λ̂ as a ratio."""
-    from mdl_slt.experiment import SUGGESTED, RobustnessConfig, vary, variation_name
+    from mdl_slt.experiment import SUGGESTED, RobustnessConfig, variation_name, vary
     from mdl_slt.measure import measure_llc
 
     section = chosen.robustness if chosen.robustness.variations() else RobustnessConfig(**SUGGESTED)

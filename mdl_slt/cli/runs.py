@@ -120,7 +120,10 @@ def validate(experiment_file: Path = typer.Argument(..., help="Experiment file (
         for task in tasks.for_unit(unit):
             kinds[task.kind] = kinds.get(task.kind, 0) + 1
             name, _, group = task.name.partition("@")
-            (groups.setdefault(name, set()).add(group) if group else whole.setdefault(name))
+            if group:
+                groups.setdefault(name, set()).add(group)
+            else:
+                whole.setdefault(name)
     print(f"tasks: {sum(kinds.values())} ({', '.join(f'{n} {k}' for k, n in kinds.items())}): "
           + ", ".join([*whole, *(f"{name}@<group> ({len(found)} groups)" for name, found in groups.items())]))
     llc, cost = chosen.llc, estimated_cost(chosen, units)
