@@ -3,8 +3,8 @@
     python bench/llc_seeds.py [--ref mdl-slt/micro-pythia-90k@step1000] [--seeds 20] [--workers 2]
 
 At the main job's LLC settings (experiments/demo.yaml), λ̂ is estimated with seeds 0 … N−1 (the
-seed draws the chains' noise and minibatches); prints each estimate with its stated standard error,
-then the spread of λ̂ across seeds (sample standard deviation) against the root-mean-square stated
+seed draws the chains' noise and minibatches); prints each estimate with its stated standard error
+and the chains the divergence check flagged, then the spread of λ̂ across seeds (sample standard deviation) against the root-mean-square stated
 error: a ratio near 1 means the errors are honest, above 1 optimistic, below 1 conservative.
 Needs the suite (`mdl-slt suite build`).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).parent.parent
 
 
-def estimate(ref: str, seed: int) -> tuple[int, float, float, float]:
+def estimate(ref: str, seed: int) -> tuple[int, float, float, float, list[int]]:
     from mdl_slt.experiment import load_experiment
     from mdl_slt.home import resolve_home
     from mdl_slt.measure import load, measure_llc
@@ -29,17 +29,17 @@ def estimate(ref: str, seed: int) -> tuple[int, float, float, float]:
     demo = resolve_device(load_experiment(ROOT / "experiments" / "demo.yaml"))
     ckpt, tokens = load(ref, demo, resolve_home(None))
     result = measure_llc(ckpt, tokens, demo.llc.model_copy(update={"seed": seed}))
-    return seed, result.llc_mean, result.llc_std_error, result.r_hat
+    return seed, result.llc_mean, result.llc_std_error, result.r_hat, result.diverged_chains
 
 
 def seed_spread(ref: str, seeds: int, workers: int = 2) -> dict:
-    """Each seed's (seed, λ̂, se, R̂), the standard deviation across seeds, the RMS stated error, their ratio."""
+    """Each seed's (seed, λ̂, se, R̂, flagged chains), the standard deviation across seeds, the RMS stated error, their ratio."""
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         found = sorted(pool.map(estimate, [ref] * seeds, range(seeds)))
-    values = [v for _, v, _, _ in found]
+    values = [v for _, v, *_ in found]
     mean = sum(values) / len(values)
     spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    stated = math.sqrt(sum(se**2 for _, _, se, _ in found) / len(found))
+    stated = math.sqrt(sum(se**2 for _, _, se, *_ in found) / len(found))
     return {"estimates": found, "mean": mean, "spread": spread, "stated": stated, "ratio": spread / stated}
 
 
@@ -50,8 +50,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     figures = seed_spread(args.ref, args.seeds, args.workers)
-    for seed, value, se, r_hat in figures["estimates"]:
-        print(f"seed {seed:3d}: λ̂ = {value:8.3f} ± {se:.3f}  (R̂ {r_hat:.3f})")
+    for seed, value, se, r_hat, flagged in figures["estimates"]:
+        print(f"seed {seed:3d}: λ̂ = {value:8.3f} ± {se:.3f}  (R̂ {r_hat:.3f}; chains flagged: {flagged or 'none'})")
     print(f"{args.ref}, {args.seeds} seeds: mean λ̂ {figures['mean']:.3f}; spread across seeds {figures['spread']:.3f}; "
           f"stated standard error (RMS) {figures['stated']:.3f}; ratio {figures['ratio']:.2f}")
 

@@ -158,20 +158,6 @@ def test_a_chain_that_jumps_away_from_the_others_is_excluded_and_named():
     assert health.check(away, 125, range(4)) == [2] and "jumped past 10×" in health.stopped[2][1]
 
 
-def test_no_chain_is_flagged_at_the_main_jobs_settings_over_twenty_seeds(tiny_checkpoint, tiny_tokens):
-    """The main job's sampler (ε 3e-4, nβ 30, γ 300, batch 8, 4 chains) on a trained checkpoint."""
-    import yaml
-
-    from mdl_slt.experiment import Experiment
-
-    demo = Experiment.model_validate(yaml.safe_load(open("experiments/demo.yaml"))).llc
-    flagged = []
-    for seed in range(20):
-        config = demo.model_copy(update={"seed": seed, "num_draws": 60, "num_burnin": 20})
-        flagged += [(seed, why) for why in sample(tiny_checkpoint.model, tiny_tokens.train, config).diverged.values()]
-    assert flagged == []
-
-
 def test_traces_in_a_store_re_estimate_from_the_command_line_without_the_models(tiny_suite, tmp_path):
     home, _ = tiny_suite
     experiment = tmp_path / "t.yaml"
