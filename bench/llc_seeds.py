@@ -4,8 +4,9 @@
 
 At the main job's LLC settings (experiments/demo.yaml), λ̂ is estimated with seeds 0 … N−1 (the
 seed draws the chains' noise and minibatches); prints each estimate with its stated standard error
-and the chains the divergence check flagged, then the spread of λ̂ across seeds (sample standard deviation) against the root-mean-square stated
-error: a ratio near 1 means the errors are honest, above 1 optimistic, below 1 conservative.
+and the chains the divergence check flagged, then the spread of λ̂ across seeds (sample standard
+deviation) against the root-mean-square stated error: a ratio near 1 means the errors are honest,
+above 1 optimistic, below 1 conservative.
 Needs the suite (`mdl-slt suite build`).
 """
 
