@@ -17,11 +17,20 @@ import math
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).parent.parent
 
 
-def estimate(ref: str, seed: int) -> tuple[int, float, float, float, list[int]]:
+class Estimate(NamedTuple):
+    seed: int
+    llc: float
+    se: float
+    r_hat: float
+    flagged: list[int]  # the chains the divergence check stopped
+
+
+def estimate(ref: str, seed: int) -> Estimate:
     from mdl_slt.experiment import load_experiment
     from mdl_slt.home import resolve_home
     from mdl_slt.measure import load, measure_llc
@@ -30,17 +39,17 @@ def estimate(ref: str, seed: int) -> tuple[int, float, float, float, list[int]]:
     demo = resolve_device(load_experiment(ROOT / "experiments" / "demo.yaml"))
     ckpt, tokens = load(ref, demo, resolve_home(None))
     result = measure_llc(ckpt, tokens, demo.llc.model_copy(update={"seed": seed}))
-    return seed, result.llc_mean, result.llc_std_error, result.r_hat, result.diverged_chains
+    return Estimate(seed, result.llc_mean, result.llc_std_error, result.r_hat, result.diverged_chains)
 
 
 def seed_spread(ref: str, seeds: int, workers: int = 2) -> dict:
-    """Each seed's (seed, λ̂, se, R̂, flagged chains), the standard deviation across seeds, the RMS stated error, their ratio."""
+    """Each seed's Estimate, the standard deviation of λ̂ across seeds, the RMS stated error, their ratio."""
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         found = sorted(pool.map(estimate, [ref] * seeds, range(seeds)))
-    values = [v for _, v, *_ in found]
+    values = [e.llc for e in found]
     mean = sum(values) / len(values)
     spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    stated = math.sqrt(sum(se**2 for _, _, se, *_ in found) / len(found))
+    stated = math.sqrt(sum(e.se**2 for e in found) / len(found))
     return {"estimates": found, "mean": mean, "spread": spread, "stated": stated, "ratio": spread / stated}
 
 
