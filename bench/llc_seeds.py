@@ -60,8 +60,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     figures = seed_spread(args.ref, args.seeds, args.workers)
-    for seed, value, se, r_hat, flagged in figures["estimates"]:
-        print(f"seed {seed:3d}: λ̂ = {value:8.3f} ± {se:.3f}  (R̂ {r_hat:.3f}; chains flagged: {flagged or 'none'})")
+    for e in figures["estimates"]:
+        print(f"seed {e.seed:3d}: λ̂ = {e.llc:8.3f} ± {e.se:.3f}  (R̂ {e.r_hat:.3f}; chains flagged: {e.flagged or 'none'})")
     print(f"{args.ref}, {args.seeds} seeds: mean λ̂ {figures['mean']:.3f}; spread across seeds {figures['spread']:.3f}; "
           f"stated standard error (RMS) {figures['stated']:.3f}; ratio {figures['ratio']:.2f}")
 
