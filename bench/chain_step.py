@@ -23,13 +23,13 @@ import time
 
 import torch
 
-from mdl_slt.checkpoints import load_checkpoint
-from mdl_slt.data import DataConfig, token_sets
-from mdl_slt.home import resolve_home
-from mdl_slt.llc.config import LLCConfig
+from mdl_slt.data.tokens import DataConfig, token_sets
+from mdl_slt.home.paths import resolve_home
 from mdl_slt.llc.batches import minibatches
+from mdl_slt.llc.config import LLCConfig
 from mdl_slt.llc.samplers import SAMPLERS
 from mdl_slt.llc.sampling import sample
+from mdl_slt.models.checkpoints import load_checkpoint
 
 RUNNERS = {"chain by chain, eager": {"compile": False, "vectorize": "never"},
            "chain by chain, compiled": {"compile": True, "vectorize": "never"},

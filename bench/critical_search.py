@@ -18,11 +18,11 @@ import time
 import torch
 
 import compressors
-from mdl_slt.checkpoints import load_checkpoint
-from mdl_slt.critical import find_critical
-from mdl_slt.data import DataConfig, token_sets
-from mdl_slt.home import resolve_home
-from mdl_slt.lm_loss import evaluate_loss
+from mdl_slt.compute.loss import evaluate_loss
+from mdl_slt.data.tokens import DataConfig, token_sets
+from mdl_slt.home.paths import resolve_home
+from mdl_slt.measures.critical import find_critical
+from mdl_slt.models.checkpoints import load_checkpoint
 
 EPSILONS = [0.02, 0.05, 0.1]
 REFS = ["mdl-slt/micro-pythia-90k@step1000", "mdl-slt/micro-pythia-230k@step500", "mdl-slt/micro-pythia-530k@step250"]

@@ -15,7 +15,7 @@ import torch
 import compressors
 from compressors import layout
 from compressors.calibration import collect_statistics
-from mdl_slt.lm_loss import evaluate_loss
+from mdl_slt.compute.loss import evaluate_loss
 
 REFS = ["mdl-slt/micro-pythia-90k@step1000", "mdl-slt/micro-pythia-230k@step1000", "mdl-slt/micro-pythia-530k@step1000"]
 
@@ -60,8 +60,8 @@ def prepare_cost(name: str, model, calibration) -> None:
 
 
 def loss_against_rtn(home) -> None:
-    from mdl_slt.checkpoints import load_checkpoint
-    from mdl_slt.data import DataConfig, token_sets
+    from mdl_slt.data.tokens import DataConfig, token_sets
+    from mdl_slt.models.checkpoints import load_checkpoint
 
     for ref in REFS:
         ckpt = load_checkpoint(ref, home)
@@ -91,13 +91,13 @@ def main() -> None:
     parser.add_argument("--skip-160m", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from mdl_slt.home import resolve_home
+    from mdl_slt.home.paths import resolve_home
 
     loss_against_rtn(resolve_home(args.home))
     if not args.skip_160m:
         from transformers import GPTNeoXForCausalLM
 
-        from mdl_slt import pythia
+        from mdl_slt.models import pythia
 
         torch.manual_seed(0)
         model = GPTNeoXForCausalLM(pythia.config("160m")).eval()

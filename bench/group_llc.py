@@ -19,11 +19,11 @@ import time
 import torch
 
 from compressors.groups import weight_groups
-from mdl_slt.checkpoints import load_checkpoint
-from mdl_slt.data import DataConfig, token_sets
-from mdl_slt.home import resolve_home
+from mdl_slt.data.tokens import DataConfig, token_sets
+from mdl_slt.home.paths import resolve_home
 from mdl_slt.llc.config import LLCConfig
 from mdl_slt.llc.sampling import sample
+from mdl_slt.models.checkpoints import load_checkpoint
 
 SETTINGS = LLCConfig(step_size=3e-4, n_beta=30, localization=300, num_chains=4, batch_size=8, num_burnin=0)
 

@@ -26,8 +26,8 @@ import time
 
 import torch
 
-from mdl_slt.ground_truth import deep_linear, deep_linear_cases, deep_linear_task
 from mdl_slt.llc.config import LLCConfig
+from mdl_slt.llc.ground_truth import deep_linear, deep_linear_cases, deep_linear_task
 from mdl_slt.llc.sampling import estimate_llc
 
 SAMPLES = 1_000_000

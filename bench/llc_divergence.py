@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from mdl_slt.checkpoints import load_checkpoint
-from mdl_slt.data import token_sets
-from mdl_slt.experiment import load_experiment
-from mdl_slt.home import resolve_home
+from mdl_slt.data.tokens import token_sets
+from mdl_slt.home.paths import resolve_home
 from mdl_slt.llc.sampling import sample
+from mdl_slt.models.checkpoints import load_checkpoint
+from mdl_slt.plan.experiment import load_experiment
 
 
 def main() -> None:

@@ -31,10 +31,10 @@ class Estimate(NamedTuple):
 
 
 def estimate(ref: str, seed: int) -> Estimate:
-    from mdl_slt.experiment import load_experiment
-    from mdl_slt.home import resolve_home
-    from mdl_slt.measure import load, measure_llc
-    from mdl_slt.plan import resolve_device
+    from mdl_slt.home.paths import resolve_home
+    from mdl_slt.plan.experiment import load_experiment
+    from mdl_slt.plan.units import resolve_device
+    from mdl_slt.run.measure import load, measure_llc
 
     demo = resolve_device(load_experiment(ROOT / "experiments" / "demo.yaml"))
     ckpt, tokens = load(ref, demo, resolve_home(None))

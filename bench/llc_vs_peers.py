@@ -31,9 +31,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # the peers' per-chain progress bars
 
 import torch
 
-from mdl_slt.ground_truth import deep_linear_task
 from mdl_slt.llc.batches import mse_loss
 from mdl_slt.llc.config import LLCConfig
+from mdl_slt.llc.ground_truth import deep_linear_task
 from mdl_slt.llc.samplers import SAMPLERS
 from mdl_slt.llc.sampling import estimate_llc
 
@@ -219,10 +219,10 @@ def main():
     compare("deep linear network", model, data, loss,
             LLCConfig(step_size=1e-5, n_beta=1000.0, localization=1.0, batch_size=32, **fixed), args.compile)
 
-    from mdl_slt.checkpoints import load_checkpoint
-    from mdl_slt.data import DataConfig, token_sets
-    from mdl_slt.home import resolve_home
-    from mdl_slt.lm_loss import token_nll
+    from mdl_slt.compute.loss import token_nll
+    from mdl_slt.data.tokens import DataConfig, token_sets
+    from mdl_slt.home.paths import resolve_home
+    from mdl_slt.models.checkpoints import load_checkpoint
 
     home = resolve_home(args.home)
     ckpt = load_checkpoint(args.ref, home)

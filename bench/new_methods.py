@@ -28,10 +28,10 @@ import math
 import torch
 
 import compressors
-from mdl_slt.checkpoints import load_checkpoint
-from mdl_slt.data import DataConfig, token_sets
-from mdl_slt.home import resolve_home
-from mdl_slt.lm_loss import sequence_losses
+from mdl_slt.compute.loss import sequence_losses
+from mdl_slt.data.tokens import DataConfig, token_sets
+from mdl_slt.home.paths import resolve_home
+from mdl_slt.models.checkpoints import load_checkpoint
 
 WEIGHTS = ["attention", "mlp", "unembedding"]
 QUANTIZERS = {  # label: (name, options), each compared with the baseline named beside it

@@ -1,6 +1,6 @@
 """Pythia at real size: loss-evaluation throughput, SGLD step time and peak memory, one critical search.
 
-Randomly initialised models with Pythia's exact configurations (`mdl_slt.pythia.config`), so no
+Randomly initialised models with Pythia's exact configurations (`mdl_slt.models.pythia.config`), so no
 hub is needed; fp32 parameters, bf16 autocast on CUDA. Prints one row per size.
 
     python bench/pythia_scale.py --sizes 160m 410m 1.4b        # on a GPU
@@ -15,12 +15,12 @@ import time
 import torch
 
 import compressors
-from mdl_slt import pythia
-from mdl_slt.critical import find_critical
-from mdl_slt.device import eval_batch_size, resolve_device
+from mdl_slt.compute.device import eval_batch_size, resolve_device
+from mdl_slt.compute.loss import evaluate_loss
 from mdl_slt.llc.config import LLCConfig
 from mdl_slt.llc.sampling import estimate_llc
-from mdl_slt.lm_loss import evaluate_loss
+from mdl_slt.measures.critical import find_critical
+from mdl_slt.models import pythia
 
 
 def sync(device: str) -> None:

@@ -19,8 +19,8 @@ import torch
 
 import compressors
 from compressors.grid import as_groups, fit_grid
-from mdl_slt.critical import find_critical
-from mdl_slt.lm_loss import evaluate_loss
+from mdl_slt.compute.loss import evaluate_loss
+from mdl_slt.measures.critical import find_critical
 
 REFS = ["mdl-slt/micro-pythia-90k@step1000", "mdl-slt/micro-pythia-230k@step500", "mdl-slt/micro-pythia-530k@step250"]
 
@@ -28,7 +28,7 @@ REFS = ["mdl-slt/micro-pythia-90k@step1000", "mdl-slt/micro-pythia-230k@step500"
 def pythia_70m():
     from transformers import GPTNeoXForCausalLM
 
-    from mdl_slt import pythia
+    from mdl_slt.models import pythia
 
     torch.manual_seed(0)
     model = GPTNeoXForCausalLM(pythia.config("70m")).eval()
@@ -61,8 +61,8 @@ def range_fit_times(model, tokens) -> None:
 
 
 def critical_bits(home) -> None:
-    from mdl_slt.checkpoints import load_checkpoint
-    from mdl_slt.data import DataConfig, token_sets
+    from mdl_slt.data.tokens import DataConfig, token_sets
+    from mdl_slt.models.checkpoints import load_checkpoint
 
     same = total = 0
     for ref in REFS:
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--skip-70m", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from mdl_slt.home import resolve_home
+    from mdl_slt.home.paths import resolve_home
 
     if not args.skip_70m:
         range_fit_times(*pythia_70m())

@@ -28,10 +28,11 @@ def main() -> None:
 
     import torch
 
-    from mdl_slt.corpus import load_corpus
-    from mdl_slt.home import hub_cache
-    from mdl_slt.suite import SuiteSpec, build_suite, train_model
-    from mdl_slt.tokenizer import train_bpe
+    from mdl_slt.data.corpus import load_corpus
+    from mdl_slt.data.tokenizer import train_bpe
+    from mdl_slt.home.paths import hub_cache
+    from mdl_slt.models.spec import SuiteSpec
+    from mdl_slt.models.suite import build_suite, train_model
 
     torch.set_num_threads(1)
     spec = SuiteSpec()

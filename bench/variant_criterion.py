@@ -7,7 +7,7 @@
 import argparse
 
 from mdl_slt.analysis.parting import MAX_CORRELATION, checkpoints, criterion, parting_pairs
-from mdl_slt.store import open_existing
+from mdl_slt.store.database import open_existing
 
 
 def main() -> None:

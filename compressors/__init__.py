@@ -12,6 +12,8 @@
     wanda        pruning by |weight| × input norm, unstructured or N:M (wanda)
     sparsegpt    second-order pruning with inverse-Hessian updates, unstructured or N:M (sparsegpt)
     noise        Gaussian weight noise, a perturbation probe (noise)
+
+May import: errors, compute (mdl_slt's loss evaluation and device).
 """
 
 from compressors import (awq, bnb, decompose, gptq, halfquadratic, lowrank, microscaling, noise, prune,  # noqa: F401

@@ -158,7 +158,7 @@ class Heads(Compressor):
         """|∂L/∂g| for a gate g = 1 on each head's output, summed over calibration batches."""
         import torch
 
-        from mdl_slt.lm_loss import token_nll
+        from mdl_slt.compute.loss import token_nll
 
         device = calibration.device
         gates = [torch.ones(a.heads, requires_grad=True, device=device) for a in attentions]
@@ -201,7 +201,7 @@ class Heads(Compressor):
     def _retrain(self, prepared: Prepared, removed) -> None:
         import torch
 
-        from mdl_slt.lm_loss import token_nll
+        from mdl_slt.compute.loss import token_nll
 
         model, attentions = prepared.model, prepared.cache["attentions"]
         params = [t.param for t in prepared.targets if t.param.requires_grad]

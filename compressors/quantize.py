@@ -161,7 +161,7 @@ class RoundToNearest(GridQuantizer):
         they were found, so this is safe inside an `applied` block."""
         import torch
 
-        from mdl_slt.lm_loss import evaluate_loss
+        from mdl_slt.compute.loss import evaluate_loss
 
         tokens = prepared.calibration[:CALIBRATION_SEQUENCES]
         found = [t.param.detach().clone() for t in prepared.targets]

@@ -10,12 +10,12 @@ _LAZY = {
     "estimate_llc": "mdl_slt.llc.sampling",
     "LLCConfig": "mdl_slt.llc.config",
     "LLCResult": "mdl_slt.llc.trace",
-    "load_checkpoint": "mdl_slt.checkpoints",
-    "CheckpointRef": "mdl_slt.checkpoints",
-    "find_critical": "mdl_slt.critical",
-    "evaluate_loss": "mdl_slt.lm_loss",
-    "results": "mdl_slt.frames",
-    "traces": "mdl_slt.frames",
+    "load_checkpoint": "mdl_slt.models.checkpoints",
+    "CheckpointRef": "mdl_slt.models.checkpoints",
+    "find_critical": "mdl_slt.measures.critical",
+    "evaluate_loss": "mdl_slt.compute.loss",
+    "results": "mdl_slt.analysis.frames",
+    "traces": "mdl_slt.analysis.frames",
 }
 
 

@@ -10,7 +10,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from mdl_slt.suite import SuiteModel, SuiteSpec  # noqa: E402
+from mdl_slt.models.spec import SuiteModel, SuiteSpec  # noqa: E402
 
 TINY = SuiteSpec(
     models=(SuiteModel("tiny-a", layers=1, hidden=16, heads=2), SuiteModel("tiny-b", layers=1, hidden=32, heads=2)),
@@ -74,7 +74,7 @@ def tiny_suite(home, tmp_path_factory):
 
     from filelock import FileLock
 
-    from mdl_slt.suite import build_suite
+    from mdl_slt.models.suite import build_suite
 
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return home, build_suite(home, TINY, workers=2)
@@ -87,7 +87,7 @@ def tiny_suite(home, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_suite):
-    from mdl_slt.checkpoints import load_checkpoint
+    from mdl_slt.models.checkpoints import load_checkpoint
 
     home, _ = tiny_suite
     return load_checkpoint("mdl-slt/tiny-b@step24", home)
@@ -96,7 +96,7 @@ def tiny_checkpoint(tiny_suite):
 @pytest.fixture(scope="session")
 def tiny_tokens(tiny_suite, tiny_checkpoint):
     """The real held-out and sampling token sets for the tiny suite's tokenizer."""
-    from mdl_slt.data import DataConfig, token_sets
+    from mdl_slt.data.tokens import DataConfig, token_sets
 
     home, _ = tiny_suite
     return token_sets(home, tiny_checkpoint.tokenizer, DataConfig(context_length=32, eval_sequences=32, llc_sequences=64))

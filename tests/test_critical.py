@@ -3,7 +3,7 @@ import math
 import pytest
 
 from compressors.registry import Knob
-from mdl_slt.critical import find_critical
+from mdl_slt.measures.critical import find_critical
 
 BITS = Knob("bits", 1.0, 16.0, 32.0, "lower", "bits", "test knob", 0.01)
 SPARSITY = Knob("sparsity", 0.0, 1.0, 0.0, "higher", "", "test knob", 0.001)

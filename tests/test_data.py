@@ -6,7 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from mdl_slt.data import DataConfig, token_sets
+from mdl_slt.data.tokens import DataConfig, token_sets
 from mdl_slt.errors import UserError
 
 SIZES = dict(context_length=32, eval_sequences=8, llc_sequences=24)
@@ -15,7 +15,7 @@ SIZES = dict(context_length=32, eval_sequences=8, llc_sequences=24)
 @pytest.fixture(scope="module")
 def documents(tiny_suite):
     """Forty real documents: consecutive 1,500-character pieces of the training plays."""
-    from mdl_slt.corpus import load_corpus
+    from mdl_slt.data.corpus import load_corpus
 
     home, _ = tiny_suite
     text = load_corpus(home).train

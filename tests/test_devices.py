@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import compressors
+from mdl_slt.compute.loss import evaluate_loss
 from mdl_slt.llc.config import LLCConfig
 from mdl_slt.llc.sampling import estimate_llc
-from mdl_slt.lm_loss import evaluate_loss
 
 
 @contextmanager
@@ -56,9 +56,9 @@ def test_the_llc_estimator_places_its_tensors(options, tiny_checkpoint, tiny_tok
 
 
 def test_curvature_and_calibration_place_their_tensors(tiny_checkpoint, tiny_tokens):
+    from mdl_slt.compute.loss import token_nll
     from mdl_slt.llc.calibrate import run_sweep
     from mdl_slt.llc.curvature import top_hessian_eigenvalue
-    from mdl_slt.lm_loss import token_nll
 
     with meta_default():
         top = top_hessian_eigenvalue(tiny_checkpoint.model, tiny_tokens.train, token_nll, batch_size=4, iterations=3)
@@ -77,8 +77,8 @@ def test_bf16_autocast_on_cpu_moves_a_critical_search_and_an_llc_less_than_their
     errors, λ̂ within 3 standard errors of the difference of two estimates, √(se₁² + se₂²).
     Measured: base loss 3.03604 against 3.03607 (se 0.05), rtn at ε 0.05 2.2373 against 2.2419 bits
     (se 0.094), λ̂ 2.889 against 2.886 (se 0.24)."""
-    from mdl_slt.lm_loss import sequence_losses
-    from mdl_slt.measure import measure_critical
+    from mdl_slt.compute.loss import sequence_losses
+    from mdl_slt.run.measure import measure_critical
 
     model, rtn = tiny_checkpoint.model, compressors.get("rtn")
     found = {}

@@ -3,13 +3,13 @@ from pathlib import Path
 import pytest
 
 from mdl_slt.errors import UserError
-from mdl_slt.experiment import load_experiment
+from mdl_slt.plan.experiment import load_experiment
 
 DEMO = Path(__file__).parent.parent / "experiments" / "demo.yaml"
 
 
 def test_demo_file_validates():
-    from mdl_slt.suite import SuiteSpec
+    from mdl_slt.models.spec import SuiteSpec
 
     exp = load_experiment(DEMO)
     spec = SuiteSpec()
@@ -19,6 +19,25 @@ def test_demo_file_validates():
     assert exp.critical.compressors[0].name == "rtn" and exp.critical.epsilons == [0.02, 0.05, 0.1]
     variants = load_experiment(DEMO.parent / "variants.yaml")  # λ̂ and the loss only, on every 90k run
     assert not variants.critical.compressors and len(variants.models) == 1 + len(spec.variants)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DEMO.parent.glob("*.yaml")))
+def test_every_experiment_file_validates_on_an_empty_home(name, tmp_path):
+    """Nothing built, no hub: the plan comes from the suite's spec (its runs' layouts included), and
+    validate names the runs the first run will build."""
+    from mdl_slt.models.spec import SuiteSpec
+    from tests.conftest import run_cli
+
+    spec = SuiteSpec()
+    done = run_cli("validate", DEMO.parent / name, home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    named = [m.id for m in load_experiment(DEMO.parent / name).models]
+    built = [spec.model_id(m) for m in spec.find(named)]
+    assert f"the first run builds {len(built)} run(s) of the embedded suite" in done.stdout
+    assert done.stdout.split("embedded suite, not built yet in ")[1].split(": ", 1)[1].splitlines()[0] == ", ".join(built)
+    assert not (tmp_path / "home" / "hub").exists()  # nothing was built or fetched
+    if name == "layers.yaml":  # 10 groups per 2-layer size (embed, unembed, 4 per block), 14 for 3 layers; 2 checkpoints each
+        assert "68 llc_group" in done.stdout and "critical:rtn@<group> (14 groups)" in done.stdout
 
 
 def write(tmp_path, text):
@@ -100,7 +119,7 @@ def test_precision_lives_on_each_entry_in_its_knobs_units(tmp_path):
 
 
 def test_a_task_hash_covers_only_what_the_task_depends_on(tmp_path):
-    from mdl_slt.plan import Tasks
+    from mdl_slt.plan.tasks import Tasks
 
     def hashes(text, device="cpu"):
         return Tasks(load_experiment(write(tmp_path, BASE + text)).on(device)).hashes

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import compressors
-from mdl_slt.checkpoints import load_checkpoint
-from mdl_slt.lm_loss import token_nll
+from mdl_slt.compute.loss import token_nll
+from mdl_slt.models.checkpoints import load_checkpoint
 from tests.conftest import run_cli
 from tests.test_compressors import check_conformance
 
@@ -161,10 +161,10 @@ def as_linear(model):
 def test_gpt2_conv1d_gives_the_results_of_the_same_weights_in_linear_layout(families, tiny_tokens):
     """Per-channel scales on output channels: `mdl-slt critical` on GPT-2 (Conv1D weights, in × out)
     matches the same weights stored as nn.Linear (out × in)."""
-    from mdl_slt.checkpoints import Checkpoint
-    from mdl_slt.data import DataConfig, token_sets
-    from mdl_slt.lm_loss import sequence_losses
-    from mdl_slt.measure import measure_critical
+    from mdl_slt.compute.loss import sequence_losses
+    from mdl_slt.data.tokens import DataConfig, token_sets
+    from mdl_slt.models.checkpoints import Checkpoint
+    from mdl_slt.run.measure import measure_critical
 
     home, dirs = families
     done = run_cli("critical", dirs["gpt2"], "--compressor", "rtn", "--option", "granularity=channel",
@@ -206,7 +206,7 @@ def test_an_unreadable_architecture_is_one_line(tiny_suite, tmp_path):
 
 def test_revision_names_give_steps_and_tokens():
     from mdl_slt.errors import UserError
-    from mdl_slt.revisions import parse
+    from mdl_slt.models.revisions import parse
 
     assert parse("step3000") == parse("step3000", None) and parse("step3000").step == 3000
     olmo = parse("stage1-step1000-tokens4B")
@@ -224,7 +224,7 @@ def test_a_run_over_a_hub_style_cache_of_an_olmo_named_model(families, tiny_toke
     those whose names give a step in range, and records their steps and tokens seen."""
     import tempfile
 
-    from mdl_slt.hubcache import write_snapshot
+    from mdl_slt.home.hub import write_snapshot
 
     home, dirs = families
     cache = tmp_path / "hf-cache"

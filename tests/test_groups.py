@@ -8,9 +8,9 @@ import torch
 import compressors
 from compressors.groups import select_groups, weight_groups
 from mdl_slt.errors import UserError
-from mdl_slt.ground_truth import refined_deep_linear
 from mdl_slt.llc.batches import mse_loss
 from mdl_slt.llc.config import LLCConfig
+from mdl_slt.llc.ground_truth import refined_deep_linear
 from mdl_slt.llc.sampling import estimate_llc
 from tests.test_compressors import CASES, check_conformance, knob_values
 
@@ -137,8 +137,9 @@ def test_a_compressor_restricted_to_groups_it_cannot_touch_says_so(tiny_checkpoi
 def test_layer_tasks_have_keys_of_their_own(tiny_suite):
     """Adding a group, or restricting one more entry, adds only its own tasks; the whole-model tasks
     are those of the experiment without a layer study."""
-    from mdl_slt.experiment import validated
-    from mdl_slt.plan import Tasks, plan
+    from mdl_slt.plan.experiment import validated
+    from mdl_slt.plan.tasks import Tasks
+    from mdl_slt.plan.units import plan
 
     home, _ = tiny_suite
     base = {"name": "x", "store": "x.sqlite", "device": "cpu", "models": [{"id": "mdl-slt/tiny-a", "revisions": ["step24"]}],

@@ -20,7 +20,7 @@ class NoTorch:
             raise ImportError("torch is not allowed here")
 
 sys.meta_path.insert(0, NoTorch())  # any `import torch` now fails
-import mdl_slt.analysis, mdl_slt.fitfile, mdl_slt.figures, mdl_slt.report, mdl_slt.llc.trace, mdl_slt.plan
+import mdl_slt.analysis, mdl_slt.analysis.fitfile, mdl_slt.report.figures, mdl_slt.report, mdl_slt.llc.trace, mdl_slt.plan.units
 import mdl_slt.report.answer, mdl_slt.report.layers, mdl_slt.report.measures, mdl_slt.analysis.layers
 import mdl_slt.analysis.tournament, mdl_slt.analysis.measures
 import pandas as pd
@@ -89,12 +89,52 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return next(filter(None, (visit(m) for m in sorted(graph) if m not in state)), None)
 
 
-def test_no_import_cycle_and_the_layers_point_one_way():
+def _room(module: str) -> str:
+    """The room a module stands in: a package of mdl_slt, compressors, or a loose module of mdl_slt."""
+    parts = module.split(".")
+    return parts[0] if parts[0] == "compressors" else (parts[1] if len(parts) > 1 else "mdl_slt")
+
+
+def _allowed() -> dict[str, set[str]]:
+    """Room → the rooms its docstring says it may import ("May import: a, b (why), c.")."""
+    import re
+
+    found = {}
+    for init in [*(ROOT / "mdl_slt").glob("*/__init__.py"), ROOT / "compressors" / "__init__.py"]:
+        room = init.parent.name
+        said = re.search(r"May import: (.*?)\.\n", init.read_text(), re.S)
+        assert said, f"{init.relative_to(ROOT)} does not say what its room may import"
+        names = {n.strip() for n in re.sub(r"\([^)]*\)", "", said.group(1)).replace("\n", " ").split(",")}
+        found[room] = names
+    return found
+
+
+def test_no_import_cycle_and_every_room_imports_only_what_it_says():
     graph = _project_imports()
     assert len(graph) > 40 and {"mdl_slt.llc.config", "mdl_slt.llc.trace"} <= graph["mdl_slt.llc.sampling"]
     assert _cycle(graph) is None, " → ".join(_cycle(graph))
     # the detector itself finds a cycle when there is one
     assert _cycle({**graph, "mdl_slt.errors": {"mdl_slt.llc.config"}}) is not None
+
+    allowed = _allowed()
+    rooms = set(allowed) | {"errors", "progress"}
+    loose = {_room(m) for m in graph if _room(m) not in allowed} - {"mdl_slt"}
+    assert loose == {"errors", "progress"}, f"modules loose in mdl_slt/: {sorted(loose)}"
+    for room, names in allowed.items():
+        assert names == {"every room"} or names <= rooms, (room, names - rooms)
+    for module, targets in graph.items():
+        room = _room(module)
+        if room not in allowed or allowed[room] == {"every room"}:
+            continue
+        for target in targets:
+            other = _room(target)
+            assert other in (room, "mdl_slt") or other in allowed[room], \
+                f"{module} imports {target}: the {room} room may import only {', '.join(sorted(allowed[room]))}"
+    # the rooms themselves point one way: no room reaches back to one that imports it
+    room_graph = {r: set() for r in rooms | {"mdl_slt"}}
+    for module, targets in graph.items():
+        room_graph[_room(module)] |= {_room(t) for t in targets} - {_room(module), "mdl_slt"}
+    assert _cycle(room_graph) is None, " → ".join(_cycle(room_graph))
 
     def reach(module):
         seen, todo = set(), [module]
@@ -104,14 +144,8 @@ def test_no_import_cycle_and_the_layers_point_one_way():
                 todo.append(target)
         return seen
 
-    pipeline = {"mdl_slt.plan", "mdl_slt.measure", "mdl_slt.executors", "mdl_slt.runner", "mdl_slt.experiment",
-                "mdl_slt.predict", "mdl_slt.report", "mdl_slt.analysis", "mdl_slt.cli"}
-    for module in graph:
-        if module.startswith("compressors"):  # compressors know nothing of experiments or the LLC
-            assert reach(module) <= {m for m in graph if m.startswith("compressors")} | {
-                "mdl_slt.errors", "mdl_slt.lm_loss", "mdl_slt.device"}, module
-        if module.startswith("mdl_slt.llc"):  # the estimator knows nothing of the pipeline above the store
-            assert not reach(module) & pipeline, (module, reach(module) & pipeline)
-        if module.startswith(("mdl_slt.analysis", "mdl_slt.fitfile", "mdl_slt.figures", "mdl_slt.report")):
-            assert not reach(module) & {"mdl_slt.measure", "mdl_slt.executors", "mdl_slt.runner", "mdl_slt.llc.sampling",
-                                        "mdl_slt.llc.chains", "mdl_slt.cli"}, (module, reach(module))
+    measuring = {"mdl_slt.run.measure", "mdl_slt.run.executors", "mdl_slt.run.runner", "mdl_slt.llc.sampling",
+                 "mdl_slt.llc.chains", "mdl_slt.cli"}
+    for module in graph:  # the analysis and report reach no measuring code, so they run without torch
+        if _room(module) in ("analysis", "report"):
+            assert not reach(module) & measuring, (module, reach(module) & measuring)

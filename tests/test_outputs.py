@@ -81,9 +81,9 @@ def test_one_shot_commands_say_what_they_measure_with(tiny_suite):
 def test_the_compressed_model_is_saved_loads_and_reproduces_its_measured_loss(tiny_suite, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from mdl_slt.checkpoints import load_checkpoint
-    from mdl_slt.data import DataConfig, token_sets
-    from mdl_slt.lm_loss import evaluate_loss
+    from mdl_slt.compute.loss import evaluate_loss
+    from mdl_slt.data.tokens import DataConfig, token_sets
+    from mdl_slt.models.checkpoints import load_checkpoint
 
     home, _ = tiny_suite
     done = run_cli("critical", "mdl-slt/tiny-a@step24", "--compressor", "rtn", "--epsilon", "0.05", "--json",

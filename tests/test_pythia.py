@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdl_slt import pythia
 from mdl_slt.errors import UserError
-from mdl_slt.experiment import StepRange
 from mdl_slt.llc.config import LLCConfig
+from mdl_slt.models import pythia
+from mdl_slt.plan.experiment import StepRange
 from tests.conftest import run_cli
 
 
@@ -63,8 +63,8 @@ def pythia_cache(tiny_suite, tmp_path_factory):
     configuration and tokenizer, trained for 4 steps on Shakespeare; plus the text as .txt files."""
     from transformers import GPTNeoXForCausalLM
 
-    from mdl_slt.corpus import load_corpus
-    from mdl_slt.hubcache import write_snapshot
+    from mdl_slt.data.corpus import load_corpus
+    from mdl_slt.home.hub import write_snapshot
 
     home, _ = tiny_suite
     root = tmp_path_factory.mktemp("pythia")
@@ -129,7 +129,7 @@ critical:
     assert json.loads(llc["step1"][4])["config"]["step_size"] == 1e-3  # the paper's step for 14m
     assert sum(r[0] == "critical" for r in rows) == 2 * 2
     assert (root / "pythia.pdf").read_bytes().startswith(b"%PDF")
-    from mdl_slt.data import DataConfig, token_sets
+    from mdl_slt.data.tokens import DataConfig, token_sets
 
     sets = token_sets(home, pythia.neox_tokenizer(home), DataConfig(source="files", files=[f"{root}/text/*.txt"],
                                                                     context_length=64, eval_sequences=8,

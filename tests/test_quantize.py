@@ -7,8 +7,8 @@ import compressors
 from compressors.grid import as_groups, fit_grid
 from compressors.quantize import levels_for
 from compressors.targets import parameter_roles
+from mdl_slt.compute.loss import evaluate_loss
 from mdl_slt.errors import UserError
-from mdl_slt.lm_loss import evaluate_loss
 
 
 def quantize(w, levels, candidates, symmetric=True):

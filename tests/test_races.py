@@ -32,10 +32,11 @@ def _measure(home: str, cache: str, barrier, results) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
 
-    from mdl_slt.experiment import validated
-    from mdl_slt.measure import measure_unit
-    from mdl_slt.plan import Tasks, plan
-    from mdl_slt.suite import build_suite
+    from mdl_slt.models.suite import build_suite
+    from mdl_slt.plan.experiment import validated
+    from mdl_slt.plan.tasks import Tasks
+    from mdl_slt.plan.units import plan
+    from mdl_slt.run.measure import measure_unit
 
     torch.set_num_threads(1)
     found = []
@@ -56,7 +57,7 @@ def _measure(home: str, cache: str, barrier, results) -> None:
 def test_processes_racing_on_an_empty_home_all_succeed(tiny_suite, tmp_path):
     import torch
 
-    from mdl_slt.suite import read_manifest
+    from mdl_slt.models.suite import read_manifest
 
     built, _ = tiny_suite
     home = tmp_path / "home"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mdl_slt.frames import results
+from mdl_slt.analysis.frames import results
 from tests.conftest import TINY, run_cli
 
 EXPERIMENT = """
@@ -158,8 +158,8 @@ def test_outcomes_that_trail_their_workers_return_are_read_and_a_dead_workers_ar
     still read; a worker that died fails what it had not reported; outcomes that never come, once late."""
     from types import SimpleNamespace
 
-    from mdl_slt import executors
-    from mdl_slt.measure import Outcome
+    from mdl_slt.run import executors
+    from mdl_slt.run.measure import Outcome
 
     tasks = {unit: [SimpleNamespace(key=f"{unit}/{i}") for i in range(2)] for unit in ("trails", "dies", "loses")}
     source = SimpleNamespace(next=lambda: handed.pop(0) if handed else None)
@@ -269,8 +269,8 @@ def test_a_task_that_raises_fails_alone_and_a_rerun_measures_only_it(tiny_suite,
     from rich.console import Console
 
     import compressors.prune
-    from mdl_slt.experiment import load_experiment
-    from mdl_slt.runner import run_experiment
+    from mdl_slt.plan.experiment import load_experiment
+    from mdl_slt.run.runner import run_experiment
 
     home, _ = tiny_suite
     path = write(tmp_path, "raises", "[step8, step24]")
@@ -340,8 +340,8 @@ def test_a_checkpoint_rebuilt_with_other_bytes_is_measured_again(tiny_suite, tmp
 
     import torch
 
-    from mdl_slt.checkpoints import load_checkpoint
-    from mdl_slt.hubcache import write_snapshot
+    from mdl_slt.home.hub import write_snapshot
+    from mdl_slt.models.checkpoints import load_checkpoint
 
     home = tmp_path / "home"
     shutil.copytree(tiny_suite[0], home, symlinks=True)

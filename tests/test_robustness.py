@@ -10,9 +10,9 @@ import pytest
 
 from mdl_slt.analysis.robustness import per_fit, summary
 from mdl_slt.errors import UserError
-from mdl_slt.experiment import RobustnessConfig, vary
 from mdl_slt.llc.config import LLCConfig
-from mdl_slt.store import open_existing
+from mdl_slt.plan.experiment import RobustnessConfig, vary
+from mdl_slt.store.database import open_existing
 from tests.conftest import run_cli
 from tests.test_runner_report import EXPERIMENT
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mdl_slt import __version__
-from mdl_slt.store import open_existing
+from mdl_slt.store.database import open_existing
 from tests.conftest import run_cli
 
 EXPERIMENT = """
@@ -212,8 +212,8 @@ def axis_problems(fig) -> list[str]:
 
 def test_every_figure_takes_its_axes_from_its_data(finished_run):
     from mdl_slt.analysis import analyse
-    from mdl_slt.figures import plt
     from mdl_slt.report import figure_pages
+    from mdl_slt.report.figures import plt
 
     home, work, path, first, _ = finished_run
     for title, caption, draw in figure_pages(analyse(work / "tiny.sqlite")):
@@ -226,7 +226,7 @@ def test_every_figure_takes_its_axes_from_its_data(finished_run):
 def test_the_axis_check_catches_the_two_old_bugs():
     """A symmetric-log step axis left to autoscale (ticks at −10¹ and −10⁰), and an ε-sweep axis
     from 10⁻¹⁰ to 10⁶ around data at 10²–10⁴: both are what the report once printed."""
-    from mdl_slt.figures import plt
+    from mdl_slt.report.figures import plt
 
     fig, (steps, sweep) = plt.subplots(1, 2)
     steps.plot([0, 1, 2, 4, 64, 1000], [1.0, 1.1, 1.3, 2.0, 20.0, 45.0], marker="o")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from compressors.groups import WeightGroup
-from mdl_slt.sensitivity import SensitivityConfig, measure
+from mdl_slt.measures.sensitivity import SensitivityConfig, measure
 
 
 def mlp(seed=0, n=64):
@@ -103,8 +103,8 @@ def test_omega_is_the_loss_increase_of_quantizing_a_layer_of_a_quadratic_model()
     """L(W) = ½·mean‖(W − W*)x‖² with inputs whose second moment is σ²·I: the layer's Hessian is σ²·I,
     Hutchinson reads its trace exactly (vᵀHv = σ²·d for every Rademacher v), and HAWQ's
     Ω(b) = ½·(tr(H)/d)·‖Q_b(W) − W‖² is the measured loss increase at every width b."""
-    from mdl_slt.critical import CompressorEntry
     from mdl_slt.llc.batches import mse_loss
+    from mdl_slt.measures.critical import CompressorEntry
 
     g = torch.Generator().manual_seed(2)
     sigma2, n = 2.0, 64
@@ -144,7 +144,7 @@ def test_outliers_of_a_known_weight():
 
 
 def test_the_pareto_frontier_is_the_fewest_bits_for_its_cost_by_brute_force():
-    from mdl_slt.allocation import frontier
+    from mdl_slt.measures.allocation import frontier
 
     rng = np.random.default_rng(3)
     for _ in range(20):
@@ -164,9 +164,9 @@ def test_the_pareto_frontier_is_the_fewest_bits_for_its_cost_by_brute_force():
 def test_allocations_stay_within_epsilon_on_the_measured_loss(tiny_checkpoint, tiny_tokens):
     """Uniform and the oracle on the tiny checkpoint: every passing allocation's measured loss
     increase is within ε, and its bits are what its groups' lengths add up to."""
-    from mdl_slt import allocation
-    from mdl_slt.critical import CompressorEntry
-    from mdl_slt.lm_loss import sequence_losses
+    from mdl_slt.compute.loss import sequence_losses
+    from mdl_slt.measures import allocation
+    from mdl_slt.measures.critical import CompressorEntry
 
     model = tiny_checkpoint.model
     entry = CompressorEntry(name="rtn")
@@ -194,8 +194,9 @@ def test_allocations_stay_within_epsilon_on_the_measured_loss(tiny_checkpoint, t
 def test_adding_a_measure_measures_only_it(tiny_suite):
     """Each measure is a task keyed by its own settings: adding one, or changing another's settings,
     leaves every other task's key as it was."""
-    from mdl_slt.experiment import validated
-    from mdl_slt.plan import Tasks, plan
+    from mdl_slt.plan.experiment import validated
+    from mdl_slt.plan.tasks import Tasks
+    from mdl_slt.plan.units import plan
 
     home, _ = tiny_suite
     base = {"name": "x", "store": "x.sqlite", "device": "cpu", "models": [{"id": "mdl-slt/tiny-a", "revisions": ["step24"]}],

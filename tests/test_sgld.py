@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from mdl_slt.errors import UserError
-from mdl_slt.ground_truth import crossing_expectation, deep_linear_cases, normal_crossing
 from mdl_slt.llc.batches import mse_loss
 from mdl_slt.llc.config import LLCConfig
+from mdl_slt.llc.ground_truth import crossing_expectation, deep_linear_cases, normal_crossing
 from mdl_slt.llc.sampling import estimate_llc
 from tests.conftest import regression
 
@@ -85,7 +85,7 @@ def test_language_model_estimate(tiny_checkpoint, tiny_tokens):
 
 def test_bf16_autocast_changes_the_loss_only_at_bf16_precision(tiny_checkpoint, tiny_tokens):
     """The autocast path CUDA takes, exercised on CPU: the loss stays fp32-reduced and close."""
-    from mdl_slt.lm_loss import token_nll
+    from mdl_slt.compute.loss import token_nll
 
     batch = tiny_tokens.eval[:8]
     with torch.no_grad():
@@ -106,6 +106,7 @@ def test_float_data_needs_a_loss_function():
 STATED = [186.5, 252.6, 489.4, 729.5, 2003.7, 3040.9, 7004.9, 4707.4]  # the README's λ̂ of the first eight networks
 
 
+@pytest.mark.science
 @pytest.mark.parametrize("case", range(8))
 def test_deep_linear_networks_at_the_recommended_settings(case):
     """The accuracy bench's first eight networks (0.9k–108k parameters, 2–5 layers) at the
@@ -191,7 +192,7 @@ def test_baoab_friction_needs_a_localization_or_a_value():
 def test_exact_deep_linear_inputs_give_the_n_sample_loss():
     """`deep_linear_task(exact=True)`: H_1 rows whose loss is that of the n Gaussian inputs they
     stand for, at any parameters (here a random perturbation of w*)."""
-    from mdl_slt.ground_truth import _second_moment_rows
+    from mdl_slt.llc.ground_truth import _second_moment_rows
 
     n, width = 3000, 7
     rows = _second_moment_rows(n, width, torch.Generator().manual_seed(5), chunk=1000)
@@ -219,8 +220,8 @@ def test_compiled_chain_by_chain_gradient_gives_the_eager_chains_and_serves_ever
     """`compile: true` on a transformers model on a CPU: the chain-by-chain runner's compiled
     gradient gives the eager runner's chains, and one compilation serves every checkpoint of the
     architecture (their tensors are passed in, not baked in)."""
-    from mdl_slt.checkpoints import load_checkpoint
     from mdl_slt.llc import chains
+    from mdl_slt.models.checkpoints import load_checkpoint
 
     home, _ = tiny_suite
     config = LLCConfig(step_size=1e-4, num_chains=2, num_draws=30, num_burnin=10, batch_size=8)

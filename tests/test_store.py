@@ -5,8 +5,9 @@ import sqlite3
 import pytest
 
 from mdl_slt.errors import UserError
-from mdl_slt.keys import task_key
-from mdl_slt.store import Record, Store, open_existing
+from mdl_slt.store.database import Store, open_existing
+from mdl_slt.store.keys import task_key
+from mdl_slt.store.records import Record
 
 
 def rows(key):
@@ -77,7 +78,7 @@ def test_claims_wait_for_a_live_lease_but_not_for_a_holder_that_died_on_this_mac
     import sys
     from types import SimpleNamespace
 
-    from mdl_slt.claims import WAIT, Claims, machine
+    from mdl_slt.store.claims import WAIT, Claims, Leases, machine
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -87,13 +88,13 @@ def test_claims_wait_for_a_live_lease_but_not_for_a_holder_that_died_on_this_mac
             holders = {"alive here": f"{machine()}:{alive.pid}:aaaaaa", "dead here": f"{machine()}:{dead.pid}:bbbbbb",
                        "elsewhere": f"elsewhere/1:{dead.pid}:cccccc", "lapsed": f"elsewhere/1:{alive.pid}:dddddd"}
             for unit, holder in holders.items():
-                assert store.claim(unit, holder, -1.0 if unit == "lapsed" else 3600.0)
+                assert Leases(store).claim(unit, holder, -1.0 if unit == "lapsed" else 3600.0)
             task = SimpleNamespace(key="a task")
             with Claims(store, [(unit, [task]) for unit in holders]) as claims:
                 taken = [claims.next()[0] for _ in range(2)]
                 assert sorted(taken) == ["dead here", "lapsed"] and claims.next() == WAIT
                 assert not claims.finish()  # the live holders are still at work
-            assert set(store.live_holders()) == {holders["alive here"], holders["elsewhere"]}
+            assert set(Leases(store).live_holders()) == {holders["alive here"], holders["elsewhere"]}
     finally:
         alive.kill()
         alive.wait()

@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from mdl_slt.hubcache import list_revisions, repo_folder, write_snapshot
-from mdl_slt.suite import SuiteSpec, build_suite, learning_rate, neox_config
+from mdl_slt.home.hub import list_revisions, repo_folder, write_snapshot
+from mdl_slt.models.spec import SuiteSpec, neox_config
+from mdl_slt.models.suite import build_suite, learning_rate
 from tests.conftest import TINY
 
 
@@ -70,19 +71,19 @@ def test_tiny_suite_loads_by_revision_offline(tiny_suite):
 
 def test_suite_build_is_reused(tiny_suite, monkeypatch):
     """A built suite is a manifest read: nothing is trained or locked again."""
-    import mdl_slt.suite
+    import mdl_slt.models.suite
 
     home, manifest = tiny_suite
-    monkeypatch.setattr(mdl_slt.suite, "_build", lambda *args: pytest.fail("a built suite was trained again"))
-    monkeypatch.setattr("mdl_slt.files.locked", lambda path: pytest.fail(f"{path} was locked"))
+    monkeypatch.setattr(mdl_slt.models.suite, "_build", lambda *args: pytest.fail("a built suite was trained again"))
+    monkeypatch.setattr("mdl_slt.home.files.locked", lambda path: pytest.fail(f"{path} was locked"))
     assert build_suite(home, TINY) == manifest
 
 
 def test_variant_is_built_on_demand_with_its_own_training(tiny_suite):
     """A variant is not built with the sizes; asked for, it alone is trained, from the same
     initialisation (same seed) but otherwise: its own batch size, weight decay and data budget."""
-    from mdl_slt.checkpoints import load_checkpoint
-    from mdl_slt.suite import missing
+    from mdl_slt.models.checkpoints import load_checkpoint
+    from mdl_slt.models.suite import missing
 
     home, manifest = tiny_suite
     variant = TINY.variants[0]

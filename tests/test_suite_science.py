@@ -6,12 +6,14 @@ and λ̂'s stated standard errors match its spread across sampler seeds (20 LLCs
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from mdl_slt.analysis.parting import checkpoints, criterion
-from mdl_slt.store import open_existing
+from mdl_slt.store.database import open_existing
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.science  # left out of the quick tier
 ROOT = Path(__file__).parent.parent
 REFERENCE = "mdl-slt/micro-pythia-90k"
 TAKEN = ["mdl-slt/micro-pythia-90k-lr6e-3", "mdl-slt/micro-pythia-90k-b64", "mdl-slt/micro-pythia-90k-seed1"]
@@ -20,8 +22,9 @@ TAKEN = ["mdl-slt/micro-pythia-90k-lr6e-3", "mdl-slt/micro-pythia-90k-b64", "mdl
 def build_runs() -> None:
     """The four runs both tests need, trained by whichever test comes first, two at a time (the
     other waits on the suite's lock), so that no core idles while one run trains alone."""
-    from mdl_slt.home import resolve_home
-    from mdl_slt.suite import SuiteSpec, build_suite
+    from mdl_slt.home.paths import resolve_home
+    from mdl_slt.models.spec import SuiteSpec
+    from mdl_slt.models.suite import build_suite
 
     build_suite(resolve_home(None), SuiteSpec(), SuiteSpec().find([REFERENCE, *TAKEN]))
 

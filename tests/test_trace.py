@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from mdl_slt.errors import UserError
-from mdl_slt.ground_truth import crossing_expectation
 from mdl_slt.llc.batches import mse_loss
 from mdl_slt.llc.config import LLCConfig
+from mdl_slt.llc.ground_truth import crossing_expectation
 from mdl_slt.llc.health import CHECK_EVERY
 from mdl_slt.llc.samplers import relaxation_steps
 from mdl_slt.llc.sampling import estimate_llc, sample

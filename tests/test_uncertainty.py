@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mdl_slt.analysis.lines import fit_line, york
-from mdl_slt.critical import _interpolate, critical_standard_error
+from mdl_slt.measures.critical import _interpolate, critical_standard_error
 
 BITS = lambda v: -v  # noqa: E731  fewer bits compress more
 
@@ -39,7 +39,7 @@ def test_the_bootstrap_error_of_a_crossing_matches_the_delta_method_and_falls_as
     samples each, log se falls against log n with slope −½ within 3 standard errors of the fit."""
     import statsmodels.api as sm
 
-    from mdl_slt.critical import SE_DRAWS
+    from mdl_slt.measures.critical import SE_DRAWS
 
     rng = np.random.default_rng(0)
     means = {16.0: 0.0, 8.0: 0.005, 5.0: 0.02, 4.0: 0.035, 3.0: 0.09, 2.0: 0.6}

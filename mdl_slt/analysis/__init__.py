@@ -15,8 +15,12 @@
              predictors across runs and inside checkpoints, and the allocations they buy
     tournament  every predictor against the others on units left out, shared by both designs
     robustness  every fit redone with λ̂ measured at other sampler settings: is the answer kept?
+    fitfile  the fit file `predict` reads: every line with what it was measured on
+    frames   a store for Python: `mdl_slt.results` (pandas) and `mdl_slt.traces` (ArviZ)
 
 `analyse(store)` does all of it once; the report, its CSV tables and the fit file take its results.
+
+May import: errors, store, llc (the trace's estimate, no sampler), plan (which rows are the experiment's).
 """
 
 from __future__ import annotations
@@ -84,9 +88,9 @@ class Analysis:
 
 def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
     """Select the store's rows of its experiment, fit each line once, and gather the traces."""
-    from mdl_slt.experiment import Experiment
     from mdl_slt.llc.trace import stored
-    from mdl_slt.store import open_existing
+    from mdl_slt.plan.experiment import Experiment
+    from mdl_slt.store.database import open_existing
 
     with open_existing(store_path) as store:
         records, config, configs, identities = store.table(), store.last_config(), store.configs(), store.checkpoints()

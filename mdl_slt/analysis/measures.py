@@ -1,6 +1,6 @@
 """The sensitivity measures as predictor columns: per checkpoint and per weight group. Needs no torch.
 
-From the store's `sensitivity` rows (`mdl_slt.sensitivity`):
+From the store's `sensitivity` rows (`mdl_slt.measures.sensitivity`):
 
     hessian_trace   tr(H)/d, the Hessian's mean eigenvalue (d: the weights of the groups, d_g for a group)
     fisher          F/d, the empirical Fisher trace per weight

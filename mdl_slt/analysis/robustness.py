@@ -26,7 +26,7 @@ ALPHA = 0.05
 
 def varied(records: pd.DataFrame) -> pd.DataFrame:
     """One row per λ̂ measured at a varied setting: which setting, the estimate, its health."""
-    from mdl_slt.experiment import variation_name
+    from mdl_slt.plan.experiment import variation_name
 
     rows = records[records.task == "llc_robust"]
     if not len(rows):
@@ -44,8 +44,8 @@ def varied(records: pd.DataFrame) -> pd.DataFrame:
 def failed_of(failed: list, experiment: dict) -> pd.DataFrame:
     """The varied-setting tasks of the experiment whose latest attempt failed (all chains diverged,
     mostly): one row per (setting, checkpoint) with the reason."""
-    from mdl_slt.experiment import Experiment
-    from mdl_slt.plan import Tasks
+    from mdl_slt.plan.experiment import Experiment
+    from mdl_slt.plan.tasks import Tasks
 
     hashes = Tasks(Experiment.model_validate(experiment)).all_hashes
     rows = [{"setting": task.partition(":")[2], "unit": unit, "reason": reason}

@@ -28,8 +28,8 @@ def select(records: pd.DataFrame, experiment: dict, identities: dict | None = No
     group left out: its task, config hash, why, experiment, models and row count). `identities`:
     (model, revision) → the identity of the bytes the latest run planned (`Store.checkpoints`);
     rows of older bytes of a checkpoint are left out and named."""
-    from mdl_slt.experiment import Experiment
-    from mdl_slt.plan import Tasks
+    from mdl_slt.plan.experiment import Experiment
+    from mdl_slt.plan.tasks import Tasks
 
     hashes = Tasks(Experiment.model_validate(experiment)).all_hashes
     settings = records.config_hash.isin(hashes).to_numpy()

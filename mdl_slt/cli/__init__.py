@@ -6,6 +6,8 @@ library and prints. Every user mistake ends in one line on stderr and exit code 
     llc         llc estimate (the default) / reestimate / calibrate
     checkpoint  critical and predict, on one checkpoint
     layers      the layer study on one checkpoint, and its weight groups
+
+May import: every room.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def _options(
 
 
 def home() -> Path:
-    from mdl_slt.home import resolve_home
+    from mdl_slt.home.paths import resolve_home
 
     return resolve_home(state["home"])
 
@@ -65,7 +65,7 @@ def print_json(payload: dict) -> None:
 def experiment(path: Path | None, sets: list[str], **chosen):
     """The experiment file with `--set` overrides and the global options given on the command line;
     without a file, one holding every default (the embedded data)."""
-    from mdl_slt.experiment import load_experiment, validated
+    from mdl_slt.plan.experiment import load_experiment, validated
 
     given = {"device": state["device"], "threads": state["threads"], **chosen}
     overrides = [*sets, *(f"{k}={v}" for k, v in given.items() if v is not None)]
@@ -79,8 +79,8 @@ def experiment(path: Path | None, sets: list[str], **chosen):
 
 def load(ref: str, chosen):
     """The checkpoint on the experiment's device and its token sets from the experiment's data."""
-    from mdl_slt.device import resolve_device
-    from mdl_slt.measure import load as load_unit
+    from mdl_slt.compute.device import resolve_device
+    from mdl_slt.run.measure import load as load_unit
 
     return load_unit(ref, chosen, home(), resolve_device(chosen.device))
 

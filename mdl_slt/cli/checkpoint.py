@@ -25,7 +25,7 @@ def predict(fit: Path = typer.Option(..., "--fit", help="Fit file written by `md
             set_: list[str] = typer.Option([], "--set", help=SET_HELP),
             as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
     """Predict a checkpoint's critical compression from its LLC, estimated with the fit's own settings."""
-    from mdl_slt.predict import predict_checkpoint
+    from mdl_slt.run.predict import predict_checkpoint
 
     chosen = experiment(experiment_file, set_)
     found = predict_checkpoint(fit, model, chosen, home(), experiment_file is not None, verify, state["device"])
@@ -81,10 +81,10 @@ def critical(ctx: typer.Context,
                                                  "mdl_slt-compression.json; one folder per ε when there are several "
                                                  "[default: none]."),
              as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
-    from mdl_slt.critical import CompressorEntry
-    from mdl_slt.experiment import parse_assignment
-    from mdl_slt.measure import measure_entry
-    from mdl_slt.plan import search_budget
+    from mdl_slt.measures.critical import CompressorEntry
+    from mdl_slt.plan.cost import search_budget
+    from mdl_slt.plan.experiment import parse_assignment
+    from mdl_slt.run.measure import measure_entry
 
     extra = []
     for arg in ctx.args:
@@ -145,7 +145,7 @@ def critical(ctx: typer.Context,
 def _save(ckpt, tokens, entry, found, folder: Path, chosen) -> list[str]:
     """The checkpoint compressed at each ε's critical value written as a model directory
     (`measure.save_compressed`); with several ε, one folder per ε."""
-    from mdl_slt.measure import save_compressed
+    from mdl_slt.run.measure import save_compressed
 
     points = [p for p in found.points() if p["knob"] is not None]
     if not points:

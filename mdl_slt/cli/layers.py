@@ -28,7 +28,7 @@ def layers(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local dir
            experiment_file: Optional[Path] = typer.Option(None, "--experiment", help=EXPERIMENT_HELP),
            set_: list[str] = typer.Option([], "--set", help=SET_HELP),
            as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
-    from mdl_slt.checkpoints import CheckpointRef, group_names
+    from mdl_slt.models.checkpoints import CheckpointRef, group_names
 
     if list_:
         _list(CheckpointRef.parse(ref), as_json)
@@ -51,7 +51,7 @@ def _list(ref, as_json: bool) -> None:
     from transformers import AutoModelForCausalLM
 
     from compressors.groups import weight_groups
-    from mdl_slt.checkpoints import architecture
+    from mdl_slt.models.checkpoints import architecture
 
     with torch.device("meta"):
         found = weight_groups(AutoModelForCausalLM.from_config(architecture(ref, home())))
@@ -67,7 +67,7 @@ def _list(ref, as_json: bool) -> None:
 def _entries(chosen, asked: list[str]) -> list:
     """The compressor entries to restrict to each group: those asked for (entry ids of the
     experiment, or registered names), else the experiment's layer entries, else rtn."""
-    from mdl_slt.critical import CompressorEntry
+    from mdl_slt.measures.critical import CompressorEntry
 
     known = {e.key: e for e in chosen.critical.compressors}
     if asked:
@@ -81,9 +81,10 @@ def _measure(ref: str, chosen, as_json: bool) -> None:
 
     from mdl_slt.analysis.layers import group_table, within_checkpoints
     from mdl_slt.analysis.pooled import theory_signs
-    from mdl_slt.measure import measure_unit
-    from mdl_slt.plan import Tasks, Unit
+    from mdl_slt.plan.tasks import Tasks
+    from mdl_slt.plan.units import Unit
     from mdl_slt.progress import tracking
+    from mdl_slt.run.measure import measure_unit
 
     ckpt, _ = load(ref, chosen)
     chosen = chosen.model_copy(update={"models": [chosen.models[0].model_copy(update={"id": ckpt.ref.model_id})],

@@ -92,7 +92,7 @@ def estimate(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local d
              robustness: bool = typer.Option(False, "--robustness", help="Also λ̂ with one sampler setting multiplied "
                                              "at a time: the experiment's `robustness` section, else step size, nβ and "
                                              "γ × 0.33 and × 3, minibatch × 4.")):
-    from mdl_slt.measure import measure_llc
+    from mdl_slt.run.measure import measure_llc
 
     chosen = experiment(experiment_file, set_)
     config = _settings(chosen, sampler=sampler, step_size=_number_or_auto(step_size, "--step-size"),
@@ -127,8 +127,8 @@ def estimate(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local d
 def _varied(ckpt, tokens, config, chosen, main: float, quiet: bool) -> list[dict]:
     """λ̂ with one sampler setting multiplied at a time (the experiment's robustness section, else
     the suggested one), each beside the main λ̂ as a ratio."""
-    from mdl_slt.experiment import SUGGESTED, RobustnessConfig, variation_name, vary
-    from mdl_slt.measure import measure_llc
+    from mdl_slt.plan.experiment import SUGGESTED, RobustnessConfig, variation_name, vary
+    from mdl_slt.run.measure import measure_llc
 
     section = chosen.robustness if chosen.robustness.variations() else RobustnessConfig(**SUGGESTED)
     rows = []

@@ -20,7 +20,8 @@ def suite_build(force: bool = typer.Option(False, help="Rebuild even if built.")
                                                           "demand when an experiment names one)."),
                 workers: int = typer.Option(2, min=1, help="Models trained in parallel, one thread each.")):
     """Download the corpus, train the tokenizer and the micro-Pythia models, save every checkpoint."""
-    from mdl_slt.suite import SuiteSpec, build_suite
+    from mdl_slt.models.spec import SuiteSpec
+    from mdl_slt.models.suite import build_suite
 
     spec = SuiteSpec()
     runs = spec.all_models() if variants else spec.models
@@ -33,9 +34,9 @@ def suite_build(force: bool = typer.Option(False, help="Rebuild even if built.")
 @suite_app.command("list")
 def suite_list():
     """List the suite's runs, how each variant was trained otherwise, and their checkpoints."""
-    from mdl_slt.home import hub_cache
-    from mdl_slt.hubcache import list_revisions
-    from mdl_slt.suite import SuiteSpec
+    from mdl_slt.home.hub import list_revisions
+    from mdl_slt.home.paths import hub_cache
+    from mdl_slt.models.spec import SuiteSpec
 
     spec = SuiteSpec()
     for model in spec.all_models():
@@ -74,7 +75,7 @@ def run(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)
         address: Optional[str] = typer.Option(None, help="Ray cluster address HOST:PORT [default: a Ray "
                                                          "instance on this machine].")):
     """Run an experiment: every checkpoint's base loss, LLC and critical compression; then its report."""
-    from mdl_slt.runner import run_experiment
+    from mdl_slt.run.runner import run_experiment
 
     chosen = experiment(experiment_file, set_, executor=executor, address=address)
     summary = run_experiment(chosen, home(), console)
@@ -101,7 +102,11 @@ def run(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)
 def validate(experiment_file: Path = typer.Argument(..., help="Experiment file (YAML)."),
              set_: list[str] = typer.Option([], "--set", help=SET_HELP)):
     """Check an experiment file and print its plan and estimated cost, without running anything."""
-    from mdl_slt.plan import Tasks, estimated_cost, plan, resolve_device
+    from mdl_slt.models.spec import SuiteSpec
+    from mdl_slt.models.suite import missing
+    from mdl_slt.plan.cost import estimated_cost
+    from mdl_slt.plan.tasks import Tasks
+    from mdl_slt.plan.units import plan, resolve_device
 
     chosen = experiment(experiment_file, set_)
     units = plan(chosen, home())
@@ -112,6 +117,11 @@ def validate(experiment_file: Path = typer.Argument(..., help="Experiment file (
           + (f", report {Path(chosen.report).resolve()}" if chosen.report else ""))
     for model, revisions in by_model.items():
         print(f"  {model}: {len(revisions)} ({revisions[0]} … {revisions[-1]})")
+    spec = SuiteSpec()
+    unbuilt = missing(home(), spec, spec.find(by_model))
+    if unbuilt:
+        print(f"the first run builds {len(unbuilt)} run(s) of the embedded suite, not built yet in {home()}: "
+              f"{', '.join(spec.model_id(m) for m in unbuilt)}")
     tasks = Tasks(resolve_device(chosen))
     kinds: dict[str, int] = {}
     whole: dict[str, None] = {}  # the tasks' names, in order, each group's tasks once under its first name
@@ -140,7 +150,7 @@ def validate(experiment_file: Path = typer.Argument(..., help="Experiment file (
 def _stored_experiment(db):
     from pydantic import ValidationError
 
-    from mdl_slt.experiment import Experiment
+    from mdl_slt.plan.experiment import Experiment
 
     config = db.last_config()
     if config is None:
@@ -156,10 +166,10 @@ def status(store: Path = typer.Argument(..., help="Results store (SQLite) writte
            verbose: bool = typer.Option(False, "--verbose", "-v", help="Also each checkpoint's critical values "
                                                                        "with their standard errors.")):
     """Show done / failed / pending for every checkpoint of the store's experiment."""
-    from mdl_slt.checkpoints import CheckpointRef
-    from mdl_slt.plan import Tasks
-    from mdl_slt.runner import unit_status
-    from mdl_slt.store import open_existing
+    from mdl_slt.models.checkpoints import CheckpointRef
+    from mdl_slt.plan.tasks import Tasks
+    from mdl_slt.run.runner import unit_status
+    from mdl_slt.store.database import open_existing
 
     with open_existing(store) as db:
         stored = _stored_experiment(db)

@@ -18,4 +18,7 @@ loads the sampler):
     trace       the artifact and the estimate read from it (numpy and arviz, no torch)
     curvature   λ_max of the Hessian at w*, for `step_size: auto`
     calibrate   a step size × nβ sweep on one checkpoint
+    ground_truth  models whose λ is known in closed form (regular, normal crossing, deep linear)
+
+May import: errors, home, compute, models (Pythia's step sizes), store (re-estimating a store's traces).
 """

@@ -57,7 +57,7 @@ def is_tokens(data) -> bool:
 def default_loss(data, numerics: str = "fp32") -> Callable:
     import functools
 
-    from mdl_slt.lm_loss import token_nll
+    from mdl_slt.compute.loss import token_nll
 
     if is_tokens(data):
         return functools.partial(token_nll, numerics=numerics)

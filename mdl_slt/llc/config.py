@@ -68,7 +68,7 @@ class LLCConfig(*(sampler.Settings for sampler in SAMPLERS.values())):
     @classmethod
     def _preset(cls, values):
         if isinstance(values, dict) and values.get("preset") == "pythia":
-            from mdl_slt.pythia import PAPER_SAMPLER
+            from mdl_slt.models.pythia import PAPER_SAMPLER
 
             values = {**PAPER_SAMPLER, "step_size": "auto", **values}
         return values

@@ -15,8 +15,8 @@ def top_hessian_eigenvalue(model, data, loss_fn, batch_size: int = 1024, iterati
     no second derivative)."""
     import torch
 
+    from mdl_slt.compute.loss import eager_attention
     from mdl_slt.llc.batches import data_size, pick
-    from mdl_slt.lm_loss import eager_attention
 
     params = [p for p in model.parameters() if p.requires_grad]
     batch = pick(data, slice(0, min(batch_size, data_size(data))))

@@ -43,7 +43,7 @@ def resolve(config: LLCConfig, model, data, loss_fn) -> tuple[LLCConfig, dict]:
     """The config with nβ, the step size and the sampler's own `auto` settings made concrete for
     this model and data, and how: the paper's step for a model of a Pythia size, else η from
     λ_max of ∇²L at w*; with the relaxation time these settings imply (`samplers.relaxation_steps`)."""
-    from mdl_slt.pythia import default_step_size, is_pythia_sized
+    from mdl_slt.models.pythia import default_step_size, is_pythia_sized
 
     update, how = {"n_beta": resolve_n_beta(config, data)}, {}
     if config.step_size == "auto":
@@ -118,7 +118,7 @@ def sample(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | Non
     """
     import torch
 
-    from mdl_slt.lm_loss import eager_attention
+    from mdl_slt.compute.loss import eager_attention
 
     if data_size(data) < 1:
         raise UserError("estimate_llc needs non-empty data")

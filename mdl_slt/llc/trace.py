@@ -158,7 +158,7 @@ def arviz():
         return sys.modules["arviz"]
     from platformdirs import user_cache_dir
 
-    from mdl_slt.files import locked
+    from mdl_slt.home.files import locked
 
     with locked(Path(user_cache_dir("arviz", "arviz")) / "daily_warning"), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -249,7 +249,7 @@ def estimate(trace: Trace, burnin: int | None = None, thinning: int | None = Non
 def stored(store_path, model: str | None = None, keys: set[str] | None = None) -> list[tuple[dict, Trace]]:
     """The LLC rows of a results store (of one model, or with these task keys, when given) with
     their traces, in step order."""
-    from mdl_slt.store import open_existing
+    from mdl_slt.store.database import open_existing
 
     with open_existing(store_path) as store:
         table = store.table()

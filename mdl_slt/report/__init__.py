@@ -12,9 +12,12 @@ store. Needs no torch. One module per part of the report, each holding its analy
     chains       the LLC over training and its chains
     compression  each method's description lengths, its critical value over training, every search
     pdf          the building blocks: fonts, headings, tables, figure pages
+    figures      what the figures share: style, sizes, axes, markers
 
 Every table is also a CSV beside the PDF (`<stem>-<table>.csv`), every figure an SVG and a PNG in
 `<stem>-figures/`, named by its page.
+
+May import: errors, llc (the trace's burn-in), analysis.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from mdl_slt.analysis import Analysis
 def figure_pages(a: Analysis) -> list[tuple[str, str, Callable]]:
     """(title, caption, a function drawing its matplotlib figure) for every figure page, in order; a
     figure with a row or panel per method takes as many pages as its methods need."""
-    from mdl_slt.figures import Style
     from mdl_slt.report import chains, compression, layers, measures, per_run
+    from mdl_slt.report.figures import Style
     from mdl_slt.report.pdf import number_runs
 
     style = Style(a.table, a.entries)
@@ -60,7 +63,7 @@ def write_report(store_path: Path, output: Path | None = None, overrides: dict |
     """Write the PDF to `output`; beside it `<stem>-<table>.csv` for every table, `<stem>-fit.json` and
     the figures in `<stem>-figures/`."""
     from mdl_slt.analysis import analyse
-    from mdl_slt.fitfile import build_fit_file
+    from mdl_slt.analysis.fitfile import build_fit_file
     from mdl_slt.report import answer, layers, measures, per_run, robustness, settings
     from mdl_slt.report.columns import header
     from mdl_slt.report.pdf import document, figure_page

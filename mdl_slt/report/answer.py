@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 
 from mdl_slt.analysis.pooled import FORMS
 from mdl_slt.analysis.tables import usable
-from mdl_slt.figures import FIGURE_SIZE, Style, plt, short
+from mdl_slt.report.figures import FIGURE_SIZE, Style, plt, short
 from mdl_slt.report.layers import sentence as layer_sentence
 from mdl_slt.report.measures import sentence as measures_sentence
 from mdl_slt.report.pdf import PAGE_WIDTH_MM, g, heading, paragraph, paragraph_height, save_figure, table

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mdl_slt.figures import FIGURE_SIZE, Style, figure, finish, plt, robust_limits, short, steps_axis
+from mdl_slt.report.figures import FIGURE_SIZE, Style, figure, finish, plt, robust_limits, short, steps_axis
 
 
 def figure_pages(a, style: Style) -> list:

@@ -13,7 +13,7 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from mdl_slt.figures import (Style, beyond, clipped_scatter, figure, finish, plt, robust_limits, short, spread,
+from mdl_slt.report.figures import (Style, beyond, clipped_scatter, figure, finish, plt, robust_limits, short, spread,
                              steps_axis)
 from mdl_slt.report.pdf import paged
 

@@ -11,7 +11,7 @@ import pandas as pd
 from mdl_slt.analysis.layers import PREDICTORS
 from mdl_slt.analysis.measures import GROUP_LABELS
 from mdl_slt.analysis.tournament import MIN_UNITS
-from mdl_slt.figures import Style, figure, finish, plt, short
+from mdl_slt.report.figures import Style, figure, finish, plt, short
 from mdl_slt.report.pdf import g, heading, paragraph, table
 
 DIRECTIONS = ("as theory", "against theory", "unclear")

@@ -11,7 +11,7 @@ import pandas as pd
 
 from mdl_slt.analysis.measures import LABELS
 from mdl_slt.analysis.tournament import MIN_UNITS
-from mdl_slt.figures import Style, figure, finish, plt, short
+from mdl_slt.report.figures import Style, figure, finish, plt, short
 from mdl_slt.report.layers import NAMES
 from mdl_slt.report.pdf import g, heading, paragraph, table
 

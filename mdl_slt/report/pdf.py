@@ -86,7 +86,7 @@ def slug(title: str) -> str:
 
 def save_figure(fig, folder: Path, name: str) -> Path:
     """Write `fig` as `<folder>/<name>.svg` (vector) and `.png` ({PNG_DPI} dpi); return the SVG."""
-    from mdl_slt.figures import plt
+    from mdl_slt.report.figures import plt
 
     folder.mkdir(parents=True, exist_ok=True)
     svg = folder / f"{name}.svg"

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from mdl_slt.figures import Style, figure, finish, plt, short, spread
 from mdl_slt.report import robustness
+from mdl_slt.report.figures import Style, figure, finish, plt, short, spread
 from mdl_slt.report.pdf import g, heading, in_order, paged, paragraph, table
 
 BEST = {"llc": "λ̂", "loss": "loss", "tokens": "tokens", "llc_per_param": "λ̂/d", "redundancy": "λ̂·ln n",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mdl_slt.figures import short
+from mdl_slt.report.figures import short
 from mdl_slt.report.pdf import g, heading, paragraph, table
 
 

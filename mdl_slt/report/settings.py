@@ -9,12 +9,12 @@ import json
 
 import pandas as pd
 
-from mdl_slt.figures import short
+from mdl_slt.report.figures import short
 from mdl_slt.report.pdf import heading, paragraph, table
 
 
 def page(pdf, a) -> None:
-    from mdl_slt.fitfile import versions
+    from mdl_slt.analysis.fitfile import versions
 
     exp = a.experiment
     pdf.add_page()

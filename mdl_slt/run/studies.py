@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import time
 
-from mdl_slt.checkpoints import Checkpoint
-from mdl_slt.data import TokenSets
+from mdl_slt.compute.loss import sequence_losses
+from mdl_slt.data.tokens import TokenSets
 from mdl_slt.llc.sampling import estimate_llc
 from mdl_slt.llc.trace import LLCResult
-from mdl_slt.lm_loss import sequence_losses
-from mdl_slt.plan import Task
-from mdl_slt.store import Record
+from mdl_slt.models.checkpoints import Checkpoint
+from mdl_slt.plan.tasks import Task
+from mdl_slt.store.records import Record
 
 
 def group_tolerances(model, experiment) -> dict[float, float]:
@@ -36,11 +36,11 @@ def group_llc(ckpt: Checkpoint, tokens: TokenSets, experiment, group: str) -> LL
 
 def sensitivity_records(ckpt: Checkpoint, tokens: TokenSets, experiment, task: Task, entries: dict,
                         common: dict) -> list[Record]:
-    """The rows of one sensitivity measure (`mdl_slt.sensitivity`) for the whole model, and each weight
+    """The rows of one sensitivity measure (`mdl_slt.measures.sensitivity`) for the whole model, and each weight
     group where the experiment measures per group: on the held-out sequences, or for hawq the
     calibration tokens its compressor reads."""
     from compressors.groups import weight_groups
-    from mdl_slt.sensitivity import measure
+    from mdl_slt.measures.sensitivity import measure
 
     name = task.name.split(":")[1]
     entry = entries.get(task.entry)
@@ -58,9 +58,9 @@ def sensitivity_records(ckpt: Checkpoint, tokens: TokenSets, experiment, task: T
 def allocation_records(ckpt: Checkpoint, tokens: TokenSets, experiment, task: Task, entry, base, known: dict,
                        common: dict) -> list[Record]:
     """Per method and ε, the most compressing per-group allocation of `entry` within ε on the measured
-    loss of the whole model (`mdl_slt.allocation`), its bits with their standard error, and the
+    loss of the whole model (`mdl_slt.measures.allocation`), its bits with their standard error, and the
     knob value of every group."""
-    from mdl_slt import allocation
+    from mdl_slt.measures import allocation
 
     start = time.perf_counter()
     settings = experiment.allocation

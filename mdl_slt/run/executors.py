@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from mdl_slt.claims import WAIT
 from mdl_slt.errors import UserError, one_line
-from mdl_slt.experiment import Experiment
-from mdl_slt.measure import Outcome, measure_unit, reason
-from mdl_slt.plan import Task, Unit
+from mdl_slt.plan.experiment import Experiment
+from mdl_slt.plan.tasks import Task
+from mdl_slt.plan.units import Unit
+from mdl_slt.run.measure import Outcome, measure_unit, reason
+from mdl_slt.store.claims import WAIT
 
 POLL_S = 0.2
 LATE_S = 60.0  # how long outcomes may trail their worker's return (a queue under load) before they count as lost

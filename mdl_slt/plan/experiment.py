@@ -1,7 +1,7 @@
 """Experiment files (YAML), validated by one pydantic schema.
 
 Relative paths in a file (store, report, data files, local models) are taken from the file's own
-folder; those given with `--set` from the working directory. `mdl_slt.plan` expands an
+folder; those given with `--set` from the working directory. `mdl_slt.plan.units` expands an
 experiment into checkpoints and tasks; each task's key hashes only the settings it depends on.
 """
 
@@ -14,12 +14,12 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mdl_slt import pythia
-from mdl_slt.critical import CriticalConfig
-from mdl_slt.data import DataConfig
+from mdl_slt.data.tokens import DataConfig
 from mdl_slt.errors import UserError, first_problem
 from mdl_slt.llc.config import LLCConfig
-from mdl_slt.sensitivity import SensitivityConfig
+from mdl_slt.measures.critical import CriticalConfig
+from mdl_slt.measures.sensitivity import SensitivityConfig
+from mdl_slt.models import pythia
 
 
 class _Strict(BaseModel):
@@ -31,7 +31,7 @@ class StepRange(_Strict):
     `every`; Pythia's published schedule (0, 1, 2, 4, …, 512, then every 1,000 to 143,000) within
     [start, stop]; or, with `schedule: hub`, every revision of the repository (the hub's branches
     when online, the local caches offline) whose name gives a step in [start, stop] (see
-    `mdl_slt.revisions`), thinned to every `every` steps from `start` when given."""
+    `mdl_slt.models.revisions`), thinned to every `every` steps from `start` when given."""
 
     start: int = Field(0, ge=0)
     stop: int | None = Field(None, ge=0)
@@ -150,7 +150,7 @@ class LayersConfig(_Strict):
 
 class AllocationConfig(_Strict):
     """Per-group knob values within a whole-model ε, chosen by each method and judged on the measured
-    loss of the whole compressed model (`mdl_slt.allocation`)."""
+    loss of the whole compressed model (`mdl_slt.measures.allocation`)."""
 
     compressors: list[str] = Field(default_factory=list, description="compressor entries (ids) to allocate; none: "
                                                                       "no allocation study")

@@ -16,7 +16,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from mdl_slt.files import replacing, write_text
+from mdl_slt.home.files import replacing, write_text
 
 
 def repo_folder(cache_dir: Path, model_id: str) -> Path:

@@ -18,7 +18,7 @@ def _experiment_rows(store: str | Path):
     """(the rows of the store's experiment, the experiment's settings)."""
     from mdl_slt.analysis.tables import select
     from mdl_slt.errors import UserError
-    from mdl_slt.store import open_existing
+    from mdl_slt.store.database import open_existing
 
     with open_existing(store) as opened:
         records, config, identities = opened.table(), opened.last_config(), opened.checkpoints()
@@ -34,7 +34,7 @@ def results(store: str | Path, critical: str = "interpolated"):
     each checkpoint's step, tokens seen and whether it lies in the analysis window. The columns are
     those of the report's measurements CSV (reports/README.md)."""
     from mdl_slt.analysis.tables import measurements, window
-    from mdl_slt.experiment import Experiment
+    from mdl_slt.plan.experiment import Experiment
 
     records, config = _experiment_rows(store)
     table = measurements(records, critical)

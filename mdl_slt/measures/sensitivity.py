@@ -97,8 +97,8 @@ class HessianTrace(Measure):
     def measure(self, model, data, groups, settings, entry=None, loss_fn=None, per_group=True) -> list[Row]:
         import torch
 
+        from mdl_slt.compute.loss import eager_attention
         from mdl_slt.llc.batches import data_size, default_loss, pick, to_device
-        from mdl_slt.lm_loss import eager_attention
 
         params = _params(groups)
         data = to_device(data, params[0].device)

@@ -1,7 +1,7 @@
 """The results store: one SQLite file, one tidy row per measurement, safe to resume.
 
 Tables:
-- `records`: one row per measurement, keyed by `mdl_slt.keys` (its task's key plus what tells
+- `records`: one row per measurement, keyed by `mdl_slt.store.keys` (its task's key plus what tells
   the task's rows apart);
 - `tasks`: one row per task, done (with its row count) or failed (with its one-line reason);
 - `configs`: the settings behind every config hash, so a fit can name what it was measured with;
@@ -17,110 +17,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from mdl_slt.errors import UserError
-from mdl_slt.keys import row_key
-
-COLUMNS = {
-    "key": "TEXT PRIMARY KEY",
-    "task_key": "TEXT",
-    "checkpoint_id": "TEXT",  # what names the measured checkpoint's bytes
-    "experiment": "TEXT",
-    "task": "TEXT NOT NULL",  # base_loss | llc | loss_curve | critical | llc_robust | the layer study's and measures'
-    "model": "TEXT NOT NULL",
-    "revision": "TEXT",
-    "step": "INTEGER",
-    "num_params": "INTEGER",
-    "tokens_seen": "INTEGER",
-    "compressor": "TEXT",  # the entry's id
-    "method": "TEXT",  # the registered compressor it runs
-    "knob": "REAL",
-    "knob_interpolated": "REAL",
-    "epsilon": "REAL",
-    "loss": "REAL",
-    "base_loss": "REAL",
-    "bits": "REAL",
-    "bits_entropy": "REAL",
-    "bits_interpolated": "REAL",
-    "llc_mean": "REAL",
-    "llc_std_error": "REAL",
-    "weight_group": "TEXT",  # the weight group a row measures alone (compressors.groups); NULL: the whole model
-    "measure": "TEXT",  # a sensitivity row's quantity (hessian_trace, …); an allocation row's method
-    "value": "REAL",  # a sensitivity measure's value
-    "value_se": "REAL",  # and its standard error, where it is an estimate
-    "detail": "TEXT",  # JSON: diagnostics, search evaluations, flags
-    "elapsed_s": "REAL",
-    "config_hash": "TEXT",
-    "device": "TEXT",  # cpu | cuda
-    "numerics": "TEXT",  # fp32 | bf16-autocast
-    "seed": "INTEGER",
-    "package_version": "TEXT",
-    "created_at": "TEXT",
-}
-TABLES = {
-    "tasks": "key TEXT PRIMARY KEY, unit TEXT, task TEXT, config_hash TEXT, status TEXT, reason TEXT, rows INTEGER, at TEXT",
-    "configs": "hash TEXT PRIMARY KEY, kind TEXT, settings TEXT",
-    "traces": "key TEXT PRIMARY KEY, data BLOB",
-    "runs": "started_at TEXT, experiment TEXT, config TEXT",
-    "checkpoints": "ref TEXT PRIMARY KEY, model TEXT, revision TEXT, identity TEXT, at TEXT",
-    "claims": "unit TEXT PRIMARY KEY, holder TEXT, expires REAL",
-}
-
-
-KNOB_ROWS = ("loss_curve", "loss_curve_group", "sensitivity")  # tasks with a row per knob value
-
-
-@dataclass
-class Record:
-    task: str
-    model: str
-    revision: str | None
-    task_key: str
-    config_hash: str
-    checkpoint_id: str | None = None
-    step: int | None = None
-    num_params: int | None = None
-    tokens_seen: int | None = None
-    compressor: str | None = None
-    method: str | None = None
-    knob: float | None = None
-    knob_interpolated: float | None = None
-    epsilon: float | None = None
-    loss: float | None = None
-    base_loss: float | None = None
-    bits: float | None = None
-    bits_entropy: float | None = None
-    bits_interpolated: float | None = None
-    llc_mean: float | None = None
-    llc_std_error: float | None = None
-    weight_group: str | None = None
-    measure: str | None = None
-    value: float | None = None
-    value_se: float | None = None
-    detail: dict = field(default_factory=dict)
-    elapsed_s: float | None = None
-    device: str | None = None
-    numerics: str | None = None
-    seed: int | None = None
-    experiment: str | None = None
-
-    @property
-    def key(self) -> str:
-        # a loss-curve row is told apart by its knob value, a critical row by its ε, a measure's by
-        # its group and knob; elsewhere the knob is a result, not part of the identity
-        own = self.task in KNOB_ROWS
-        parts = () if self.measure is None else (self.measure,)  # a measure's quantities share a task
-        parts += () if self.weight_group is None else (self.weight_group,)
-        return row_key(self.task_key, self.task, self.knob if own else None, self.epsilon, *parts)
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
+from mdl_slt.store.records import COLUMNS, TABLES, Record, now
 
 class Store:
     def __init__(self, path: str | Path):
@@ -191,49 +91,6 @@ class Store:
     def settled_since(self, since: str) -> set[str]:
         """Tasks done, or failed at or after `since` (an ISO time): nothing more to try in this run."""
         return {k for (k,) in self.db.execute("SELECT key FROM tasks WHERE status = 'done' OR at >= ?", (since,))}
-
-    def claim(self, unit: str, holder: str, lease_s: float) -> bool:
-        """Take `unit` for `holder` (or extend its own claim) unless another holder's lease is live;
-        one statement, so of two processes claiming at once exactly one wins."""
-        clock = time.time()
-        with self.db:
-            taken = self.db.execute("INSERT INTO claims VALUES (?, ?, ?) ON CONFLICT(unit) DO UPDATE SET "
-                                    "holder = excluded.holder, expires = excluded.expires "
-                                    "WHERE claims.expires < ? OR claims.holder = excluded.holder",
-                                    (unit, holder, clock + lease_s, clock))
-        return taken.rowcount == 1
-
-    def renew(self, units: list[str], holder: str, lease_s: float) -> None:
-        """Extend `holder`'s leases on `units` by `lease_s` from now."""
-        with self.db:
-            self.db.executemany("UPDATE claims SET expires = ? WHERE unit = ? AND holder = ?",
-                                [(time.time() + lease_s, u, holder) for u in units])
-
-    def live_holders(self) -> list[str]:
-        """Holders with a live lease on some unit."""
-        return [h for (h,) in self.db.execute("SELECT DISTINCT holder FROM claims WHERE expires >= ?", (time.time(),))]
-
-    def lapse(self, holder: str) -> None:
-        """End every lease of `holder` now (it is known to be dead)."""
-        with self.db:
-            self.db.execute("UPDATE claims SET expires = 0 WHERE holder = ?", (holder,))
-
-    def release(self, unit: str, holder: str) -> None:
-        with self.db:
-            self.db.execute("DELETE FROM claims WHERE unit = ? AND holder = ?", (unit, holder))
-
-    def finish_claims(self, holder: str) -> bool:
-        """Release all of `holder`'s claims; True when no other holder's lease is live, decided in
-        one exclusive transaction, so of processes finishing together exactly one is last."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.execute("DELETE FROM claims WHERE holder = ?", (holder,))
-            others = self.db.execute("SELECT COUNT(*) FROM claims WHERE expires >= ?", (time.time(),)).fetchone()[0]
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        return others == 0
 
     def record_checkpoints(self, checkpoints: list[tuple[str, str, str | None, str | None]]) -> None:
         """The bytes each checkpoint (ref, model, revision, identity) has now: what a fit uses."""

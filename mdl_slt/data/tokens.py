@@ -80,7 +80,7 @@ def token_sets(home: Path, tokenizer, data: DataConfig) -> TokenSets:
     """The fixed eval and LLC token sets of `data` under `tokenizer`, built once and cached."""
     import torch
 
-    from mdl_slt.tokenizer import tokenizer_fingerprint
+    from mdl_slt.data.tokenizer import tokenizer_fingerprint
 
     if data.source == "embedded":
         return _embedded_sets(home, tokenizer, data)
@@ -104,7 +104,7 @@ def token_sets(home: Path, tokenizer, data: DataConfig) -> TokenSets:
 
 
 def _embedded_sets(home: Path, tokenizer, data: DataConfig) -> TokenSets:
-    from mdl_slt.corpus import load_corpus
+    from mdl_slt.data.corpus import load_corpus
 
     corpus = load_corpus(home)
     return TokenSets(eval=_cached_blocks(home, "eval", corpus.eval, tokenizer, data.eval_sequences, data.context_length),
@@ -114,7 +114,7 @@ def _embedded_sets(home: Path, tokenizer, data: DataConfig) -> TokenSets:
 def _cached_blocks(home: Path, split: str, text: str, tokenizer, num_sequences: int, context_length: int):
     import torch
 
-    from mdl_slt.tokenizer import tokenizer_fingerprint
+    from mdl_slt.data.tokenizer import tokenizer_fingerprint
 
     key = hashlib.sha256(f"{tokenizer_fingerprint(tokenizer)}|{hashlib.sha256(text.encode()).hexdigest()}|"
                          f"{num_sequences}|{context_length}".encode()).hexdigest()[:20]
@@ -131,7 +131,7 @@ def _save(path: Path, value) -> None:
     own temporary file, and the last rename wins (the content is the same)."""
     import torch
 
-    from mdl_slt.files import replacing
+    from mdl_slt.home.files import replacing
 
     with replacing(path) as tmp:
         torch.save(value, tmp)
@@ -196,7 +196,7 @@ def _dataset_documents(data: DataConfig, split: str) -> Iterator[str]:
     except ImportError:
         raise UserError("reading a Hugging Face dataset needs the `datasets` package: "
                         "pip install 'mdl-slt[hub]'") from None
-    from mdl_slt.hubcache import hub_reachable
+    from mdl_slt.home.hub import hub_reachable
 
     local = Path(data.dataset).expanduser()
     if not local.is_dir() and not hub_reachable():

@@ -13,13 +13,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mdl_slt.claims import Claims
 from mdl_slt.errors import UserError
-from mdl_slt.executors import execute
-from mdl_slt.experiment import Experiment
-from mdl_slt.plan import Tasks, plan, resolve_device
+from mdl_slt.plan.experiment import Experiment
+from mdl_slt.plan.tasks import Tasks
+from mdl_slt.plan.units import plan, resolve_device
 from mdl_slt.progress import tracking
-from mdl_slt.store import Store
+from mdl_slt.run.executors import execute
+from mdl_slt.store.claims import Claims
+from mdl_slt.store.database import Store
 
 
 @dataclass
@@ -57,7 +58,8 @@ def run_log(store: Path):
 
 def ensure_suite(experiment: Experiment, home: Path, console) -> None:
     """Build first the embedded suite's runs the experiment names that are not built yet."""
-    from mdl_slt.suite import SuiteSpec, build_suite, missing
+    from mdl_slt.models.spec import SuiteSpec
+    from mdl_slt.models.suite import build_suite, missing
 
     spec = SuiteSpec()
     todo = missing(home, spec, spec.find(m.id for m in experiment.models))

@@ -60,7 +60,7 @@ def training_position(model_id: str, revision: str | None, pattern: str | None =
     """(step, tokens seen) as a revision's name gives them, the one reading of a name for runs and
     one-shot commands alike: tokens from the name where it says, else step × `tokens_per_step`
     (Pythia's is known); (None, None) for a name that gives no step."""
-    from mdl_slt import pythia
+    from mdl_slt.models import pythia
 
     named = parse(revision, pattern) if revision else None
     if named is None:
@@ -74,8 +74,8 @@ def hub_revisions(model_id: str, home) -> list[str]:
     (the suite's and the user's Hugging Face cache)."""
     from huggingface_hub import constants
 
-    from mdl_slt.home import hub_cache
-    from mdl_slt.hubcache import hub_reachable, list_revisions
+    from mdl_slt.home.hub import hub_reachable, list_revisions
+    from mdl_slt.home.paths import hub_cache
 
     if hub_reachable():
         from huggingface_hub import list_repo_refs

@@ -15,19 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from mdl_slt.checkpoints import Checkpoint
-from mdl_slt.critical import CriticalSearch, critical_standard_error, find_critical
-from mdl_slt.data import TokenSets
-from mdl_slt.device import NUMERICS_LABEL
+from mdl_slt.compute.device import NUMERICS_LABEL
+from mdl_slt.compute.loss import sequence_losses
+from mdl_slt.data.tokens import TokenSets
 from mdl_slt.errors import UserError, one_line
-from mdl_slt.experiment import parse_variation
 from mdl_slt.llc.config import LLCConfig
 from mdl_slt.llc.sampling import estimate_llc
 from mdl_slt.llc.trace import LLCResult
-from mdl_slt.lm_loss import sequence_losses
-from mdl_slt.plan import Task, Unit
-from mdl_slt.store import Record
-from mdl_slt.studies import allocation_records, group_llc, group_tolerances, sensitivity_records
+from mdl_slt.measures.critical import CriticalSearch, critical_standard_error, find_critical
+from mdl_slt.models.checkpoints import Checkpoint
+from mdl_slt.plan.experiment import parse_variation
+from mdl_slt.plan.tasks import Task
+from mdl_slt.plan.units import Unit
+from mdl_slt.run.studies import allocation_records, group_llc, group_tolerances, sensitivity_records
+from mdl_slt.store.records import Record
 
 
 @dataclass
@@ -50,9 +51,9 @@ def reason(error: BaseException) -> str:
 def load(ref, experiment, home: Path, device: str | None = None) -> tuple[Checkpoint, TokenSets]:
     """A checkpoint on `device` (default: the experiment's, resolved) in a process with the
     experiment's torch threads, and its token sets from the experiment's data."""
-    from mdl_slt.checkpoints import load_checkpoint
-    from mdl_slt.data import token_sets
-    from mdl_slt.threads import set_threads
+    from mdl_slt.compute.threads import set_threads
+    from mdl_slt.data.tokens import token_sets
+    from mdl_slt.models.checkpoints import load_checkpoint
 
     set_threads(experiment.threads)
     ckpt = load_checkpoint(ref, home, device or experiment.device)
@@ -187,72 +188,113 @@ def measure_unit(unit: Unit, experiment, home: Path, tasks: list[Task]) -> Itera
         for task in tasks:
             yield Outcome(name, task, error=reason(error))
         return
-    common = dict(model=unit.ref.model_id, revision=unit.ref.revision, num_params=ckpt.num_params,
-                  step=unit.step if unit.step is not None else ckpt.step,
-                  tokens_seen=unit.tokens_seen if unit.tokens_seen is not None else ckpt.tokens_seen,
-                  experiment=experiment.name, device=experiment.device, checkpoint_id=unit.identity)
-    entries = {e.key: e for e in experiment.critical.compressors}
-    numerics = experiment.critical.numerics
-    base = None
-    known = {}  # task name → the rows it wrote, for the tasks that read them (an allocation's measures)
+    at = UnitAt(unit, experiment, ckpt, tokens)
     for task in tasks:
-        known.update((name, list(rows)) for name, rows in task.inputs)
+        at.known.update((name, list(rows)) for name, rows in task.inputs)
         try:
             start = time.perf_counter()
-            if base is None and task.kind in ("base_loss", "critical", "critical_group", "allocation"):
-                base = sequence_losses(ckpt.model, tokens.eval, numerics=numerics)
-                base_loss = float(base.mean())
-            if task.kind == "step_size":
-                chosen = choose_step_size(ckpt, tokens, experiment.llc)
-                yield Outcome(name, task, [Record("step_size", task_key=task.key, config_hash=task.config_hash,
-                                                  elapsed_s=time.perf_counter() - start, detail=chosen,
-                                                  **common)])
-            elif task.kind == "base_loss":
-                uniform = math.log(ckpt.model.config.vocab_size)  # the loss of a uniform prediction, ln V
-                rows = [Record("base_loss", task_key=task.key, config_hash=task.config_hash, loss=base_loss,
-                               base_loss=base_loss, elapsed_s=time.perf_counter() - start, detail={"uniform_loss": uniform},
-                               numerics=NUMERICS_LABEL[numerics], **common)]
-                yield Outcome(name, task, rows)
-            elif task.kind == "llc":
-                result = measure_llc(ckpt, tokens, experiment.llc_for(unit.ref.model_id))
-                yield Outcome(name, task, [llc_record(result, task, experiment.llc.seed, common)], result.trace)
-            elif task.kind == "llc_robust":
-                parameter, multiplier = parse_variation(task.entry)
-                result = measure_llc(ckpt, tokens, experiment.varied_llc(unit.ref.model_id, parameter, multiplier))
-                record = llc_record(result, task, experiment.llc.seed, common, "llc_robust")
-                record.detail["variation"] = {"parameter": parameter, "multiplier": multiplier}
-                yield Outcome(name, task, [record])
-            elif task.kind == "sensitivity":
-                outcome = Outcome(name, task, sensitivity_records(ckpt, tokens, experiment, task, entries, common))
-                known[task.name] = [vars(r) for r in outcome.records]
-                yield outcome
-            elif task.kind == "allocation":
-                missing = [n for n in task.needs if n not in known]
-                if missing:
-                    raise UserError(f"needs {', '.join(missing)}, not measured (failed, or not in this run)")
-                yield Outcome(name, task, allocation_records(ckpt, tokens, experiment, task, entries[task.entry], base,
-                                                             known, {**common, "numerics": NUMERICS_LABEL[numerics]}))
-            elif task.kind == "llc_group":
-                result = group_llc(ckpt, tokens, experiment, task.group)
-                record = llc_record(result, task, experiment.llc.seed, common, "llc_group")
-                record.weight_group = task.group
-                outcome = Outcome(name, task, [record], result.trace)
-                known[task.name] = [vars(r) for r in outcome.records]
-                yield outcome
-            elif task.kind == "critical_group":
-                entry = entries[task.entry].restricted(task.group)
-                tolerances = group_tolerances(ckpt.model, experiment)
-                found = measure_entry(ckpt, tokens, entry, list(tolerances), numerics, base)
-                yield Outcome(name, task, critical_records(found, task, entry,
-                                                           {**common, "numerics": NUMERICS_LABEL[numerics]},
-                                                           task.group, tolerances))
-            else:
-                entry = entries[task.entry]
-                found = measure_entry(ckpt, tokens, entry, experiment.critical.epsilons, numerics, base)
-                yield Outcome(name, task, critical_records(found, task, entry,
-                                                           {**common, "numerics": NUMERICS_LABEL[numerics]}))
+            outcome = MEASURERS[task.kind](at, task, start)
+            if task.kind in ("sensitivity", "llc_group"):  # rows the unit's later tasks read (an allocation's)
+                at.known[task.name] = [vars(r) for r in outcome.records]
+            yield outcome
         except Exception as error:  # noqa: BLE001  a failed task is recorded; the unit's other tasks go on
             yield Outcome(name, task, error=reason(error))
+
+
+@dataclass
+class UnitAt:
+    """One loaded checkpoint and what its tasks share: the columns every row carries, the compressor
+    entries, the base model's per-sequence held-out losses (evaluated once, when first needed) and
+    the rows of tasks that later tasks read."""
+
+    unit: Unit
+    experiment: object
+    ckpt: Checkpoint
+    tokens: TokenSets
+    known: dict = field(default_factory=dict)  # task name → the rows it wrote (an allocation's measures)
+    _base: object = None
+
+    def __post_init__(self):
+        unit, ckpt = self.unit, self.ckpt
+        self.name = str(unit)
+        self.common = dict(model=unit.ref.model_id, revision=unit.ref.revision, num_params=ckpt.num_params,
+                           step=unit.step if unit.step is not None else ckpt.step,
+                           tokens_seen=unit.tokens_seen if unit.tokens_seen is not None else ckpt.tokens_seen,
+                           experiment=self.experiment.name, device=self.experiment.device,
+                           checkpoint_id=unit.identity)
+        self.entries = {e.key: e for e in self.experiment.critical.compressors}
+        self.numerics = self.experiment.critical.numerics
+        self.evaluated = {**self.common, "numerics": NUMERICS_LABEL[self.numerics]}  # rows of loss evaluations
+
+    @property
+    def base(self):
+        if self._base is None:
+            self._base = sequence_losses(self.ckpt.model, self.tokens.eval, numerics=self.numerics)
+        return self._base
+
+
+def _step_size(at: UnitAt, task: Task, start: float) -> Outcome:
+    chosen = choose_step_size(at.ckpt, at.tokens, at.experiment.llc)
+    return Outcome(at.name, task, [Record("step_size", task_key=task.key, config_hash=task.config_hash,
+                                          elapsed_s=time.perf_counter() - start, detail=chosen, **at.common)])
+
+
+def _base_loss(at: UnitAt, task: Task, start: float) -> Outcome:
+    base_loss = float(at.base.mean())
+    uniform = math.log(at.ckpt.model.config.vocab_size)  # the loss of a uniform prediction, ln V
+    return Outcome(at.name, task, [Record("base_loss", task_key=task.key, config_hash=task.config_hash, loss=base_loss,
+                                          base_loss=base_loss, elapsed_s=time.perf_counter() - start,
+                                          detail={"uniform_loss": uniform}, **at.evaluated)])
+
+
+def _llc(at: UnitAt, task: Task, start: float) -> Outcome:
+    result = measure_llc(at.ckpt, at.tokens, at.experiment.llc_for(at.unit.ref.model_id))
+    return Outcome(at.name, task, [llc_record(result, task, at.experiment.llc.seed, at.common)], result.trace)
+
+
+def _llc_robust(at: UnitAt, task: Task, start: float) -> Outcome:
+    parameter, multiplier = parse_variation(task.entry)
+    result = measure_llc(at.ckpt, at.tokens, at.experiment.varied_llc(at.unit.ref.model_id, parameter, multiplier))
+    record = llc_record(result, task, at.experiment.llc.seed, at.common, "llc_robust")
+    record.detail["variation"] = {"parameter": parameter, "multiplier": multiplier}
+    return Outcome(at.name, task, [record])
+
+
+def _sensitivity(at: UnitAt, task: Task, start: float) -> Outcome:
+    return Outcome(at.name, task, sensitivity_records(at.ckpt, at.tokens, at.experiment, task, at.entries, at.common))
+
+
+def _allocation(at: UnitAt, task: Task, start: float) -> Outcome:
+    missing = [n for n in task.needs if n not in at.known]
+    if missing:
+        raise UserError(f"needs {', '.join(missing)}, not measured (failed, or not in this run)")
+    return Outcome(at.name, task, allocation_records(at.ckpt, at.tokens, at.experiment, task, at.entries[task.entry],
+                                                     at.base, at.known, at.evaluated))
+
+
+def _llc_group(at: UnitAt, task: Task, start: float) -> Outcome:
+    result = group_llc(at.ckpt, at.tokens, at.experiment, task.group)
+    record = llc_record(result, task, at.experiment.llc.seed, at.common, "llc_group")
+    record.weight_group = task.group
+    return Outcome(at.name, task, [record], result.trace)
+
+
+def _critical_group(at: UnitAt, task: Task, start: float) -> Outcome:
+    entry = at.entries[task.entry].restricted(task.group)
+    tolerances = group_tolerances(at.ckpt.model, at.experiment)
+    found = measure_entry(at.ckpt, at.tokens, entry, list(tolerances), at.numerics, at.base)
+    return Outcome(at.name, task, critical_records(found, task, entry, at.evaluated, task.group, tolerances))
+
+
+def _critical(at: UnitAt, task: Task, start: float) -> Outcome:
+    entry = at.entries[task.entry]
+    found = measure_entry(at.ckpt, at.tokens, entry, at.experiment.critical.epsilons, at.numerics, at.base)
+    return Outcome(at.name, task, critical_records(found, task, entry, at.evaluated))
+
+
+MEASURERS = {"step_size": _step_size, "base_loss": _base_loss, "llc": _llc, "llc_robust": _llc_robust,
+             "sensitivity": _sensitivity, "allocation": _allocation, "llc_group": _llc_group,
+             "critical_group": _critical_group, "critical": _critical}  # task kind → how it is measured
 
 
 def save_compressed(checkpoint: Checkpoint, tokens: TokenSets, entry, point: dict, found: CriticalMeasurement,
@@ -264,7 +306,7 @@ def save_compressed(checkpoint: Checkpoint, tokens: TokenSets, entry, point: dic
     import json
 
     from mdl_slt import __version__
-    from mdl_slt.lm_loss import evaluate_loss
+    from mdl_slt.compute.loss import evaluate_loss
 
     method = entry.build()
     model = checkpoint.model

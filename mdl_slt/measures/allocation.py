@@ -16,7 +16,7 @@ the lower convex hulls of their (cost, bits) points, steepest saving of bits per
 first, which is for each multiplier μ the allocation b_g = argmin_b bits_g(b) + μ·C_g(b) — the
 Lagrangian of the multiple-choice knapsack, each the fewest bits for its own Σ C (HAWQ-V2's
 frontier). Ordered from least to most compressing, the frontier is one knob; the critical search
-(`mdl_slt.critical`) finds its most compressing allocation within ε on the measured loss, so no
+(`mdl_slt.measures.critical`) finds its most compressing allocation within ε on the measured loss, so no
 method is judged by its own prediction. Its length is every group's payload and side information
 at its value plus every other parameter at 32 bits, with a standard error from a bootstrap over the
 held-out sequences (the passing allocation found again in each draw among those evaluated).
@@ -155,8 +155,8 @@ def judge(model, tokens, base, groups: list[Group], options: list[tuple[int, ...
     """The most compressing of `options` (least compressing first) within each ε on the measured
     held-out loss of the whole model (the critical search over their order), with its bits."""
     from compressors.registry import Knob
-    from mdl_slt.critical import find_critical
-    from mdl_slt.lm_loss import sequence_losses
+    from mdl_slt.compute.loss import sequence_losses
+    from mdl_slt.measures.critical import find_critical
 
     differences = {}
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mdl_slt.checkpoints import CheckpointRef
 from mdl_slt.llc.trace import LLCResult
+from mdl_slt.models.checkpoints import CheckpointRef
 
 
 @dataclass
@@ -55,11 +55,11 @@ def predict_checkpoint(fit_path: Path, ref: str, experiment, home: Path, own_fil
                        device: str | None = None) -> CheckpointPrediction:
     """Estimate λ̂ of `ref`, predict every fitted (compressor, ε) and, with `verify`, measure it;
     `experiment` is an experiment file's (`own_file`) or the defaults, `device` the one asked for."""
-    from mdl_slt.critical import CompressorEntry
-    from mdl_slt.device import resolve_device
-    from mdl_slt.fitfile import FitFile
-    from mdl_slt.lm_loss import evaluate_loss
-    from mdl_slt.measure import load, measure_entry, measure_llc
+    from mdl_slt.analysis.fitfile import FitFile
+    from mdl_slt.compute.device import resolve_device
+    from mdl_slt.compute.loss import evaluate_loss
+    from mdl_slt.measures.critical import CompressorEntry
+    from mdl_slt.run.measure import load, measure_entry, measure_llc
 
     saved = FitFile.load(fit_path)
     fitted = saved.measured_with()

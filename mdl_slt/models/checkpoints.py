@@ -11,11 +11,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mdl_slt import pythia
 from mdl_slt.errors import UserError, one_line
-from mdl_slt.home import hub_cache
-from mdl_slt.hubcache import hub_reachable
-from mdl_slt.revisions import training_position
+from mdl_slt.home.hub import hub_reachable
+from mdl_slt.home.paths import hub_cache
+from mdl_slt.models import pythia
+from mdl_slt.models.revisions import training_position
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def checkpoint_identity(ref: CheckpointRef, home: Path) -> str | None:
         return f"sha256:{digest.hexdigest()}"
     from huggingface_hub import constants
 
-    from mdl_slt.hubcache import repo_folder
+    from mdl_slt.home.hub import repo_folder
 
     revision = ref.revision or "main"
     for cache in (hub_cache(home), Path(constants.HF_HUB_CACHE)):
@@ -107,7 +107,7 @@ def checkpoint_identity(ref: CheckpointRef, home: Path) -> str | None:
 
 def check_suite_revision(ref: CheckpointRef, home: Path) -> None:
     """A model of the built suite asked for at a revision it does not have: one line listing the ones it has."""
-    from mdl_slt.hubcache import list_revisions
+    from mdl_slt.home.hub import list_revisions
 
     known = [] if ref.is_local_dir or ref.revision is None else list_revisions(hub_cache(home), ref.model_id)
     if known and ref.revision not in known:
@@ -164,10 +164,18 @@ def load_checkpoint(ref: CheckpointRef | str, home: Path, device: str = "cpu") -
 
 
 def architecture(ref: CheckpointRef, home: Path):
-    """A checkpoint's transformers configuration, from the same sources as its weights, reading no weight."""
+    """A checkpoint's transformers configuration, from the same sources as its weights, reading no
+    weight; for a run of the embedded suite not built yet, from the suite's spec."""
     from transformers import AutoConfig
 
+    from mdl_slt.home.hub import list_revisions
+    from mdl_slt.models.spec import SuiteSpec, neox_config
+
     quiet_transformers()
+    spec = SuiteSpec()
+    run = spec.find([ref.model_id]) if not ref.is_local_dir else ()
+    if run and not list_revisions(hub_cache(home), ref.model_id):
+        return neox_config(spec, run[0])
     for kwargs in _sources(ref, home):
         try:
             return AutoConfig.from_pretrained(**kwargs)

@@ -21,10 +21,11 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
 
-from mdl_slt.store import Store
-from mdl_slt.store import now as store_now
+from mdl_slt.store.database import Store
+from mdl_slt.store.records import now
 
 LEASE_S = 60.0  # a claim lapses this long after its holder's last renewal
 WAIT = "wait"
@@ -52,24 +53,74 @@ def gone(holder: str, here: str) -> bool:
     return False
 
 
+class Leases:
+    """The `claims` table of one store: every statement that takes, renews or ends a lease."""
+
+    def __init__(self, store: Store):
+        self.db = store.db
+
+    def claim(self, unit: str, holder: str, lease_s: float) -> bool:
+        """Take `unit` for `holder` (or extend its own claim) unless another holder's lease is live;
+        one statement, so of two processes claiming at once exactly one wins."""
+        clock = time.time()
+        with self.db:
+            taken = self.db.execute("INSERT INTO claims VALUES (?, ?, ?) ON CONFLICT(unit) DO UPDATE SET "
+                                    "holder = excluded.holder, expires = excluded.expires "
+                                    "WHERE claims.expires < ? OR claims.holder = excluded.holder",
+                                    (unit, holder, clock + lease_s, clock))
+        return taken.rowcount == 1
+
+    def renew(self, units: list[str], holder: str, lease_s: float) -> None:
+        """Extend `holder`'s leases on `units` by `lease_s` from now."""
+        with self.db:
+            self.db.executemany("UPDATE claims SET expires = ? WHERE unit = ? AND holder = ?",
+                                [(time.time() + lease_s, u, holder) for u in units])
+
+    def live_holders(self) -> list[str]:
+        """Holders with a live lease on some unit."""
+        return [h for (h,) in self.db.execute("SELECT DISTINCT holder FROM claims WHERE expires >= ?", (time.time(),))]
+
+    def lapse(self, holder: str) -> None:
+        """End every lease of `holder` now (it is known to be dead)."""
+        with self.db:
+            self.db.execute("UPDATE claims SET expires = 0 WHERE holder = ?", (holder,))
+
+    def release(self, unit: str, holder: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM claims WHERE unit = ? AND holder = ?", (unit, holder))
+
+    def finish(self, holder: str) -> bool:
+        """Release all of `holder`'s claims; True when no other holder's lease is live, decided in
+        one exclusive transaction, so of processes finishing together exactly one is last."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("DELETE FROM claims WHERE holder = ?", (holder,))
+            others = self.db.execute("SELECT COUNT(*) FROM claims WHERE expires >= ?", (time.time(),)).fetchone()[0]
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return others == 0
+
+
 class Claims:
     """This process's claims on the units of one store, renewed while they are held."""
 
     def __init__(self, store, pending: list, lease_s: float = LEASE_S):
-        self.store, self.lease_s = store, lease_s
+        self.store, self.leases, self.lease_s = store, Leases(store), lease_s
         self.here = machine()
         self.holder = f"{self.here}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.waiting = list(pending)  # (unit, tasks) not yet handed out
         self.handed: dict[str, int] = {}  # unit → how many tasks it was handed out with
         self.held: set[str] = set()
         self.presence = f"process {self.holder}"
-        self.since = store_now()  # a task failed after this, by any process, is not tried again in this run
+        self.since = now()  # a task failed after this, by any process, is not tried again in this run
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._renewer = threading.Thread(target=self._renew, daemon=True)
 
     def __enter__(self):
-        self.store.claim(self.presence, self.holder, self.lease_s)  # says this process is still at work
+        self.leases.claim(self.presence, self.holder, self.lease_s)  # says this process is still at work
         self.held.add(self.presence)
         self._renewer.start()
         return self
@@ -92,13 +143,13 @@ class Claims:
                 still.append((unit, todo))
         self.waiting = still
         for index, (unit, todo) in enumerate(self.waiting):
-            if not self.store.claim(str(unit), self.holder, self.lease_s):
+            if not self.leases.claim(str(unit), self.holder, self.lease_s):
                 continue
             del self.waiting[index]
             done = self.store.settled_since(self.since)  # another process may have finished it just before
             todo = [t for t in todo if t.key not in done]
             if not todo:
-                self.store.release(str(unit), self.holder)
+                self.leases.release(str(unit), self.holder)
                 return self.next()
             with self._lock:
                 self.held.add(str(unit))
@@ -109,20 +160,20 @@ class Claims:
     def release(self, unit: str) -> None:
         with self._lock:
             self.held.discard(unit)
-        self.store.release(unit, self.holder)
+        self.leases.release(unit, self.holder)
 
     def finish(self) -> bool:
         """Release every claim; True when no other process is still at work (this one is last)."""
         with self._lock:
             self.held.clear()
         self._lapse_dead()
-        return self.store.finish_claims(self.holder)
+        return self.leases.finish(self.holder)
 
     def _lapse_dead(self) -> None:
         """End the leases of holders that died on this machine: their units need not wait out the lease."""
-        for holder in self.store.live_holders():
+        for holder in self.leases.live_holders():
             if gone(holder, self.here):
-                self.store.lapse(holder)
+                self.leases.lapse(holder)
 
     def _renew(self) -> None:
         with Store(self.store.path) as store:  # its own connection: sqlite objects stay in their thread
@@ -130,4 +181,4 @@ class Claims:
                 with self._lock:
                     units = list(self.held)
                 if units:
-                    store.renew(units, self.holder, self.lease_s)
+                    Leases(store).renew(units, self.holder, self.lease_s)

@@ -1,14 +1,14 @@
 """Per-token cross-entropy of a causal language model, the loss every measurement uses.
 
 L(w) = mean over sequences and positions t of −log p_w(x_{t+1} | x_{≤t}), in nats per token,
-reduced in fp32; the forward pass in fp32 or under bf16 autocast (`numerics`, see `mdl_slt.device`).
+reduced in fp32; the forward pass in fp32 or under bf16 autocast (`numerics`, see `mdl_slt.compute.device`).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 
-from mdl_slt.device import autocast, eval_batch_size
+from mdl_slt.compute.device import autocast, eval_batch_size
 
 
 @contextmanager
