@@ -29,10 +29,14 @@ def log2_binomial(n: float, k: float) -> float:
 def enumerative_bits(counts, alphabet: int | None = None) -> float:
     """Histogram plus sequence given the histogram, for symbols with these `counts` over an
     alphabet of `alphabet` values (default: as many as there are counts)."""
-    counts = [int(c) for c in counts]
-    n, size = sum(counts), alphabet or len(counts)
+    import numpy as np
+    from scipy.special import gammaln
+
+    counts = np.asarray(counts, dtype=np.int64)
+    n, size = int(counts.sum()), alphabet or len(counts)
     histogram = log2_binomial(n + size - 1, size - 1)
-    return histogram + log2_factorial(n) - sum(log2_factorial(c) for c in counts)
+    repeated = counts[counts > 1]  # log₂ 0! = log₂ 1! = 0
+    return histogram + log2_factorial(n) - float(gammaln(repeated + 1.0).sum()) / math.log(2)
 
 
 def coded_bits(counts, alphabet: int | None = None, fixed_bits: float | None = None) -> float:

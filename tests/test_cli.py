@@ -133,7 +133,7 @@ def test_llc_calibrate_recommends_and_plots(tiny_suite, tmp_path):
     home, _ = tiny_suite
     plot = tmp_path / "calibration.png"
     done = run_cli("llc", "calibrate", "mdl-slt/tiny-b@step24", "--num-draws", "30", "--num-burnin", "10",
-                   "--batch-size", "8", "--plot", plot, "--json", home=home)
+                   "--num-chains", "2", "--batch-size", "8", "--plot", plot, "--json", home=home)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert len(out["settings"]) == 18 and plot.read_bytes()[:4] == b"\x89PNG"

