@@ -58,7 +58,7 @@ def _settings(chosen, **flags):
 
 
 SAMPLER_FLAGS = dict(
-    sampler=typer.Option(None, help="sgld, rmsprop or baoab [default: the experiment's, else sgld]."),
+    sampler=typer.Option(None, help="sgld, rmsprop, baoab or fisher [default: the experiment's, else sgld]."),
     step_size=typer.Option(None, help=STEP_HELP),
     n_beta=typer.Option(None, help="A number, or auto (n/log n) [default: the experiment's, else 30]."),
     num_draws=typer.Option(None, help="Draws per chain [default: the experiment's, else auto: sampled in blocks "

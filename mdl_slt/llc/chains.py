@@ -40,7 +40,7 @@ def loss_module(model, loss_fn):
 class Vectorized:
     """All chains at once: vmap of grad-and-value over stacked parameters and per-chain batches."""
 
-    def __init__(self, model, names, anchor, data, loss_fn, config, n_beta):
+    def __init__(self, model, names, anchor, data, loss_fn, config, n_beta, curvature=None):
         import torch
         from torch.func import functional_call, grad_and_value, vmap
 
@@ -58,7 +58,7 @@ class Vectorized:
             self.step_fn = cache[key]
         self.params = [a.expand(config.num_chains, *a.shape[1:]).clone() for a in anchor]
         self.anchor, self.data, self.config = anchor, data, config
-        self.update = SAMPLERS[config.sampler](anchor, config, n_beta)
+        self.update = SAMPLERS[config.sampler](anchor, config, n_beta, curvature)
         self.gens = generators(config, anchor[0].device)
 
     def advance(self, start: int, stop: int, traces, health: Health) -> None:
@@ -122,10 +122,12 @@ class Sequential:
     extended block by block while the device holds one chain's state at a time. With `compiled`,
     each step's gradient comes from `compiled_gradient`."""
 
-    def __init__(self, model, params, anchor, data, loss_fn, config, n_beta, compiled: bool = False):
+    def __init__(self, model, params, anchor, data, loss_fn, config, n_beta, compiled: bool = False,
+                 curvature=None):
         self.model, self.params, self.anchor, self.data, self.loss_fn = model, params, anchor, data, loss_fn
         self.config = config
-        self.update = SAMPLERS[config.sampler]([a[0] for a in anchor], config, n_beta)
+        self.update = SAMPLERS[config.sampler]([a[0] for a in anchor], config, n_beta,
+                                               None if curvature is None else [c[0] for c in curvature])
         self.gens = generators(config, anchor[0].device)
         self.states: list = [None] * config.num_chains  # (parameters, sampler state, step count) per chain
         self.gradient = None

@@ -15,7 +15,7 @@ from mdl_slt.llc.health import CHECK_EVERY
 from mdl_slt.llc.samplers import SAMPLERS
 
 
-class LLCConfig(*(sampler.Settings for sampler in SAMPLERS.values())):
+class LLCConfig(*dict.fromkeys(sampler.Settings for sampler in SAMPLERS.values())):
     """Sampler settings, with every registered sampler's own; hold them fixed across the checkpoints
     you compare."""
 

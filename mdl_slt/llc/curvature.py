@@ -1,4 +1,5 @@
-"""The top Hessian eigenvalue of the loss at w*, the curvature that sets a stable SGLD step.
+"""The curvature of the loss at w* that sets a stable step: the Hessian's top eigenvalue, its
+diagonal (the `fisher` sampler's preconditioner) and the preconditioned top eigenvalue.
 
 SGLD's discretization bias grows with η·(nβ·λ_max + γ): for a quadratic the stationary variance
 in the stiffest direction is inflated by 1/(1 − η·a/4), a = nβ·λ_max + γ, and the chain is
@@ -32,3 +33,52 @@ def top_hessian_eigenvalue(model, data, loss_fn, batch_size: int = 1024, iterati
             eigenvalue = float(sum((h * v).sum() for h, v in zip(product, vector)))
             vector = [h.detach() for h in product]
     return eigenvalue
+
+
+def hessian_diagonal(model, params, data, loss_fn, probes: int, seed: int = 0, rows: int = 64) -> list:
+    """The diagonal of the loss's Hessian at the current parameters, per parameter, by Hutchinson
+    (mean of v ⊙ Hv over Rademacher v) on the first `rows` rows, clamped at 0: a preconditioner
+    needs only its rough shape, and any positive diagonal keeps the sampler exact."""
+    import torch
+
+    from mdl_slt.compute.loss import eager_attention
+    from mdl_slt.llc.batches import data_size, pick
+
+    batch = pick(data, slice(0, min(rows, data_size(data))))
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    diagonal = [torch.zeros_like(p) for p in params]
+    with eager_attention(model):
+        grads = torch.autograd.grad(loss_fn(model, batch), params, create_graph=True)
+        for _ in range(probes):
+            vector = [(torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(p) for p in params]
+            product = torch.autograd.grad(grads, params, grad_outputs=vector, retain_graph=True)
+            for d, v, h in zip(diagonal, vector, product):
+                d += v * h.detach()
+    return [(d / probes).clamp_(min=0) for d in diagonal]
+
+
+def preconditioned_top(model, params, data, loss_fn, diagonal, n_beta: float, gamma: float,
+                       iterations: int = 20, seed: int = 0, rows: int = 64) -> float:
+    """λ_max of M^½·(nβ·H + γ)·M^½, M = 1/(nβ·F + γ), by power iteration on Hessian-vector products:
+    the stiffest direction the preconditioned sampler meets."""
+    import torch
+
+    from mdl_slt.compute.loss import eager_attention
+    from mdl_slt.llc.batches import data_size, pick
+
+    batch = pick(data, slice(0, min(rows, data_size(data))))
+    root = [torch.rsqrt(n_beta * f + gamma) for f in diagonal]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    vector = [torch.randn(p.shape, generator=gen).to(p) for p in params]
+    top = 0.0
+    with eager_attention(model):
+        grads = torch.autograd.grad(loss_fn(model, batch), params, create_graph=True)
+        for _ in range(iterations):
+            norm = torch.sqrt(sum((v**2).sum() for v in vector))
+            vector = [v / norm for v in vector]
+            scaled = [r * v for r, v in zip(root, vector)]
+            product = torch.autograd.grad(grads, params, grad_outputs=scaled, retain_graph=True)
+            image = [r * (n_beta * h.detach() + gamma * s) for r, h, s in zip(root, product, scaled)]
+            top = float(sum((i * v).sum() for i, v in zip(image, vector)))
+            vector = image
+    return top

@@ -47,9 +47,10 @@ class Sampler:
     class Settings(BaseModel):
         """The settings this sampler adds to `LLCConfig` (none by default)."""
 
-    def __init__(self, anchor, config, n_beta: float):
+    def __init__(self, anchor, config, n_beta: float, curvature=None):
         self.anchor = anchor  # per parameter, shape (1, ...) for broadcasting
         self.config, self.n_beta = config, n_beta
+        self.curvature = curvature  # per parameter, the Hessian's diagonal at w* (shape (1, ...)), where known
         self.flat = None  # (chains, d): every parameter's noise, drawn with one call per chain
         self.noise = None  # views of `flat`, one per parameter
         self.aux = None  # the sampler's own state, kept per chain by the sequential runner
@@ -212,7 +213,38 @@ class BAOAB(Sampler):
         torch._foreach_add_(params, momentum, alpha=h / 2)
 
 
-SAMPLERS: dict[str, type[Sampler]] = {s.name: s for s in (SGLD, RMSProp, BAOAB)}
+class Fisher(Sampler):
+    """SGLD preconditioned by the curvature's diagonal, held fixed: M = 1/(nβ·F + γ) with F the
+    diagonal of the Hessian at w* (for the loss w* would have as the truth, its Fisher: `curvature.
+    fisher_diagonal`); Δw = −(η/2)·M∇U + N(0, η·M). A fixed M needs no correction term: the chain
+    samples exp(−U) exactly as η → 0. Where the Hessian is close to its diagonal every direction
+    relaxes in about 1/η steps, so η is a dimensionless step (0.1 relaxes in ten), where plain SGLD's
+    slowest direction takes nβ·h_max/(nβ·h_min + γ) times longer than its fastest."""
+
+    name = "fisher"
+
+    @staticmethod
+    def relaxation_steps(step: float, gamma: float, config: dict) -> float:
+        """A direction only γ holds has M = 1/γ: it relaxes at rate η."""
+        return 1 / step
+
+    def move(self, params, drift, gens) -> None:
+        import torch
+
+        if self.curvature is None:
+            raise UserError("sampler fisher needs the curvature's diagonal at w* (estimate_llc computes it)")
+        if self.aux is None:  # √M, fixed for the run
+            self.aux = [torch.rsqrt(self.n_beta * f + self.config.localization) for f in self.curvature]
+        root = self.aux
+        torch._foreach_mul_(drift, root)
+        torch._foreach_mul_(drift, root)
+        torch._foreach_add_(params, drift, alpha=-self.config.step_size / 2)
+        self._draw(gens)
+        torch._foreach_mul_(self.noise, root)
+        torch._foreach_add_(params, self.noise, alpha=math.sqrt(self.config.step_size))
+
+
+SAMPLERS: dict[str, type[Sampler]] = {s.name: s for s in (SGLD, RMSProp, BAOAB, Fisher)}
 
 
 def relaxation_steps(config: dict) -> float:

@@ -29,6 +29,8 @@ from mdl_slt.llc.samplers import SAMPLERS, relaxation_steps
 from mdl_slt.llc.trace import LLCResult, Trace, burnin_of, chain_diagnostics, estimate, levels_of, meets_targets
 
 STEP_SCALE = 0.3  # `step_size: auto` outside Pythia's table: η·(nβ·λ_max + γ) = STEP_SCALE (see the README)
+FISHER_PROBES = 16  # Rademacher probes of the Hessian's diagonal, the `fisher` sampler's preconditioner
+FISHER_STEP_SCALE = 0.1  # `fisher`, step auto: η·λ_max(M^½·(nβ·H + γ)·M^½); a quadratic's stiffest variance +2.6%
 
 
 def resolve_n_beta(config: LLCConfig, data) -> float:
@@ -39,14 +41,25 @@ def resolve_n_beta(config: LLCConfig, data) -> float:
     return n / math.log(n)
 
 
-def resolve(config: LLCConfig, model, data, loss_fn) -> tuple[LLCConfig, dict]:
+def resolve(config: LLCConfig, model, data, loss_fn, curvature: list | None = None) -> tuple[LLCConfig, dict]:
     """The config with nβ, the step size and the sampler's own `auto` settings made concrete for
-    this model and data, and how: the paper's step for a model of a Pythia size, else η from
-    λ_max of ∇²L at w*; with the relaxation time these settings imply (`samplers.relaxation_steps`)."""
+    this model and data, and how: for the `fisher` sampler η from λ_max of the preconditioned
+    Hessian (its diagonal `curvature`, estimated when not given); else the paper's step for a model of a Pythia size, else η
+    from λ_max of ∇²L at w*; with the relaxation time these settings imply (`samplers.relaxation_steps`)."""
     from mdl_slt.models.pythia import default_step_size, is_pythia_sized
 
     update, how = {"n_beta": resolve_n_beta(config, data)}, {}
-    if config.step_size == "auto":
+    if config.step_size == "auto" and config.sampler == "fisher":
+        from mdl_slt.llc.curvature import hessian_diagonal, preconditioned_top
+
+        params = [p for _, p in select_parameters(model, config.parameters)]
+        if curvature is None:
+            curvature = hessian_diagonal(model, params, data, loss_fn, FISHER_PROBES, config.seed)
+        top = preconditioned_top(model, params, data, loss_fn, curvature, update["n_beta"], config.localization,
+                                 seed=config.seed)
+        update["step_size"] = FISHER_STEP_SCALE / max(top, 1e-12)
+        how = {"step_size_rule": f"η = {FISHER_STEP_SCALE:g}/λ_max(M^½·(nβ·H + γ)·M^½)", "lambda_max": top}
+    elif config.step_size == "auto":
         count = sum(p.numel() for p in model.parameters())
         if is_pythia_sized(model):
             update["step_size"] = default_step_size(count)
@@ -130,7 +143,12 @@ def sample(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | Non
     if config.numerics == "auto":
         config = config.model_copy(update={"numerics": "bf16" if device.type == "cuda" else "fp32"})
     loss_fn = loss_fn or default_loss(data, config.numerics)
-    config, how = resolve(config, model, data, loss_fn)
+    curvature = None
+    if config.sampler == "fisher":
+        from mdl_slt.llc.curvature import hessian_diagonal
+
+        curvature = hessian_diagonal(model, params, data, loss_fn, FISHER_PROBES, config.seed)
+    config, how = resolve(config, model, data, loss_fn, curvature)
     n_beta = config.n_beta
     init_loss, init_se = reference_loss(model, data, loss_fn, config)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
@@ -144,9 +162,11 @@ def sample(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | Non
     try:
         checkpointing(model, config.gradient_checkpointing)
         with eager_attention(model) if vectorized else nullcontext():
-            runner = (Vectorized(model, names, anchor, data, loss_fn, config, n_beta) if vectorized else
+            diagonal = None if curvature is None else [c.to(device).unsqueeze(0) for c in curvature]
+            runner = (Vectorized(model, names, anchor, data, loss_fn, config, n_beta, diagonal)
+                      if vectorized else
                       Sequential(model, params, anchor, data, loss_fn, config, n_beta,
-                                 config.compile and not config.gradient_checkpointing))
+                                 config.compile and not config.gradient_checkpointing, diagonal))
             steps = 0
             while steps < budget and health.any_active(config.num_chains):
                 stop = budget if config.fixed_steps else min(budget, steps + config.block)
