@@ -107,12 +107,10 @@ def _embedded_sets(home: Path, tokenizer, data: DataConfig) -> TokenSets:
     from mdl_slt.data.corpus import load_corpus
 
     corpus = load_corpus(home)
-    return TokenSets(eval=_cached_blocks(home, "eval", corpus.eval, tokenizer, data.eval_sequences, data.context_length),
-                     train=_cached_blocks(home, "train", corpus.train, tokenizer, data.llc_sequences, data.context_length))
-
-
-def _cached_blocks(home: Path, split: str, text: str, tokenizer, num_sequences: int, context_length: int):
-    return token_blocks(_cached_ids(home, split, text, tokenizer), num_sequences, context_length)
+    return TokenSets(eval=token_blocks(_cached_ids(home, "eval", corpus.eval, tokenizer), data.eval_sequences,
+                                       data.context_length),
+                     train=token_blocks(_cached_ids(home, "train", corpus.train, tokenizer), data.llc_sequences,
+                                        data.context_length))
 
 
 def _cached_ids(home: Path, split: str, text: str, tokenizer):
