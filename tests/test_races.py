@@ -71,8 +71,8 @@ def test_processes_racing_on_an_empty_home_all_succeed(tiny_suite, tmp_path):
     text.write_text(" ".join(f"word{i % 97} and more words" for i in range(4000)))
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(PROCESSES), context.Queue()
-    workers = [context.Process(target=_measure, args=(str(home), str(tmp_path / "user-cache"), str(text), barrier, results))
-               for _ in range(PROCESSES)]
+    args = (str(home), str(tmp_path / "user-cache"), str(text), barrier, results)
+    workers = [context.Process(target=_measure, args=args) for _ in range(PROCESSES)]
     for worker in workers:
         worker.start()
     outcomes = [row for _ in workers for row in results.get(timeout=600)]

@@ -15,6 +15,7 @@ from mdl_slt.llc.health import CHECK_EVERY
 from mdl_slt.llc.samplers import SAMPLERS
 
 
+# each sampler's Settings once: samplers with no settings of their own share the base's
 class LLCConfig(*dict.fromkeys(sampler.Settings for sampler in SAMPLERS.values())):
     """Sampler settings, with every registered sampler's own; hold them fixed across the checkpoints
     you compare."""

@@ -23,16 +23,28 @@ def top_hessian_eigenvalue(model, data, loss_fn, batch_size: int = 1024, iterati
     batch = pick(data, slice(0, min(batch_size, data_size(data))))
     gen = torch.Generator(device="cpu").manual_seed(seed)  # the same start vector on any device
     vector = [torch.randn(p.shape, generator=gen, device="cpu").to(p.device) for p in params]
-    eigenvalue = 0.0
+
+    def hessian_times(vector):
+        grads = torch.autograd.grad(loss_fn(model, batch), params, create_graph=True)
+        return torch.autograd.grad(grads, params, grad_outputs=vector)
+
     with eager_attention(model):
-        for _ in range(iterations):
-            norm = torch.sqrt(sum((v**2).sum() for v in vector))
-            vector = [v / norm for v in vector]
-            grads = torch.autograd.grad(loss_fn(model, batch), params, create_graph=True)
-            product = torch.autograd.grad(grads, params, grad_outputs=vector)
-            eigenvalue = float(sum((h * v).sum() for h, v in zip(product, vector)))
-            vector = [h.detach() for h in product]
-    return eigenvalue
+        return _power_iteration(hessian_times, vector, iterations)
+
+
+def _power_iteration(apply, vector: list, iterations: int) -> float:
+    """The top eigenvalue of the symmetric operator `apply` (a list of tensors to a list of
+    tensors), by `iterations` steps of power iteration from `vector`."""
+    import torch
+
+    top = 0.0
+    for _ in range(iterations):
+        norm = torch.sqrt(sum((v**2).sum() for v in vector))
+        vector = [v / norm for v in vector]
+        image = apply(vector)
+        top = float(sum((i * v).sum() for i, v in zip(image, vector)))
+        vector = [i.detach() for i in image]
+    return top
 
 
 def hessian_diagonal(model, params, data, loss_fn, probes: int, seed: int = 0, rows: int = 64) -> list:
@@ -70,15 +82,12 @@ def preconditioned_top(model, params, data, loss_fn, diagonal, n_beta: float, ga
     root = [torch.rsqrt(n_beta * f + gamma) for f in diagonal]
     gen = torch.Generator(device="cpu").manual_seed(seed)
     vector = [torch.randn(p.shape, generator=gen).to(p) for p in params]
-    top = 0.0
     with eager_attention(model):
         grads = torch.autograd.grad(loss_fn(model, batch), params, create_graph=True)
-        for _ in range(iterations):
-            norm = torch.sqrt(sum((v**2).sum() for v in vector))
-            vector = [v / norm for v in vector]
+
+        def preconditioned_times(vector):
             scaled = [r * v for r, v in zip(root, vector)]
             product = torch.autograd.grad(grads, params, grad_outputs=scaled, retain_graph=True)
-            image = [r * (n_beta * h.detach() + gamma * s) for r, h, s in zip(root, product, scaled)]
-            top = float(sum((i * v).sum() for i, v in zip(image, vector)))
-            vector = image
-    return top
+            return [r * (n_beta * h.detach() + gamma * s) for r, h, s in zip(root, product, scaled)]
+
+        return _power_iteration(preconditioned_times, vector, iterations)

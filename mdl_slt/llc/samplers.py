@@ -18,8 +18,8 @@ on a minibatch B, and steps C chains at once over stacked parameters (leading di
   proportion to 1/ζ.
 
 Adding a sampler is one subclass of `Sampler` (its `name`, its `Settings` if it has settings of
-its own, `move`, `relaxation_steps`, and `observe` / `resolve` where needed) and one line in
-`SAMPLERS`; `LLCConfig` takes its settings from the registry.
+its own, `move`, `relaxation_steps`, and `observe` / `resolve` / `preconditioned` where needed)
+and one line in `SAMPLERS`; `LLCConfig` takes its settings from the registry.
 """
 
 from __future__ import annotations
@@ -43,14 +43,16 @@ class Sampler:
     """
 
     name: ClassVar[str]
+    preconditioned: ClassVar[bool] = False  # needs the Hessian's diagonal at w* (`curvature`)
 
     class Settings(BaseModel):
         """The settings this sampler adds to `LLCConfig` (none by default)."""
 
     def __init__(self, anchor, config, n_beta: float, curvature=None):
+        """`curvature`: per parameter, the Hessian's diagonal at w* (shape (1, ...)), given to a
+        `preconditioned` sampler."""
         self.anchor = anchor  # per parameter, shape (1, ...) for broadcasting
         self.config, self.n_beta = config, n_beta
-        self.curvature = curvature  # per parameter, the Hessian's diagonal at w* (shape (1, ...)), where known
         self.flat = None  # (chains, d): every parameter's noise, drawn with one call per chain
         self.noise = None  # views of `flat`, one per parameter
         self.aux = None  # the sampler's own state, kept per chain by the sequential runner
@@ -215,13 +217,22 @@ class BAOAB(Sampler):
 
 class Fisher(Sampler):
     """SGLD preconditioned by the curvature's diagonal, held fixed: M = 1/(nβ·F + γ) with F the
-    diagonal of the Hessian at w* (for the loss w* would have as the truth, its Fisher: `curvature.
-    fisher_diagonal`); Δw = −(η/2)·M∇U + N(0, η·M). A fixed M needs no correction term: the chain
-    samples exp(−U) exactly as η → 0. Where the Hessian is close to its diagonal every direction
-    relaxes in about 1/η steps, so η is a dimensionless step (0.1 relaxes in ten), where plain SGLD's
-    slowest direction takes nβ·h_max/(nβ·h_min + γ) times longer than its fastest."""
+    diagonal of the Hessian at w* (`curvature.hessian_diagonal`); Δw = −(η/2)·M∇U + N(0, η·M). A
+    fixed M needs no correction term: the chain samples exp(−U) exactly as η → 0. Where the Hessian
+    is close to its diagonal every direction relaxes in about 1/η steps, so η is a dimensionless step
+    (0.1 relaxes in ten), where plain SGLD's slowest direction takes nβ·h_max/(nβ·h_min + γ) times
+    longer than its fastest."""
 
     name = "fisher"
+    preconditioned = True
+
+    def __init__(self, anchor, config, n_beta: float, curvature=None):
+        import torch
+
+        super().__init__(anchor, config, n_beta)
+        if curvature is None:
+            raise UserError("sampler fisher needs the curvature's diagonal at w* (estimate_llc computes it)")
+        self.root = [torch.rsqrt(n_beta * f + config.localization) for f in curvature]  # √M
 
     @staticmethod
     def relaxation_steps(step: float, gamma: float, config: dict) -> float:
@@ -231,16 +242,11 @@ class Fisher(Sampler):
     def move(self, params, drift, gens) -> None:
         import torch
 
-        if self.curvature is None:
-            raise UserError("sampler fisher needs the curvature's diagonal at w* (estimate_llc computes it)")
-        if self.aux is None:  # √M, fixed for the run
-            self.aux = [torch.rsqrt(self.n_beta * f + self.config.localization) for f in self.curvature]
-        root = self.aux
-        torch._foreach_mul_(drift, root)
-        torch._foreach_mul_(drift, root)
+        torch._foreach_mul_(drift, self.root)
+        torch._foreach_mul_(drift, self.root)
         torch._foreach_add_(params, drift, alpha=-self.config.step_size / 2)
         self._draw(gens)
-        torch._foreach_mul_(self.noise, root)
+        torch._foreach_mul_(self.noise, self.root)
         torch._foreach_add_(params, self.noise, alpha=math.sqrt(self.config.step_size))
 
 

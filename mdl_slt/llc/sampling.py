@@ -29,8 +29,8 @@ from mdl_slt.llc.samplers import SAMPLERS, relaxation_steps
 from mdl_slt.llc.trace import LLCResult, Trace, burnin_of, chain_diagnostics, estimate, levels_of, meets_targets
 
 STEP_SCALE = 0.3  # `step_size: auto` outside Pythia's table: η·(nβ·λ_max + γ) = STEP_SCALE (see the README)
-FISHER_PROBES = 16  # Rademacher probes of the Hessian's diagonal, the `fisher` sampler's preconditioner
-FISHER_STEP_SCALE = 0.1  # `fisher`, step auto: η·λ_max(M^½·(nβ·H + γ)·M^½); a quadratic's stiffest variance +2.6%
+FISHER_PROBES = 16  # Rademacher probes of the Hessian's diagonal, a `preconditioned` sampler's M
+FISHER_STEP_SCALE = 0.1  # preconditioned, step auto: η·λ_max(M^½·(nβ·H + γ)·M^½); a quadratic's stiffest variance +2.6%
 
 
 def resolve_n_beta(config: LLCConfig, data) -> float:
@@ -43,13 +43,14 @@ def resolve_n_beta(config: LLCConfig, data) -> float:
 
 def resolve(config: LLCConfig, model, data, loss_fn, curvature: list | None = None) -> tuple[LLCConfig, dict]:
     """The config with nβ, the step size and the sampler's own `auto` settings made concrete for
-    this model and data, and how: for the `fisher` sampler η from λ_max of the preconditioned
-    Hessian (its diagonal `curvature`, estimated when not given); else the paper's step for a model of a Pythia size, else η
-    from λ_max of ∇²L at w*; with the relaxation time these settings imply (`samplers.relaxation_steps`)."""
+    this model and data, and how: for a `preconditioned` sampler η from λ_max of the preconditioned
+    Hessian (its diagonal `curvature`, estimated when not given); else the paper's step for a model
+    of a Pythia size, else η from λ_max of ∇²L at w*; with the relaxation time these settings imply
+    (`samplers.relaxation_steps`)."""
     from mdl_slt.models.pythia import default_step_size, is_pythia_sized
 
     update, how = {"n_beta": resolve_n_beta(config, data)}, {}
-    if config.step_size == "auto" and config.sampler == "fisher":
+    if config.step_size == "auto" and SAMPLERS[config.sampler].preconditioned:
         from mdl_slt.llc.curvature import hessian_diagonal, preconditioned_top
 
         params = [p for _, p in select_parameters(model, config.parameters)]
@@ -144,7 +145,7 @@ def sample(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | Non
         config = config.model_copy(update={"numerics": "bf16" if device.type == "cuda" else "fp32"})
     loss_fn = loss_fn or default_loss(data, config.numerics)
     curvature = None
-    if config.sampler == "fisher":
+    if SAMPLERS[config.sampler].preconditioned:
         from mdl_slt.llc.curvature import hessian_diagonal
 
         curvature = hessian_diagonal(model, params, data, loss_fn, FISHER_PROBES, config.seed)
