@@ -158,6 +158,20 @@ def test_a_chain_that_jumps_away_from_the_others_is_excluded_and_named():
     assert health.check(away, 125, range(4)) == [2] and "jumped past 10×" in health.stopped[2][1]
 
 
+def test_each_chain_is_judged_by_the_median_of_the_others_levels_as_numpy_gives_it():
+    """The others' median comes from one sort of the levels, each chain's own left out: equal, bit
+    for bit, to numpy's median of the others, odd and even counts, ties, and no one left."""
+    from mdl_slt.llc.health import _median_without
+
+    rng = np.random.default_rng(0)
+    for n in range(1, 12):
+        values = sorted(rng.choice([0.5, 1.0, 2.0, 3.7], n) + rng.normal(0, 1, n) * (n % 3 > 0))
+        assert _median_without(values, None) == np.median(values)
+        for position in range(n):
+            others = values[:position] + values[position + 1:]
+            assert _median_without(values, position) == (np.median(others) if others else None)
+
+
 def test_traces_in_a_store_re_estimate_from_the_command_line_without_the_models(tiny_suite, tmp_path):
     home, _ = tiny_suite
     experiment = tmp_path / "t.yaml"

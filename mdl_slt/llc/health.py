@@ -9,6 +9,8 @@ level and the chain's own earlier median level (each floored at 1). A diverged c
 
 from __future__ import annotations
 
+import statistics
+
 CHECK_EVERY = 25  # steps between divergence checks (each costs one host synchronisation)
 UNIFORM_MARGIN = 0.5  # nats: the uniform-prediction check needs w* this much better than uniform
 
@@ -37,22 +39,27 @@ class Health:
         with np.errstate(invalid="ignore"):
             means = window.mean(axis=1)
         levels = self.n_beta * (means - self.init_loss)
-        ready = [c for c in range(len(window)) if self.active(c) and np.isfinite(window[c]).all()]
+        finite = np.isfinite(window).all(axis=1)
+        ready = [c for c in range(len(window)) if self.active(c) and finite[c]]
+        ranked = sorted(ready, key=lambda c: levels[c])
+        place = {c: i for i, c in enumerate(ranked)}
+        others = [levels[c] for c in ranked]  # sorted once; each chain's median leaves its own out
         stopped = []
         for c in chains:
             if not self.active(c):
                 continue
-            others, own = [levels[o] for o in ready if o != c], self.history[c]
-            reference = max(1.0, float(np.median(others)) if others else 1.0,
-                            float(np.median(own)) if len(own) >= 2 else 1.0)
+            own = self.history[c]
+            median = _median_without(others, place.get(c))
+            reference = max(1.0, float(median) if median is not None else 1.0,
+                            float(statistics.median(own)) if len(own) >= 2 else 1.0)
             why = None
-            if not np.isfinite(window[c]).all():
+            if not finite[c]:
                 why = "its loss became non-finite"
             elif self.uniform is not None and means[c] > self.uniform:
                 why = f"its loss ({means[c]:.2f} nats) rose above a uniform prediction's ({self.uniform:.2f})"
             elif levels[c] > self.limit:
                 why = f"nβ·(L − L*) = {levels[c]:.3g} passed {self.limit:.3g} (runaway × d)"
-            elif (others or len(own) >= 2) and levels[c] > self.jump * reference:
+            elif (median is not None or len(own) >= 2) and levels[c] > self.jump * reference:
                 why = f"nβ·(L − L*) = {levels[c]:.3g} jumped past {self.jump:g}× the other chains' and its own level"
             if why is None:
                 self.history[c].append(float(levels[c]))
@@ -60,3 +67,13 @@ class Health:
                 self.stopped[c] = (upto, f"{why} by step {upto}")
                 stopped.append(c)
         return stopped
+
+
+def _median_without(ranked: list, position: int | None):
+    """The median of the sorted values `ranked` with the one at `position` left out (none left out
+    when None), as numpy's median gives it; None when no value is left."""
+    n = len(ranked) - (position is not None)
+    if n == 0:
+        return None
+    at = lambda j: ranked[j + 1] if position is not None and j >= position else ranked[j]  # noqa: E731
+    return at(n // 2) if n % 2 else (at(n // 2 - 1) + at(n // 2)) / 2
