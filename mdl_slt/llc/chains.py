@@ -67,8 +67,9 @@ class Vectorized:
         size = data_size(self.data)
         picks = torch.stack([minibatches(size, self.config.batch_size, stop - start, g) for g in self.gens],
                             dim=1)  # (steps, chains, batch): a block's minibatches drawn at once
+        whole = pick(self.data, picks[0]) if self.config.batch_size >= size else None  # the same at every step
         for t in range(start, stop):
-            grads, loss = self.step_fn(self.params, pick(self.data, picks[t - start]))
+            grads, loss = self.step_fn(self.params, whole if whole is not None else pick(self.data, picks[t - start]))
             traces[:, t] = loss.detach()
             self.update.step(self.params, list(grads), self.gens)
             if (t + 1) % CHECK_EVERY == 0:
