@@ -55,6 +55,28 @@ def test_llc_json(tiny_suite):
     assert out["ref"] == "mdl-slt/tiny-a@step24" and out["step"] == 24
     assert len(out["llc_per_chain"]) == 4 and isinstance(out["llc_mean"], float)
     assert out["config"]["num_draws"] == 20 and "loss_trace" not in out
+    regime = out["regime"]  # where λ̂ lies: E[ΔL] = λ̂/nβ beside the default tolerances, λ̂ against nβ·tr(H)/(2γ)
+    assert regime["excess_loss"] == out["llc_mean"] / out["n_beta"] and regime["epsilons"] == [0.02, 0.05, 0.1]
+    assert regime["hessian_trace"] > 3 * regime["hessian_trace_se"] > 0
+    assert regime["trace_limit"] == out["n_beta"] * regime["hessian_trace"] / (2 * out["config"]["localization"])
+    assert regime["trace_ratio"] == out["llc_mean"] / regime["trace_limit"] and regime["half_d"] == out["num_params"] / 2
+    assert regime["slope"] is None and "ladder" not in regime  # the ladder only when asked (NaN is JSON's null)
+
+
+def test_llc_ladder_reads_the_slope_in_n_beta(tiny_suite):
+    """λ̂ at nβ/3 and 3·nβ, the step divided by the same factor: the slope is their log ratio over
+    log 9 where both are positive (tests/test_regime.py checks its value on a quadratic)."""
+    home, _ = tiny_suite
+    done = run_cli("llc", "mdl-slt/tiny-a@step24", "--json", "--num-draws", "20", "--num-burnin", "5",
+                   "--step-size", "1e-4", "--ladder", home=home)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    low, high = out["regime"]["ladder"]
+    assert (low["n_beta"], high["n_beta"]) == pytest.approx((10.0, 90.0))
+    assert (low["step_size"], high["step_size"]) == pytest.approx((3e-4, 1e-4 / 3))  # η·nβ held fixed
+    both = low["llc_mean"] > 0 and high["llc_mean"] > 0  # the tiny model's w* (24 steps) is barely a minimum
+    assert out["regime"]["slope"] == (pytest.approx(math.log(high["llc_mean"] / low["llc_mean"]) / math.log(9))
+                                      if both else None)
 
 
 def test_critical_json_takes_several_epsilons(tiny_suite):

@@ -15,12 +15,13 @@
              predictors across runs and inside checkpoints, and the allocations they buy
     tournament  every predictor against the others on units left out, shared by both designs
     robustness  every fit redone with λ̂ measured at other sampler settings: is the answer kept?
+    regime   where each λ̂ was sampled: E[ΔL] = λ̂/nβ beside the tolerances, λ̂ against the trace limit
     fitfile  the fit file `predict` reads: every line with what it was measured on
     frames   a store for Python: `mdl_slt.results` (pandas) and `mdl_slt.traces` (ArviZ)
 
 `analyse(store)` does all of it once; the report, its CSV tables and the fit file take its results.
 
-May import: errors, store, llc (the trace's estimate, no sampler), plan (which rows are the experiment's).
+May import: errors, store, llc (the trace's estimate and the regime's formulas, no sampler), plan (which rows are the experiment's).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from mdl_slt.analysis.layers import group_table, within_checkpoints
 from mdl_slt.analysis.measures import (LABELS, allocation_table, checkpoint_measures, costs, group_measures,
                                        hawq_predictions)
 from mdl_slt.analysis.pooled import across_runs, measures_across_runs, theory_signs
+from mdl_slt.analysis.regime import regime_table
 from mdl_slt.analysis.robustness import failed_of, robustness
 from mdl_slt.analysis.tables import measurements, select, window
 from mdl_slt.errors import UserError
@@ -69,6 +71,7 @@ class Analysis:
     robust_fits: pd.DataFrame  # per (varied sampler setting, main fit): the fit redone with that λ̂
     robust: pd.DataFrame  # per varied setting: τ, fits kept, chains; empty without a robustness section
     sweep: pd.DataFrame
+    regime: pd.DataFrame  # per checkpoint: E[ΔL] = λ̂/nβ, the trace limit, λ̂'s ratio to it, the slope in nβ
     loo: pd.DataFrame
     left_out: pd.DataFrame
     configs: dict
@@ -119,7 +122,7 @@ def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
                     *(measures_across_runs(table, inside, signs, [m for m in present if m in table])
                       if any(m in table for m in present) else (pd.DataFrame(), pd.DataFrame())),
                     allocation_table(records), costs(records), robust_fits, robust, eps_sweep(table),
-                    loo_predictions(lines), left_out, configs, traces)
+                    regime_table(records, experiment), loo_predictions(lines), left_out, configs, traces)
 
 
 def with_measures(records: pd.DataFrame, table: pd.DataFrame, groups: pd.DataFrame, experiment) -> tuple:

@@ -91,7 +91,10 @@ def estimate(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local d
              trace: bool = typer.Option(False, help="Include the loss trace (chains × draws)."),
              robustness: bool = typer.Option(False, "--robustness", help="Also λ̂ with one sampler setting multiplied "
                                              "at a time: the experiment's `robustness` section, else step size, nβ and "
-                                             "γ × 0.33 and × 3, minibatch × 4.")):
+                                             "γ × 0.33 and × 3, minibatch × 4."),
+             ladder: bool = typer.Option(False, "--ladder", help="Also λ̂ at nβ/3 and 3·nβ (the step divided by the "
+                                         "same factor), for the local slope d log λ̂ / d log nβ: 0 in the volume law, "
+                                         "1 in the trace limit.")):
     from mdl_slt.run.measure import measure_llc
 
     chosen = experiment(experiment_file, set_)
@@ -110,6 +113,7 @@ def estimate(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local d
     varied = _varied(ckpt, tokens, config, chosen, result.llc_mean, as_json) if robustness else None
     if varied is not None:
         payload["robustness"] = varied
+    payload["regime"] = _regime(ckpt, tokens, config, result, chosen.critical.epsilons, ladder, as_json)
     if as_json:
         print_json(payload)
         return
@@ -118,10 +122,54 @@ def estimate(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local d
     print(f"{ckpt.ref}: λ̂ = {result.llc_mean:.2f} ± {result.llc_std_error:.2f} (s.e.), {config.num_chains} chains; "
           f"R̂ {result.r_hat:.3f}, ESS {result.ess:.0f}; L(w*) = {result.init_loss:.4f}; {flags}"
           f"{'; NEGATIVE: w* is not a local minimum or the step is too large' if result.negative else ''}")
+    print(_regime_line(payload["regime"]))
     for row in varied or []:
         diverged = f", {len(row['diverged_chains'])} chains diverged" if row["diverged_chains"] else ""
         print(f"  {row['setting']:20s} λ̂ = {row['llc_mean']:8.2f} ± {row['llc_std_error']:.2f}  ({row['ratio']:.3f} × the "
               f"main λ̂; R̂ {row['r_hat']:.3f}{'' if row['converged'] else ', not converged'}{diverged})")
+
+
+def _regime(ckpt, tokens, config, result, epsilons: list[float], ladder: bool, quiet: bool) -> dict:
+    """Where λ̂ was sampled (`mdl_slt.llc.regime`): E[ΔL] = λ̂/nβ beside the tolerances, the trace
+    limit T = nβ·tr(H)/(2γ) from tr(H) of the sampled loss at w*, λ̂/T, and with `ladder` the slope."""
+    from mdl_slt.llc import regime
+    from mdl_slt.llc.batches import default_loss
+    from mdl_slt.llc.curvature import hessian_trace
+    from mdl_slt.llc.sampling import select_parameters
+    from mdl_slt.run.measure import measure_llc
+
+    params = [p for _, p in select_parameters(ckpt.model, config.parameters)]
+    data = tokens.train.to(params[0].device)  # tr(H) of the sampled loss, over the sampled parameters
+    trace, trace_se = hessian_trace(ckpt.model, params, data, default_loss(data), seed=config.seed)
+    limit = regime.trace_limit(trace, result.n_beta, config.localization)
+    found = {"excess_loss": result.llc_mean / result.n_beta, "epsilons": epsilons, "hessian_trace": trace,
+             "hessian_trace_se": trace_se, "trace_limit": limit, "trace_ratio": result.llc_mean / limit,
+             "half_d": result.num_params / 2, "slope": float("nan")}
+    if ladder:
+        rungs = {}
+        for factor in (1 / regime.LADDER, regime.LADDER):
+            if not quiet:
+                console.print(f"λ̂ at nβ = {result.n_beta * factor:g}…", highlight=False)
+            resolved = config.model_copy(update={"n_beta": result.n_beta, "step_size": result.config["step_size"]})
+            rungs[factor] = measure_llc(ckpt, tokens, regime.rung(resolved, factor))
+        low, high = rungs[1 / regime.LADDER], rungs[regime.LADDER]
+        found |= {"ladder": [{"n_beta": r.n_beta, "step_size": r.config["step_size"], "llc_mean": r.llc_mean, "llc_std_error": r.llc_std_error,
+                              "converged": r.converged, "diverged_chains": r.diverged_chains} for r in (low, high)],
+                  "slope": regime.slope(low.llc_mean, high.llc_mean)}
+    return found | {"regime": regime.regime(found["trace_ratio"], found["slope"])}
+
+
+def _regime_line(found: dict) -> str:
+    """One line: E[ΔL] beside the tolerances, λ̂ against the trace limit, the slope where measured."""
+    eps = found["epsilons"]
+    beside = f" ({found['excess_loss'] / max(eps):.0f}–{found['excess_loss'] / min(eps):.0f}× the tolerances " \
+             f"ε = {min(eps):g}–{max(eps):g})" if eps else ""
+    ladder = "".join(f"; λ̂ = {r['llc_mean']:.1f} at nβ = {r['n_beta']:g}" for r in found.get("ladder", []))
+    measured = f", slope d log λ̂/d log nβ = {found['slope']:.2f}" if found.get("ladder") else ""
+    return (f"  regime: {found['regime']}{measured}. E[ΔL] = λ̂/nβ = {found['excess_loss']:.3g} nats/token{beside}; "
+            f"trace limit nβ·tr(H)/(2γ) = {found['trace_limit']:.3g} (tr(H) = {found['hessian_trace']:.4g} ± "
+            f"{found['hessian_trace_se']:.2g}), λ̂ at {found['trace_ratio']:.2f}× it; d/2 = {found['half_d']:,.0f}"
+            f"{ladder}")
 
 
 def _varied(ckpt, tokens, config, chosen, main: float, quiet: bool) -> list[dict]:

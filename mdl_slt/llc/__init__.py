@@ -16,8 +16,9 @@ loads the sampler):
     chains      the runners: vmapped chains, or one chain after another
     sampling    resolve `auto` settings, run the chains until converged, return the trace
     trace       the artifact and the estimate read from it (numpy and arviz, no torch)
-    curvature   λ_max of the Hessian at w*, for `step_size: auto`
+    curvature   λ_max, the diagonal and the trace of the Hessian at w* (Hutchinson)
     calibrate   a step size × nβ sweep on one checkpoint
+    regime      where a λ̂ lies: E[ΔL] = λ̂/nβ, the trace limit nβ·tr(H)/(2γ), the slope in nβ
     ground_truth  models whose λ is known in closed form (regular, normal crossing, deep linear)
 
 May import: errors, home, compute, models (Pythia's step sizes), store (re-estimating a store's traces).

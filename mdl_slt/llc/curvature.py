@@ -47,10 +47,9 @@ def _power_iteration(apply, vector: list, iterations: int) -> float:
     return top
 
 
-def hessian_diagonal(model, params, data, loss_fn, probes: int, seed: int = 0, rows: int = 64) -> list:
-    """The diagonal of the loss's Hessian at the current parameters, per parameter, by Hutchinson
-    (mean of v ⊙ Hv over Rademacher v) on the first `rows` rows, clamped at 0: a preconditioner
-    needs only its rough shape, and any positive diagonal keeps the sampler exact."""
+def _hutchinson(model, params, data, loss_fn, probes: int, seed: int, rows: int):
+    """(v, Hv) for `probes` Rademacher vectors v, H the loss's Hessian at the current parameters on
+    the first `rows` rows of `data`."""
     import torch
 
     from mdl_slt.compute.loss import eager_attention
@@ -58,15 +57,34 @@ def hessian_diagonal(model, params, data, loss_fn, probes: int, seed: int = 0, r
 
     batch = pick(data, slice(0, min(rows, data_size(data))))
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    diagonal = [torch.zeros_like(p) for p in params]
     with eager_attention(model):
         grads = torch.autograd.grad(loss_fn(model, batch), params, create_graph=True)
         for _ in range(probes):
             vector = [(torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(p) for p in params]
-            product = torch.autograd.grad(grads, params, grad_outputs=vector, retain_graph=True)
-            for d, v, h in zip(diagonal, vector, product):
-                d += v * h.detach()
+            yield vector, torch.autograd.grad(grads, params, grad_outputs=vector, retain_graph=True)
+
+
+def hessian_diagonal(model, params, data, loss_fn, probes: int, seed: int = 0, rows: int = 64) -> list:
+    """The diagonal of the loss's Hessian at the current parameters, per parameter, by Hutchinson
+    (mean of v ⊙ Hv over Rademacher v) on the first `rows` rows, clamped at 0: a preconditioner
+    needs only its rough shape, and any positive diagonal keeps the sampler exact."""
+    import torch
+
+    diagonal = [torch.zeros_like(p) for p in params]
+    for vector, product in _hutchinson(model, params, data, loss_fn, probes, seed, rows):
+        for d, v, h in zip(diagonal, vector, product):
+            d += v * h.detach()
     return [(d / probes).clamp_(min=0) for d in diagonal]
+
+
+def hessian_trace(model, params, data, loss_fn, probes: int = 16, seed: int = 0, rows: int = 64) -> tuple:
+    """tr(H) of the loss at the current parameters over `params`, by Hutchinson: the mean of vᵀHv
+    over Rademacher v on the first `rows` rows, and its standard error over the probes."""
+    import statistics
+
+    samples = [float(sum((v * h).sum() for v, h in zip(vector, product)))
+               for vector, product in _hutchinson(model, params, data, loss_fn, probes, seed, rows)]
+    return statistics.fmean(samples), statistics.stdev(samples) / len(samples) ** 0.5 if probes > 1 else float("nan")
 
 
 def preconditioned_top(model, params, data, loss_fn, diagonal, n_beta: float, gamma: float,

@@ -55,7 +55,8 @@ def tables(a: Analysis) -> dict:
             "baselines": a.baselines, "pooled": a.pooled, "across-runs": a.across_runs, "groups": a.groups,
             "layers": a.layers, "layers-predictors": a.layer_predictors, "measures": a.measures,
             "measures-predictors": a.measure_predictors, "allocations": a.allocations, "costs": a.costs,
-            "robustness": a.robust, "robustness-fits": a.robust_fits, "eps-sweep": a.sweep, "predictions": a.loo,
+            "robustness": a.robust, "robustness-fits": a.robust_fits, "eps-sweep": a.sweep, "regime": a.regime,
+            "predictions": a.loo,
             "left-out": a.left_out}
 
 

@@ -213,6 +213,17 @@ TABLES = {
         **_pick("model", "step", "compressor"), "n_epsilons": ("", "tolerances"),
         "eps_slope_bits": ("bits per halving of ε", "the slope"), "llc_mean": ("", "λ̂"),
         "llc_std_error": ("", ""), "num_params": ("", "parameters")}),
+    "regime": ("per checkpoint: where its λ̂ was sampled, against the tolerances and the trace limit", {
+        **_pick("model", "revision", "step"), "llc_mean": ("", "λ̂"), "n_beta": ("", "nβ"),
+        "localization": ("", "γ"), "excess_loss": ("nats/token", "E[ΔL] = λ̂/nβ, the posterior's mean height above w*"),
+        "excess_over_eps_min": ("", "E[ΔL] over the smallest ε"), "excess_over_eps_max": ("", "over the largest"),
+        "hessian_trace": ("nats/token per weight²", "tr(H) of the held-out loss (the hessian_trace measure; NaN "
+                                                    "when not measured)"),
+        "trace_limit": ("", "T = nβ·tr(H)/(2γ), λ̂ when localization dominates every direction"),
+        "trace_ratio": ("", "λ̂/T"), "half_d": ("", "d/2, λ̂ when no direction is localized"),
+        "slope": ("", "d log λ̂ / d log nβ from the robustness section's nβ ladder (NaN without one)"),
+        "regime": ("", "trace limit, crossover or volume law by the slope (≥ 0.75, between, ≤ 0.25), else trace "
+                       "limit when λ̂/T is within 1.25× of 1")}),
     "predictions": ("each checkpoint predicted from its run's line through the others", {
         **_pick("model", "compressor", "epsilon", "step"), "llc_mean": ("", "λ̂"),
         "measured": ("knob units", "its critical value"), "predicted": ("knob units", "the prediction"),

@@ -9,6 +9,7 @@ import json
 
 import pandas as pd
 
+from mdl_slt.analysis.regime import regime_summary
 from mdl_slt.report.figures import short
 from mdl_slt.report.pdf import heading, paragraph, table
 
@@ -51,6 +52,7 @@ def page(pdf, a) -> None:
     else:
         paragraph(pdf, "Every row of the store belongs to this experiment's settings: none left out.", 8, 4)
     paragraph(pdf, precision_line(a.table), 8, 4)
+    paragraph(pdf, regime_summary(a.regime), 8, 4)
 
 
 def precision_line(t: pd.DataFrame) -> str:

@@ -1,0 +1,88 @@
+"""Where each checkpoint's λ̂ was sampled (`mdl_slt.llc.regime`): its posterior's mean height above
+w*, E[ΔL] = λ̂/nβ nats/token, beside the tolerances ε of the critical searches; the trace limit
+T = nβ·tr(H)/(2γ) and λ̂/T, from the `hessian_trace` sensitivity measure (tr(H) of the held-out loss
+over the weight matrices) where the experiment measures it; and the local slope d log λ̂ / d log nβ
+where the robustness section measured λ̂ at nβ divided and multiplied by one factor (at the main
+step, where `mdl-slt llc estimate --ladder` divides the step by the same factor). Needs no torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from mdl_slt.analysis.robustness import varied
+from mdl_slt.llc.regime import TRACE_BAND, regime, slope, trace_limit
+
+COLUMNS = ["model", "revision", "step", "llc_mean", "n_beta", "localization", "excess_loss", "excess_over_eps_min",
+           "excess_over_eps_max", "hessian_trace", "trace_limit", "trace_ratio", "half_d", "slope", "regime"]
+
+
+def regime_table(records: pd.DataFrame, experiment) -> pd.DataFrame:
+    """One row per checkpoint with a main λ̂ (columns: COLUMNS, documented in the reports README)."""
+    llc = records[records.task == "llc"]
+    if not len(llc):
+        return pd.DataFrame(columns=COLUMNS)
+    traces = records[(records.task == "sensitivity") & (records.measure == "hessian_trace") &
+                     records.weight_group.isna()].set_index(["model", "revision"]).value
+    eps = experiment.critical.epsilons
+    gamma = float(experiment.llc.localization)
+    ladder = _ladder(records)
+    rows = []
+    for r in llc.itertuples():
+        n_beta = float(r.detail.get("n_beta"))
+        excess = r.llc_mean / n_beta
+        trace = float(traces.get((r.model, r.revision), math.nan))
+        limit = trace_limit(trace, n_beta, gamma)
+        local = ladder.get((r.model, r.revision), math.nan)
+        ratio = r.llc_mean / limit if limit > 0 else math.nan
+        rows.append({"model": r.model, "revision": r.revision, "step": r.step, "llc_mean": r.llc_mean,
+                     "n_beta": n_beta, "localization": gamma, "excess_loss": excess,
+                     "excess_over_eps_min": excess / min(eps), "excess_over_eps_max": excess / max(eps),
+                     "hessian_trace": trace, "trace_limit": limit, "trace_ratio": ratio,
+                     "half_d": (r.detail.get("num_params") or r.num_params) / 2, "slope": local,
+                     "regime": regime(ratio, local)})
+    return pd.DataFrame(rows, columns=COLUMNS).sort_values(["model", "step"]).reset_index(drop=True)
+
+
+def _ladder(records: pd.DataFrame) -> dict:
+    """(model, revision) → the slope from the robustness section's λ̂ at nβ×1/m and nβ×m (the smallest
+    such m measured; the robustness section keeps the main step at both), where both are positive."""
+    rows = varied(records)
+    rows = rows[rows.parameter == "n_beta"]
+    found = {}
+    for key, part in rows.groupby(["model", "revision"]):
+        at = dict(zip(part.multiplier.astype(float), part.varied_llc))
+        pairs = sorted(m for m in at if m > 1 and any(np.isclose(m * f, 1) for f in at))
+        if pairs:
+            low = next(v for f, v in at.items() if np.isclose(pairs[0] * f, 1))
+            found[key] = slope(low, at[pairs[0]], pairs[0])
+    return found
+
+
+def regime_summary(table: pd.DataFrame) -> str:
+    """The settings page's sentence: the scale λ̂ measures and the regime it lies in."""
+    if not len(table):
+        return ""
+    excess = table.excess_loss
+    text = (f"Regime of λ̂: its posterior sits E[ΔL] = λ̂/nβ = {excess.min():.2f}–{excess.max():.2f} nats/token above "
+            f"w* (median {excess.median():.2f}), {table.excess_over_eps_max.min():.0f}–"
+            f"{table.excess_over_eps_min.max():.0f}× the tolerances ε of the critical searches. ")
+    known = table[table.trace_ratio.notna()]
+    if len(known):
+        near = int(((known.trace_ratio >= 1 / TRACE_BAND) & (known.trace_ratio <= TRACE_BAND)).sum())
+        text += (f"Against the trace limit nβ·tr(H)/(2γ) (tr(H) of the held-out loss, the `hessian_trace` measure) "
+                 f"λ̂ is at {known.trace_ratio.median():.2f}× it (median; {known.trace_ratio.min():.2f}–"
+                 f"{known.trace_ratio.max():.2f}), within {TRACE_BAND:g}× of it for {near} of {len(known)} checkpoints; d/2 is "
+                 f"{(known.half_d / known.llc_mean).min():,.0f}× λ̂ or more. ")
+    else:
+        text += "The trace limit needs the `hessian_trace` sensitivity measure, which this experiment does not take. "
+    sloped = table[table.slope.notna()]
+    if len(sloped):
+        text += (f"The slope d log λ̂ / d log nβ, from the robustness section's nβ ladder, is {sloped.slope.median():.2f} "
+                 f"(median; {sloped.slope.min():.2f}–{sloped.slope.max():.2f}) on {len(sloped)} checkpoints. ")
+    counts = table.regime.value_counts()
+    return text + "Regime: " + ", ".join(f"{name} for {n}" for name, n in counts.items()) + \
+        " (`mdl-slt llc estimate REF --ladder` measures the slope of one checkpoint)."
