@@ -73,19 +73,20 @@ def test_the_regime_table_reads_each_llc_against_the_tolerances_and_its_trace():
 
     experiment = SimpleNamespace(critical=SimpleNamespace(epsilons=[0.02, 0.1]), llc=SimpleNamespace(localization=300))
     detail = {"n_beta": 30.0, "num_params": 1000}
+    llc = {"task": "llc", "model": "m", "num_params": 1000, "detail": detail}
     records = pd.DataFrame([
-        {"task": "llc", "model": "m", "revision": "a", "step": 1, "llc_mean": 45.0, "num_params": 1000, "detail": detail},
-        {"task": "llc", "model": "m", "revision": "b", "step": 2, "llc_mean": 15.0, "num_params": 1000, "detail": detail},
+        {**llc, "revision": "a", "step": 1, "llc_mean": 45.0}, {**llc, "revision": "b", "step": 2, "llc_mean": 15.0},
         {"task": "sensitivity", "measure": "hessian_trace", "weight_group": None, "model": "m", "revision": "a",
          "value": 1000.0, "detail": {}},
         {"task": "sensitivity", "measure": "hessian_trace", "weight_group": "layer0", "model": "m", "revision": "b",
          "value": 7.0, "detail": {}},
         *[{"task": "llc_robust", "model": "m", "revision": "a", "llc_mean": v, "llc_std_error": 1.0,
-           "detail": {"variation": {"parameter": "n_beta", "multiplier": m}}} for m, v in ((1 / 3, 20.0), (3.0, 80.0))]])
+           "detail": {"variation": {"parameter": "n_beta", "multiplier": m}}}
+          for m, v in ((0.33, 20.0), (3.0, 80.0), (10.0, 99.0))]])
     table = regime_table(records, experiment)
     a, b = table.iloc[0], table.iloc[1]
     assert a.excess_loss == 1.5 and a.excess_over_eps_min == pytest.approx(75) and a.excess_over_eps_max == 15
     assert a.trace_limit == 50.0 and a.trace_ratio == 0.9 and a.half_d == 500
-    assert a.slope == pytest.approx(math.log(4) / math.log(9)) and a.regime == "crossover"
+    assert a.slope == pytest.approx(math.log(4) / math.log(3 / 0.33)) and a.regime == "crossover"  # nearest 1
     assert np.isnan(b.trace_limit) and np.isnan(b.slope) and b.regime == "unknown"  # a group's trace is not the model's
     assert "0.50–1.50 nats/token" in regime_summary(table) and "within 1.25× of it for 1 of 1" in regime_summary(table)

@@ -2,7 +2,7 @@
 w*, E[ΔL] = λ̂/nβ nats/token, beside the tolerances ε of the critical searches; the trace limit
 T = nβ·tr(H)/(2γ) and λ̂/T, from the `hessian_trace` sensitivity measure (tr(H) of the held-out loss
 over the weight matrices) where the experiment measures it; and the local slope d log λ̂ / d log nβ
-where the robustness section measured λ̂ at nβ divided and multiplied by one factor (at the main
+where the robustness section measured λ̂ at nβ multiplied by factors below and above 1 (at the main
 step, where `mdl-slt llc estimate --ladder` divides the step by the same factor). Needs no torch.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
 from mdl_slt.analysis.robustness import varied
@@ -48,17 +47,17 @@ def regime_table(records: pd.DataFrame, experiment) -> pd.DataFrame:
 
 
 def _ladder(records: pd.DataFrame) -> dict:
-    """(model, revision) → the slope from the robustness section's λ̂ at nβ×1/m and nβ×m (the smallest
-    such m measured; the robustness section keeps the main step at both), where both are positive."""
+    """(model, revision) → the slope between the robustness section's λ̂ at the nβ multipliers
+    nearest 1 on either side (the robustness section keeps the main step at both)."""
     rows = varied(records)
     rows = rows[rows.parameter == "n_beta"]
     found = {}
     for key, part in rows.groupby(["model", "revision"]):
         at = dict(zip(part.multiplier.astype(float), part.varied_llc))
-        pairs = sorted(m for m in at if m > 1 and any(np.isclose(m * f, 1) for f in at))
-        if pairs:
-            low = next(v for f, v in at.items() if np.isclose(pairs[0] * f, 1))
-            found[key] = slope(low, at[pairs[0]], pairs[0])
+        below, above = [m for m in at if m < 1], [m for m in at if m > 1]
+        if below and above:
+            low, high = max(below), min(above)
+            found[key] = slope(at[low], at[high], math.sqrt(high / low))
     return found
 
 
@@ -75,13 +74,15 @@ def regime_summary(table: pd.DataFrame) -> str:
         near = int(((known.trace_ratio >= 1 / TRACE_BAND) & (known.trace_ratio <= TRACE_BAND)).sum())
         text += (f"Against the trace limit nβ·tr(H)/(2γ) (tr(H) of the held-out loss, the `hessian_trace` measure) "
                  f"λ̂ is at {known.trace_ratio.median():.2f}× it (median; {known.trace_ratio.min():.2f}–"
-                 f"{known.trace_ratio.max():.2f}), within {TRACE_BAND:g}× of it for {near} of {len(known)} checkpoints; d/2 is "
+                 f"{known.trace_ratio.max():.2f}), within {TRACE_BAND:g}× of it for {near} of {len(known)} "
+                 "checkpoints; d/2 is "
                  f"{(known.half_d / known.llc_mean).min():,.0f}× λ̂ or more. ")
     else:
         text += "The trace limit needs the `hessian_trace` sensitivity measure, which this experiment does not take. "
     sloped = table[table.slope.notna()]
     if len(sloped):
-        text += (f"The slope d log λ̂ / d log nβ, from the robustness section's nβ ladder, is {sloped.slope.median():.2f} "
+        text += (f"The slope d log λ̂ / d log nβ, from the robustness section's nβ ladder, is "
+                 f"{sloped.slope.median():.2f} "
                  f"(median; {sloped.slope.min():.2f}–{sloped.slope.max():.2f}) on {len(sloped)} checkpoints. ")
     counts = table.regime.value_counts()
     return text + "Regime: " + ", ".join(f"{name} for {n}" for name, n in counts.items()) + \

@@ -153,8 +153,9 @@ def _regime(ckpt, tokens, config, result, epsilons: list[float], ladder: bool, q
             resolved = config.model_copy(update={"n_beta": result.n_beta, "step_size": result.config["step_size"]})
             rungs[factor] = measure_llc(ckpt, tokens, regime.rung(resolved, factor))
         low, high = rungs[1 / regime.LADDER], rungs[regime.LADDER]
-        found |= {"ladder": [{"n_beta": r.n_beta, "step_size": r.config["step_size"], "llc_mean": r.llc_mean, "llc_std_error": r.llc_std_error,
-                              "converged": r.converged, "diverged_chains": r.diverged_chains} for r in (low, high)],
+        found |= {"ladder": [{"n_beta": r.n_beta, "step_size": r.config["step_size"], "llc_mean": r.llc_mean,
+                              "llc_std_error": r.llc_std_error, "converged": r.converged,
+                              "diverged_chains": r.diverged_chains} for r in (low, high)],
                   "slope": regime.slope(low.llc_mean, high.llc_mean)}
     return found | {"regime": regime.regime(found["trace_ratio"], found["slope"])}
 

@@ -221,7 +221,8 @@ TABLES = {
                                                     "when not measured)"),
         "trace_limit": ("", "T = nβ·tr(H)/(2γ), λ̂ when localization dominates every direction"),
         "trace_ratio": ("", "λ̂/T"), "half_d": ("", "d/2, λ̂ when no direction is localized"),
-        "slope": ("", "d log λ̂ / d log nβ from the robustness section's nβ ladder (NaN without one)"),
+        "slope": ("", "d log λ̂ / d log nβ between the robustness section's nβ multipliers nearest 1 (NaN "
+                      "without one on each side)"),
         "regime": ("", "trace limit, crossover or volume law by the slope (≥ 0.75, between, ≤ 0.25), else trace "
                        "limit when λ̂/T is within 1.25× of 1")}),
     "predictions": ("each checkpoint predicted from its run's line through the others", {
