@@ -65,8 +65,8 @@ def test_llc_json(tiny_suite):
 
 
 def test_llc_ladder_reads_the_slope_in_n_beta(tiny_suite):
-    """λ̂ at nβ/3 and 3·nβ, the step divided by the same factor: the slope is their log ratio over
-    log 9 where both are positive (tests/test_regime.py checks its value on a quadratic)."""
+    """λ̂ at nβ/3 and 3·nβ (the step kept going down, divided by 3 going up): the slope is their log
+    ratio over log 9 where both are positive (tests/test_regime.py checks its value on a quadratic)."""
     home, _ = tiny_suite
     done = run_cli("llc", "mdl-slt/tiny-a@step24", "--json", "--num-draws", "20", "--num-burnin", "5",
                    "--step-size", "1e-4", "--ladder", home=home)
@@ -74,10 +74,26 @@ def test_llc_ladder_reads_the_slope_in_n_beta(tiny_suite):
     out = json.loads(done.stdout)
     low, high = out["regime"]["ladder"]
     assert (low["n_beta"], high["n_beta"]) == pytest.approx((10.0, 90.0))
-    assert (low["step_size"], high["step_size"]) == pytest.approx((3e-4, 1e-4 / 3))  # η·nβ held fixed
+    assert (low["step_size"], high["step_size"]) == pytest.approx((1e-4, 1e-4 / 3))  # η·nβ fixed going up
     both = low["llc_mean"] > 0 and high["llc_mean"] > 0  # the tiny model's w* (24 steps) is barely a minimum
     assert out["regime"]["slope"] == (pytest.approx(math.log(high["llc_mean"] / low["llc_mean"]) / math.log(9))
                                       if both else None)
+
+
+def test_llc_scale_finds_the_n_beta_whose_posterior_sits_at_each_tolerance(tiny_suite):
+    """λ(ε) per tolerance: the last rung's E[ΔL] = λ̂/nβ within 5% of ε when found, every rung kept."""
+    home, _ = tiny_suite
+    done = run_cli("llc", "scale", "mdl-slt/tiny-b@step24", "--epsilon", "0.05", "--epsilon", "0.2", "--json",
+                   "--num-draws", "30", "--num-chains", "2", "--step-size", "1e-4", home=home)
+    assert done.returncode == 0, done.stderr
+    scales = json.loads(done.stdout)["scales"]
+    assert [s["epsilon"] for s in scales] == [0.05, 0.2] and all(s["rungs"] for s in scales)
+    for s in scales:
+        last = s["rungs"][-1]
+        assert (s["n_beta"], s["llc_mean"]) == (last["n_beta"], last["llc_mean"])
+        assert s["excess_loss"] == s["llc_mean"] / s["n_beta"]
+        assert s["found"] == (abs(s["excess_loss"] / s["epsilon"] - 1) <= 0.05)
+        assert s["rungs"][0]["n_beta"] == 30.0
 
 
 def test_critical_json_takes_several_epsilons(tiny_suite):

@@ -47,12 +47,14 @@ def test_a_ladder_of_n_beta_on_a_quadratic_reads_its_slope(n_beta, gamma):
     truth = slope(gaussian_llc(h, n_beta / LADDER, gamma), gaussian_llc(h, n_beta * LADDER, gamma))
     assert slope(found[0].llc_mean, found[1].llc_mean) == pytest.approx(truth, abs=0.05)
     assert found[1].config["step_size"] == 0.1  # the preconditioned step is scale-free
-    assert rung(config.model_copy(update={"sampler": "sgld"}), LADDER).step_size == pytest.approx(0.1 / LADDER)
+    plain = config.model_copy(update={"sampler": "sgld"})  # η·nβ fixed up the ladder, η kept down it
+    assert (rung(plain, LADDER).step_size, rung(plain, 1 / LADDER).step_size) == pytest.approx((0.1 / LADDER, 0.1))
 
 
-def test_a_ladder_needs_numbers():
-    with pytest.raises(UserError, match="a ladder of nβ needs numbers"):
-        rung(LLCConfig(step_size="auto"), LADDER)
+def test_a_ladder_needs_a_number_for_n_beta_and_keeps_an_auto_step():
+    with pytest.raises(UserError, match="a ladder of nβ needs a number for n_beta"):
+        rung(LLCConfig(n_beta="auto"), LADDER)
+    assert rung(LLCConfig(step_size="auto", n_beta=30.0), LADDER).step_size == "auto"
 
 
 def test_hutchinsons_trace_of_a_rotated_quadratic_is_its_trace_within_its_error():

@@ -3,7 +3,7 @@ w*, E[ΔL] = λ̂/nβ nats/token, beside the tolerances ε of the critical searc
 T = nβ·tr(H)/(2γ) and λ̂/T, from the `hessian_trace` sensitivity measure (tr(H) of the held-out loss
 over the weight matrices) where the experiment measures it; and the local slope d log λ̂ / d log nβ
 where the robustness section measured λ̂ at nβ multiplied by factors below and above 1 (at the main
-step, where `mdl-slt llc estimate --ladder` divides the step by the same factor). Needs no torch.
+step; `mdl-slt llc estimate --ladder` divides it by 3 going up). Needs no torch.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """`mdl-slt llc`: estimate one checkpoint's LLC (`llc estimate REF`, or just `llc REF`), re-estimate
-a store's traces without sampling (`llc reestimate STORE`), sweep step size × nβ (`llc calibrate REF`)."""
+a store's traces without sampling (`llc reestimate STORE`), sweep step size × nβ (`llc calibrate REF`),
+find λ(ε), the LLC at the scale of each tolerance (`llc scale REF`)."""
 
 from __future__ import annotations
 
@@ -92,9 +93,9 @@ def estimate(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local d
              robustness: bool = typer.Option(False, "--robustness", help="Also λ̂ with one sampler setting multiplied "
                                              "at a time: the experiment's `robustness` section, else step size, nβ and "
                                              "γ × 0.33 and × 3, minibatch × 4."),
-             ladder: bool = typer.Option(False, "--ladder", help="Also λ̂ at nβ/3 and 3·nβ (the step divided by the "
-                                         "same factor), for the local slope d log λ̂ / d log nβ: 0 in the volume law, "
-                                         "1 in the trace limit.")):
+             ladder: bool = typer.Option(False, "--ladder", help="Also λ̂ at nβ/3 (the same step) and 3·nβ (the "
+                                         "step divided by 3), for the local slope d log λ̂ / d log nβ: 0 in the "
+                                         "volume law, 1 in the trace limit.")):
     from mdl_slt.run.measure import measure_llc
 
     chosen = experiment(experiment_file, set_)
@@ -211,6 +212,50 @@ def reestimate(store: Path = typer.Argument(..., help="Results store (SQLite) wr
     for r in rows:
         print(f"{r['model'] + '@' + str(r['revision']):42s} {r['stored_llc_mean']:9.2f} {r['llc_mean']:8.2f} "
               f"{r['llc_std_error']:6.2f} {r['r_hat']:6.3f} {r['ess']:6.0f} {r['burnin']:8d}")
+
+
+@llc_app.command("scale", help="λ(ε), the LLC at the scale of each tolerance ε: λ̂ at the nβ whose posterior sits "
+                               f"ε above w* (E[ΔL] = λ̂/nβ = ε), found up a ladder of nβ. {EMBEDDED}")
+def scale(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local directory."),
+          epsilons: list[float] = typer.Option([], "--epsilon", help="Tolerances in nats/token [default: the "
+                                                                     "experiment's critical.epsilons]."),
+          experiment_file: Optional[Path] = typer.Option(None, "--experiment", help=EXPERIMENT_HELP),
+          set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+          as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+          sampler: Optional[str] = SAMPLER_FLAGS["sampler"], step_size: Optional[str] = SAMPLER_FLAGS["step_size"],
+          n_beta: Optional[str] = typer.Option(None, help="The ladder's first nβ [default: the experiment's, "
+                                                          "else 30]."),
+          localization: Optional[float] = SAMPLER_FLAGS["localization"],
+          num_chains: Optional[int] = SAMPLER_FLAGS["num_chains"],
+          num_draws: Optional[int] = SAMPLER_FLAGS["num_draws"],
+          batch_size: Optional[int] = SAMPLER_FLAGS["batch_size"], seed: Optional[int] = SAMPLER_FLAGS["seed"],
+          max_steps: Optional[int] = typer.Option(None, min=2, help="The most steps a chain takes per rung "
+                                                                    "[default: the experiment's, else 2000].")):
+    from mdl_slt.llc.scale import llc_at_scale
+
+    chosen = experiment(experiment_file, set_)
+    config = _settings(chosen, sampler=sampler, step_size=_number_or_auto(step_size, "--step-size"),
+                       n_beta=_number_or_auto(n_beta, "--n-beta"), localization=localization, num_chains=num_chains,
+                       num_draws=num_draws, batch_size=batch_size, seed=seed, max_steps=max_steps)
+    ckpt, tokens = load(ref, chosen)
+    say_settings(chosen, config)
+    found = []
+    for epsilon in epsilons or chosen.critical.epsilons:
+        def rung(number, result, epsilon=epsilon):
+            if not as_json:
+                console.print(f"ε = {epsilon:g}, rung {number + 1}: nβ = {result.n_beta:.4g}, "
+                              f"λ̂ = {result.llc_mean:.4g} ± {result.llc_std_error:.2g}, E[ΔL] = {result.llc_mean / result.n_beta:.3g}, R̂ "
+                              f"{result.r_hat:.3f}{'' if result.converged else ', not converged'}", highlight=False)
+
+        found.append(llc_at_scale(ckpt.model, tokens.train, config, epsilon, progress=rung))
+    if as_json:
+        print_json({"ref": str(ckpt.ref), "scales": [f.to_dict() for f in found]})
+        return
+    for f in found:
+        flags = ("" if f.found else f"; E[ΔL] not within 5% of ε after {len(f.rungs)} rungs") + \
+            ("" if f.converged else "; chains not converged")
+        print(f"{ckpt.ref}: λ({f.epsilon:g}) = {f.llc_mean:.4g} ± {f.llc_std_error:.2g} at nβ = {f.n_beta:.4g} "
+              f"(E[ΔL] = {f.excess_loss:.3g}){flags}")
 
 
 @llc_app.command("calibrate", help=f"Sweep step size × nβ on one checkpoint and recommend a setting. {EMBEDDED}")

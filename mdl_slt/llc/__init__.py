@@ -19,7 +19,9 @@ loads the sampler):
     curvature   λ_max, the diagonal and the trace of the Hessian at w* (Hutchinson)
     calibrate   a step size × nβ sweep on one checkpoint
     regime      where a λ̂ lies: E[ΔL] = λ̂/nβ, the trace limit nβ·tr(H)/(2γ), the slope in nβ
-    ground_truth  models whose λ is known in closed form (regular, normal crossing, deep linear)
+    scale       λ(ε): λ̂ at the nβ whose posterior sits ε above w*
+    ground_truth  models whose λ is known in closed form (regular, normal crossing, deep linear,
+                quadratic-quartic pairs)
 
 May import: errors, home, compute, models (Pythia's step sizes), store (re-estimating a store's traces).
 """

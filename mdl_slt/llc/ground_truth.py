@@ -146,3 +146,25 @@ def crossing_expectation(n_beta: float, gamma: float, k: int = 2, points: int = 
     a = n_beta * w2 ** (2 * k) + gamma / 2
     density = np.exp(-gamma * w2**2 / 2) / np.sqrt(a)
     return float(np.sum(density * n_beta * w2 ** (2 * k) / (2 * a)) / np.sum(density))
+
+
+def quadratic_quartic(n_beta: float, gamma: float, a: float = 1.0, b: float = 1.0, pairs: int = 1,
+                      points: int = 400_001) -> float:
+    """Exact λ̂ = E_p[nβ·L] for L = Σ a·x² + b·y⁴ over `pairs` pairs (x, y) at w* = 0, under
+    p ∝ exp(−nβL − γ‖w‖²/2): per pair ½·2a·nβ/(2a·nβ + γ) (x is Gaussian) plus nβ·b·E[y⁴] by a 1-D
+    quadrature. Two scales: ¾ a pair (½ + ¼) as nβ → ∞, 0 as nβ → 0, localization setting the
+    crossover."""
+    import numpy as np
+
+    y = np.linspace(-20, 20, points) / max(1.0, (n_beta * b) ** 0.25, math.sqrt(gamma))
+    weight = np.exp(-n_beta * b * y**4 - gamma * y**2 / 2)
+    quartic = n_beta * b * float(np.sum(weight * y**4) / np.sum(weight))
+    return pairs * (0.5 * 2 * a * n_beta / (2 * a * n_beta + gamma) + quartic)
+
+
+def at_tolerance(llc_of, epsilon: float, low: float = 1e-8, high: float = 1e12) -> tuple[float, float]:
+    """(λ(ε), nβ_ε) of a closed-form λ̂(nβ): nβ_ε solves λ̂(nβ)/nβ = ε (a root in log nβ, by Brent)."""
+    from scipy.optimize import brentq
+
+    u = brentq(lambda u: math.log(llc_of(math.exp(u))) - u - math.log(epsilon), math.log(low), math.log(high))
+    return llc_of(math.exp(u)), math.exp(u)

@@ -64,12 +64,14 @@ def regime(ratio: float, local_slope: float = math.nan) -> str:
 
 
 def rung(config, factor: float):
-    """The sampler settings at nβ·factor with the step divided by it (η·nβ, the drift's scale, fixed);
-    a preconditioned sampler's step is already scale-free and is kept."""
+    """The sampler settings at nβ·factor. Up the ladder the step is divided by the factor (η·nβ, the
+    loss's share of the drift, fixed); down it, kept (η·γ, localization's share, must not grow). A
+    preconditioned sampler's step is scale-free and kept; `auto` stays auto, each rung resolving its own."""
     from mdl_slt.llc.samplers import SAMPLERS
 
-    if not isinstance(config.n_beta, (int, float)) or not isinstance(config.step_size, (int, float)):
-        raise UserError("a ladder of nβ needs numbers for n_beta and step_size; give both (not auto)")
-    step = config.step_size if SAMPLERS[config.sampler].preconditioned else config.step_size / factor
+    if not isinstance(config.n_beta, (int, float)):
+        raise UserError("a ladder of nβ needs a number for n_beta (not auto)")
+    kept = config.step_size == "auto" or SAMPLERS[config.sampler].preconditioned or factor <= 1
+    step = config.step_size if kept else config.step_size / factor
     return config.model_copy(update={"n_beta": config.n_beta * factor, "step_size": step})
 

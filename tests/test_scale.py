@@ -1,0 +1,70 @@
+"""λ(ε), the LLC at the scale of a tolerance: λ̂ sampled at the nβ whose posterior sits ε above w*,
+against models whose λ(ε) is known."""
+
+import pytest
+import torch
+
+from mdl_slt.errors import UserError
+from mdl_slt.llc.config import LLCConfig
+from mdl_slt.llc.ground_truth import at_tolerance, quadratic_quartic
+from mdl_slt.llc.scale import llc_at_scale
+from tests.conftest import regression
+
+
+@pytest.mark.parametrize("epsilon", [0.1, 0.01, 0.001])
+def test_a_regular_model_has_d_over_2_at_every_tolerance(epsilon):
+    """Linear regression in 6 weights, localization negligible (γ = 10⁻³ against curvatures near 1):
+    λ(ε) = d/2 = 3 at every ε within 5%, found at the nβ where E[ΔL] = λ̂/nβ is within 5% of ε.
+    BAOAB samples the Gaussian posterior exactly at any stable step; its step keeps η·nβ up the ladder."""
+    model, data, loss = regression(d=6, n=1000)
+    config = LLCConfig(sampler="baoab", step_size=0.01, n_beta=30.0, localization=1e-3, friction=3.0,
+                       batch_size=1000, num_chains=16, num_draws=1000, seed=1)
+    found = llc_at_scale(model, data, config, epsilon, loss)
+    assert found.found and abs(found.excess_loss / epsilon - 1) <= 0.05
+    assert found.rungs[-1]["r_hat"] < 1.05  # (not `converged`: its relaxation rule waits 4/(ηγ) steps at γ = 10⁻³)
+    assert found.llc_mean == pytest.approx(3, rel=0.05) and found.llc_std_error < 0.1
+    assert len(found.rungs) <= 3  # a regular model's slope is 0: the first step lands
+
+
+class _TwoScale(torch.nn.Module):
+    """L = Σ x_i² + y_i⁴ over four pairs at w* = 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.x, self.y = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+
+    def loss(self, batch):
+        return (self.x**2).sum() + (self.y**4).sum()
+
+
+def test_a_two_scale_model_follows_its_closed_form_across_the_scales():
+    """Four pairs a·x² + b·y⁴ under localization γ = 1: λ(ε) rises from near 0 where γ holds every
+    direction (ε = 10) to ¾ a pair, 3 in all, as ε → 0; sampled (BAOAB, its step divided by the
+    factor up the ladder) within 6% of the quadrature's λ(ε) at each ε."""
+    model = _TwoScale()
+    found = {}
+    for epsilon in (10.0, 1.0, 0.01):
+        config = LLCConfig(sampler="baoab", step_size=0.03, n_beta=1.0, localization=1.0, batch_size=1,
+                           num_chains=16, max_steps=6000, seed=1)
+        found[epsilon] = llc_at_scale(model, torch.zeros(1, 1), config, epsilon, lambda m, batch: m.loss(batch))
+        truth, _ = at_tolerance(lambda n_beta: quadratic_quartic(n_beta, 1.0, pairs=4), epsilon)
+        assert found[epsilon].found and found[epsilon].converged
+        assert found[epsilon].llc_mean == pytest.approx(truth, rel=0.06), (epsilon, truth)
+    assert found[10.0].llc_mean < 0.2 * found[0.01].llc_mean and found[0.01].llc_mean == pytest.approx(3, rel=0.03)
+
+
+def test_the_closed_form_two_scale_llc_has_its_limits():
+    assert quadratic_quartic(1e8, 1.0) == pytest.approx(0.75, rel=1e-3)  # ½ + ¼ a pair
+    assert quadratic_quartic(1e-6, 1.0) < 1e-5
+    llc, n_beta = at_tolerance(lambda n: quadratic_quartic(n, 1.0, pairs=4), 0.01)
+    assert llc / n_beta == pytest.approx(0.01)
+
+
+def test_a_tolerance_must_be_positive_and_a_negative_llc_is_refused():
+    model, data, loss = regression(d=2, n=50)
+    with pytest.raises(UserError, match="needs a tolerance ε > 0"):
+        llc_at_scale(model, data, LLCConfig(), 0.0, loss)
+    with torch.no_grad():
+        model.weight.add_(1.0)  # far from the minimum: the chains fall, λ̂ < 0
+    with pytest.raises(UserError, match="w\\* is not a minimum"):
+        llc_at_scale(model, data, LLCConfig(step_size=1e-4, n_beta=100.0, num_draws=50, batch_size=50), 0.1, loss)
