@@ -68,3 +68,16 @@ def test_a_tolerance_must_be_positive_and_a_negative_llc_is_refused():
         model.weight.add_(1.0)  # far from the minimum: the chains fall, λ̂ < 0
     with pytest.raises(UserError, match="w\\* is not a minimum"):
         llc_at_scale(model, data, LLCConfig(step_size=1e-4, n_beta=100.0, num_draws=50, batch_size=50), 0.1, loss)
+
+
+def test_a_tolerance_above_what_localization_allows_is_refused_with_the_cap():
+    """In the trace limit (nβ·h ≪ γ) the posterior's height is tr(H)/(2γ) = 0.002 whatever nβ: ε = 0.01
+    is out of reach, and the search stops at its second rung, saying so, instead of running nβ down."""
+    from tests.test_sgld import _Quadratic
+
+    model = _Quadratic(torch.ones(4), torch.eye(4))
+    config = LLCConfig(sampler="baoab", step_size=1e-4, n_beta=1.0, localization=1.0e3, batch_size=1, num_chains=8,
+                       num_draws=500, seed=1)
+    found = llc_at_scale(model, torch.zeros(1, 1), config, 0.01, lambda m, batch: m.loss(batch))
+    assert not found.found and len(found.rungs) == 2 and "localization caps it there" in found.why
+    assert found.excess_loss == pytest.approx(4 / (2 * 1e3), rel=0.2)

@@ -252,8 +252,7 @@ def scale(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local dire
         print_json({"ref": str(ckpt.ref), "scales": [f.to_dict() for f in found]})
         return
     for f in found:
-        flags = ("" if f.found else f"; E[ΔL] not within 5% of ε after {len(f.rungs)} rungs") + \
-            ("" if f.converged else "; chains not converged")
+        flags = ("" if f.found else f"; not found: {f.why}") + ("" if f.converged else "; chains not converged")
         print(f"{ckpt.ref}: λ({f.epsilon:g}) = {f.llc_mean:.4g} ± {f.llc_std_error:.2g} at nβ = {f.n_beta:.4g} "
               f"(E[ΔL] = {f.excess_loss:.3g}){flags}")
 

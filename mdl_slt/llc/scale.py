@@ -8,8 +8,9 @@ sampled at the nβ_ε whose posterior sits at ε:
 In u = log nβ this is the root of f(u) = log λ̂(eᵘ) − u − log ε, whose derivative is s − 1, s the
 local slope d log λ̂/d log nβ (0 in the volume law, 1 in the trace limit): a single root wherever
 s < 1. Newton steps in u find it, s measured between the last two rungs (the first step takes
-s = 0, the fixed-point step nβ ← λ̂/ε; a measured s is held within [0, MAX_SLOPE], as sampling
-noise can put it anywhere), until E[ΔL] is within `tolerance` of ε. Each rung's settings come from
+s = 0, the fixed-point step nβ ← λ̂/ε; a negative s, sampling noise, is taken as 0), until E[ΔL]
+is within `tolerance` of ε. A slope of MAX_SLOPE or more is the trace limit, where E[ΔL] ≈
+tr(H)/(2γ) whatever nβ: an ε above that cap cannot be reached, and the search stops and says so. Each rung's settings come from
 the last by `regime.rung`. For a regular model with negligible localization λ(ε) = d/2 at every ε.
 """
 
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from mdl_slt.errors import UserError
 from mdl_slt.llc.regime import rung
 
-MAX_SLOPE = 0.9  # a measured slope is held below this, so one Newton step moves u at most 10× f
+MAX_SLOPE = 0.9  # a measured slope this steep ends the search: localization caps E[ΔL]
 TOLERANCE = 0.05  # E[ΔL] within 5% of ε ends the search
 MAX_RUNGS = 8
 
@@ -37,6 +38,7 @@ class Scale:
     converged: bool  # the last rung's chains met the convergence rules
     found: bool  # E[ΔL] = λ̂/nβ within the tolerance of ε
     rungs: list[dict] = field(default_factory=list)  # nβ, step, λ̂, its s.e., R̂, converged, E[ΔL]
+    why: str = ""  # why not found
 
     @property
     def excess_loss(self) -> float:
@@ -71,8 +73,14 @@ def llc_at_scale(model, data, config, epsilon: float, loss_fn=None, tolerance: f
         local = 0.0
         if previous is not None and previous.n_beta != result.n_beta:
             local = math.log(result.llc_mean / previous.llc_mean) / math.log(result.n_beta / previous.n_beta)
-            local = min(max(local, 0.0), MAX_SLOPE) if math.isfinite(local) else 0.0
+            if local >= MAX_SLOPE:  # the trace limit: E[ΔL] ≈ tr(H)/(2γ) whatever nβ
+                why = (f"E[ΔL] stays near {result.llc_mean / result.n_beta:.3g} as nβ moves (slope {local:.2f}): "
+                       f"localization caps it there; lower γ to reach ε = {epsilon:g}")
+                return Scale(epsilon, result.n_beta, result.llc_mean, result.llc_std_error, result.converged, False,
+                             rungs, why)
+            local = max(local, 0.0) if math.isfinite(local) else 0.0
         factor = math.exp(miss / (1 - local))  # the Newton step in u = log nβ
         settings, previous = rung(settings.model_copy(update={"n_beta": result.n_beta}), factor), result
     last = rungs[-1]
-    return Scale(epsilon, last["n_beta"], last["llc_mean"], last["llc_std_error"], last["converged"], False, rungs)
+    return Scale(epsilon, last["n_beta"], last["llc_mean"], last["llc_std_error"], last["converged"], False, rungs,
+                 f"E[ΔL] not within {tolerance:.0%} of ε after {max_rungs} rungs")
