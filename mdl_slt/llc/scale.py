@@ -20,7 +20,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from mdl_slt.errors import UserError
-from mdl_slt.llc.regime import rung
+from mdl_slt.llc.regime import rung, slope
 
 MAX_SLOPE = 0.9  # a measured slope this steep ends the search: localization caps E[ΔL]
 TOLERANCE = 0.05  # E[ΔL] within 5% of ε ends the search
@@ -72,7 +72,7 @@ def llc_at_scale(model, data, config, epsilon: float, loss_fn=None, tolerance: f
             return Scale(epsilon, result.n_beta, result.llc_mean, result.llc_std_error, result.converged, True, rungs)
         local = 0.0
         if previous is not None and previous.n_beta != result.n_beta:
-            local = math.log(result.llc_mean / previous.llc_mean) / math.log(result.n_beta / previous.n_beta)
+            local = slope(previous.llc_mean, result.llc_mean, math.sqrt(result.n_beta / previous.n_beta))
             if local >= MAX_SLOPE:  # the trace limit: E[ΔL] ≈ tr(H)/(2γ) whatever nβ
                 why = (f"E[ΔL] stays near {result.llc_mean / result.n_beta:.3g} as nβ moves (slope {local:.2f}): "
                        f"localization caps it there; lower γ to reach ε = {epsilon:g}")
