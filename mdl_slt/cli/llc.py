@@ -148,10 +148,10 @@ def _regime(ckpt, tokens, config, result, epsilons: list[float], ladder: bool, q
              "half_d": result.num_params / 2, "slope": float("nan")}
     if ladder:
         rungs = {}
+        resolved = config.model_copy(update={"n_beta": result.n_beta, "step_size": result.config["step_size"]})
         for factor in (1 / regime.LADDER, regime.LADDER):
             if not quiet:
                 console.print(f"λ̂ at nβ = {result.n_beta * factor:g}…", highlight=False)
-            resolved = config.model_copy(update={"n_beta": result.n_beta, "step_size": result.config["step_size"]})
             rungs[factor] = measure_llc(ckpt, tokens, regime.rung(resolved, factor))
         low, high = rungs[1 / regime.LADDER], rungs[regime.LADDER]
         found |= {"ladder": [{"n_beta": r.n_beta, "step_size": r.config["step_size"], "llc_mean": r.llc_mean,
