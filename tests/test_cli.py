@@ -95,6 +95,7 @@ def test_llc_scale_finds_the_n_beta_whose_posterior_sits_at_each_tolerance(tiny_
         assert s["excess_loss"] == s["llc_mean"] / s["n_beta"]
         assert s["found"] == (abs(s["excess_loss"] / s["epsilon"] - 1) <= 0.05) and s["found"] == (s["why"] == "")
         assert s["rungs"][0]["n_beta"] == 30.0 and len(s["rungs"]) <= 4
+        assert s["code_bits"] == (0.0 if s["found"] else None)  # DL_λ from the widest tolerance reached: itself
 
 
 def test_critical_json_takes_several_epsilons(tiny_suite):

@@ -1,13 +1,15 @@
 """λ(ε), the LLC at the scale of a tolerance: λ̂ sampled at the nβ whose posterior sits ε above w*,
 against models whose λ(ε) is known."""
 
+import math
+
 import pytest
 import torch
 
 from mdl_slt.errors import UserError
 from mdl_slt.llc.config import LLCConfig
 from mdl_slt.llc.ground_truth import at_tolerance, quadratic_quartic
-from mdl_slt.llc.scale import llc_at_scale
+from mdl_slt.llc.scale import llc_at_scale, volume_code_bits
 from tests.conftest import regression
 
 
@@ -81,3 +83,56 @@ def test_a_tolerance_above_what_localization_allows_is_refused_with_the_cap():
     found = llc_at_scale(model, torch.zeros(1, 1), config, 0.01, lambda m, batch: m.loss(batch))
     assert not found.found and len(found.rungs) == 2 and "localization caps it there" in found.why
     assert found.excess_loss == pytest.approx(4 / (2 * 1e3), rel=0.2)
+
+
+def test_the_divergence_from_w_star_is_zero_there_with_zero_gradient_and_grows_as_a_quadratic(tiny_checkpoint,
+                                                                                               tiny_tokens):
+    """D(w) = KL(p_w* ‖ p_w) per token: 0 with zero gradient at w* (its minimum at every nβ, where the
+    cross-entropy of a checkpoint has a gradient), positive off it, and quadratic near it: D(2tδ) =
+    4·D(tδ). The copy at w* is frozen: moving the model does not move it."""
+    import copy
+
+    from mdl_slt.compute.loss import divergence_from
+
+    model, tokens = copy.deepcopy(tiny_checkpoint.model), tiny_tokens.train[:8]
+    loss = divergence_from(model)
+    at = loss(model, tokens)
+    grads = torch.autograd.grad(at, [p for p in model.parameters() if p.requires_grad])
+    assert abs(at.item()) < 1e-6 and max(float(g.abs().max()) for g in grads) < 1e-6
+    seeded = torch.Generator().manual_seed(0)
+    direction = [torch.randn(p.shape, generator=seeded) for p in model.parameters()]
+    found = []
+    for t in (1e-3, 2e-3):
+        moved = copy.deepcopy(model)
+        with torch.no_grad():
+            for p, u in zip(moved.parameters(), direction):
+                p.add_(t * u)
+        found.append(float(loss(moved, tokens)))
+    assert found[0] > 0 and found[1] / found[0] == pytest.approx(4, rel=0.05)
+    assert abs(float(loss(model, tokens))) < 1e-6
+
+
+def test_the_volume_code_length_integrates_lambda_over_log_tolerance():
+    """DL_λ(ε) = ∫ λ d log₂(1/s) from the widest ε: a constant λ = d/2 gives d/2·log₂(ε_max/ε); λ
+    linear in log ε is integrated exactly; the tolerances may come in any order; bad input is refused."""
+    assert volume_code_bits([0.1, 0.05, 0.025], [3.0, 3.0, 3.0]) == pytest.approx([0.0, 3.0, 6.0])
+    assert volume_code_bits([0.02, 0.1, 0.05], [3.0, 3.0, 3.0]) == pytest.approx([3 * math.log2(5), 0.0, 3.0])
+    linear = [1.0 + math.log2(0.1 / e) for e in (0.1, 0.05, 0.025)]  # λ = 1 + log₂(0.1/s): ∫ = x + x²/2
+    assert volume_code_bits([0.1, 0.05, 0.025], linear) == pytest.approx([0.0, 1.5, 4.0])
+    assert volume_code_bits([0.1], [7.0]) == [0.0]
+    with pytest.raises(UserError, match=r"one λ\(ε\) per tolerance"):
+        volume_code_bits([0.1, 0.0], [1.0, 1.0])
+    with pytest.raises(UserError, match=r"one λ\(ε\) per tolerance"):
+        volume_code_bits([0.1, 0.05], [1.0])
+
+
+def test_on_a_language_model_the_scale_of_a_tolerance_is_sampled_on_the_divergence(tiny_checkpoint, tiny_tokens):
+    """At nβ = 3,000 the chains on the cross-entropy fall below L(w*) (λ̂ ≈ −900: the checkpoint is not
+    a minimum of its sampling text there); on the divergence from w* they settle above it (λ̂ ≈ 79)."""
+    from mdl_slt.compute.loss import divergence_from
+    from mdl_slt.llc.sampling import estimate_llc
+
+    config = LLCConfig(n_beta=3000.0, step_size=3e-5, num_chains=2, batch_size=8, max_steps=1000)
+    model, data = tiny_checkpoint.model, tiny_tokens.train
+    assert estimate_llc(model, data, config).llc_mean < 0
+    assert estimate_llc(model, data, config, divergence_from(model)).llc_mean > 0

@@ -158,6 +158,25 @@ def test_a_chain_that_jumps_away_from_the_others_is_excluded_and_named():
     assert health.check(away, 125, range(4)) == [2] and "jumped past 10×" in health.stopped[2][1]
 
 
+def test_a_chain_warming_up_at_large_n_beta_is_not_a_jump_but_a_runaway_still_is():
+    """At nβ = 3·10⁴ a chain climbs from w* (level 0, give or take nβ·σ_B/√25 = 780 of minibatch
+    noise) to its level of 6,000 over a few hundred steps: judged against that noise, not a floor of
+    1, no chain is stopped (with σ_B unknown, spread 0, the noisy first windows look like jumps from
+    nothing). A chain that then leaves for 3 nats above w* is still stopped."""
+    from mdl_slt.llc.health import Health
+
+    n_beta, spread, steps = 3e4, 0.13, 600
+    rise = 4.0 + 0.2 * (1 - torch.exp(-torch.arange(steps) / 150.0))
+    noisy = rise + spread * torch.randn(4, steps, generator=torch.Generator().manual_seed(0))
+    health = Health(LLCConfig(num_chains=4), n_beta, init_loss=4.0, uniform=None, d=10**6, spread=spread)
+    assert not any(health.check(noisy, upto, range(4)) for upto in range(25, steps + 1, 25))
+    blind = Health(LLCConfig(num_chains=4), n_beta, init_loss=4.0, uniform=None, d=10**6)
+    assert any([blind.check(noisy, upto, range(4)) for upto in range(25, steps + 1, 25)])
+    away = torch.cat([noisy, noisy[:, -25:]], dim=1)
+    away[1, steps:] += 3.0  # level 9·10⁴, 15× the others' 6,000
+    assert health.check(away, steps + 25, range(4)) == [1] and "jumped past 10×" in health.stopped[1][1]
+
+
 def test_each_chain_is_judged_by_the_median_of_the_others_levels_as_numpy_gives_it():
     """The others' median comes from one sort of the levels, each chain's own left out: equal, bit
     for bit, to numpy's median of the others, odd and even counts, ties, and no one left."""

@@ -215,7 +215,10 @@ def reestimate(store: Path = typer.Argument(..., help="Results store (SQLite) wr
 
 
 @llc_app.command("scale", help="λ(ε), the LLC at the scale of each tolerance ε: λ̂ at the nβ whose posterior sits "
-                               f"ε above w* (E[ΔL] = λ̂/nβ = ε), found up a ladder of nβ. {EMBEDDED}")
+                               "ε above w* (E[ΔL] = λ̂/nβ = ε), found up a ladder of nβ, on the divergence from w* "
+                               "(KL(p_w* ‖ p_w) per token; a checkpoint is not a minimum of its cross-entropy at such "
+                               "nβ); with several ε, DL_λ(ε) = ∫ λ d log₂(1/s) from the widest, the code length the "
+                               f"volume law implies. {EMBEDDED}")
 def scale(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local directory."),
           epsilons: list[float] = typer.Option([], "--epsilon", help="Tolerances in nats/token [default: the "
                                                                      "experiment's critical.epsilons]."),
@@ -231,7 +234,7 @@ def scale(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local dire
           batch_size: Optional[int] = SAMPLER_FLAGS["batch_size"], seed: Optional[int] = SAMPLER_FLAGS["seed"],
           max_steps: Optional[int] = typer.Option(None, min=2, help="The most steps a chain takes per rung "
                                                                     "[default: the experiment's, else 2000].")):
-    from mdl_slt.llc.scale import llc_at_scale
+    from mdl_slt.llc.scale import llc_at_scale, volume_code_bits
 
     chosen = experiment(experiment_file, set_)
     config = _settings(chosen, sampler=sampler, step_size=_number_or_auto(step_size, "--step-size"),
@@ -248,13 +251,17 @@ def scale(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local dire
                               f"{result.r_hat:.3f}{'' if result.converged else ', not converged'}", highlight=False)
 
         found.append(llc_at_scale(ckpt.model, tokens.train, config, epsilon, progress=rung))
+    reached = [f for f in found if f.found]  # DL_λ integrates λ(ε) over the tolerances reached
+    bits = dict(zip(map(id, reached), volume_code_bits([f.epsilon for f in reached], [f.llc_mean for f in reached])))
     if as_json:
-        print_json({"ref": str(ckpt.ref), "scales": [f.to_dict() for f in found]})
+        print_json({"ref": str(ckpt.ref), "scales": [f.to_dict() | {"code_bits": bits.get(id(f))} for f in found]})
         return
     for f in found:
         flags = ("" if f.found else f"; not found: {f.why}") + ("" if f.converged else "; chains not converged")
+        code = f", DL_λ = {bits[id(f)]:.4g} bits beyond ε = {max(r.epsilon for r in reached):g}" \
+            if f.found and len(reached) > 1 else ""
         print(f"{ckpt.ref}: λ({f.epsilon:g}) = {f.llc_mean:.4g} ± {f.llc_std_error:.2g} at nβ = {f.n_beta:.4g} "
-              f"(E[ΔL] = {f.excess_loss:.3g}){flags}")
+              f"(E[ΔL] = {f.excess_loss:.3g}{code}){flags}")
 
 
 @llc_app.command("calibrate", help=f"Sweep step size × nβ on one checkpoint and recommend a setting. {EMBEDDED}")

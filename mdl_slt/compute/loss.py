@@ -67,3 +67,23 @@ def evaluate_loss(model, tokens, batch_size: int | None = None, numerics: str = 
     """Mean per-token NLL over a fixed token set (every sequence has the same length, so the mean of
     `sequence_losses`), accumulated in float64."""
     return float(sequence_losses(model, tokens, batch_size, numerics).mean())
+
+
+def divergence_from(model):
+    """The loss D(w) = mean over positions of KL(p_w*(·|x) ‖ p_w(·|x)), in nats per token, against a
+    frozen copy of `model` at w* (its parameters now), in fp32: zero with zero gradient at w*, so w*
+    is its minimum at every nβ, and near w* its minibatch noise vanishes with it. `loss(model, tokens)`."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def loss(model, tokens):
+        with torch.no_grad():
+            target = F.log_softmax(next_token_logits(teacher, tokens), dim=-1)
+        return F.kl_div(F.log_softmax(next_token_logits(model, tokens), dim=-1), target, log_target=True,
+                        reduction="none").sum(-1).mean()
+
+    return loss

@@ -2,8 +2,12 @@
 something for the model: a non-finite loss; a mean minibatch loss above that of a uniform
 prediction, ln V (a language model that far from w* is destroyed; judged where w* itself is at
 least half a nat better than uniform, so not for barely trained checkpoints); nβ·(L − L*) above
-`runaway`·d (8× a regular model's λ); or above `jump` × the larger of the other chains' median
-level and the chain's own earlier median level (each floored at 1). A diverged chain is stopped
+`runaway`·d (8× a regular model's λ); or above `jump` × the largest of the other chains' median
+level, the chain's own earlier median level, and the noise of a window's level at w*,
+nβ·σ_B/√CHECK_EVERY (σ_B the spread of one minibatch's loss at w*), floored at 1. The noise floor
+tells a warm-up rise from a jump at large nβ: a chain climbing from w* starts at a level of zero
+give or take that noise (±870 at nβ = 3·10⁴ on micro-pythia-90k@step1000, against a level of
+thousands), which without it looked like a jump from nothing. A diverged chain is stopped
 (vmapped: held at w*), excluded and named; when all diverge, one error with a smaller step to try.
 """
 
@@ -18,8 +22,10 @@ UNIFORM_MARGIN = 0.5  # nats: the uniform-prediction check needs w* this much be
 class Health:
     """Divergence checks on each chain's window means (see the module docstring)."""
 
-    def __init__(self, config, n_beta: float, init_loss: float, uniform: float | None, d: int):
+    def __init__(self, config, n_beta: float, init_loss: float, uniform: float | None, d: int, spread: float = 0.0):
+        """`spread`: σ_B, the standard deviation of one minibatch's loss at w*."""
         self.n_beta, self.init_loss = n_beta, init_loss
+        self.noise = max(1.0, n_beta * spread / CHECK_EVERY ** 0.5)
         self.uniform = uniform if uniform is not None and init_loss < uniform - UNIFORM_MARGIN else None
         self.limit, self.jump = config.runaway * d, config.jump
         self.history: list[list[float]] = [[] for _ in range(config.num_chains)]
@@ -50,7 +56,7 @@ class Health:
                 continue
             own = self.history[c]
             median = _median_without(others, place.get(c))
-            reference = max(1.0, float(median) if median is not None else 1.0,
+            reference = max(self.noise, float(median) if median is not None else 1.0,
                             float(statistics.median(own)) if len(own) >= 2 else 1.0)
             why = None
             if not finite[c]:

@@ -87,9 +87,9 @@ def select_parameters(model, patterns) -> list[tuple[str, object]]:
     return chosen
 
 
-def reference_loss(model, data, loss_fn, config: LLCConfig) -> tuple[float, float]:
-    """L_n(w*) over the whole set (standard error 0), or its first `reference_batches` batches
-    with the standard error of their mean."""
+def reference_loss(model, data, loss_fn, config: LLCConfig) -> tuple[float, float, float]:
+    """L_n(w*) over the whole set (standard error 0), or its first `reference_batches` batches with
+    the standard error of their mean; and σ_B, the spread of one minibatch's loss there (0 for one batch)."""
     import torch
 
     losses, sizes = [], []
@@ -100,10 +100,10 @@ def reference_loss(model, data, loss_fn, config: LLCConfig) -> tuple[float, floa
             losses.append(float(loss_fn(model, batch)))
             sizes.append(n)
     mean = sum(l * n for l, n in zip(losses, sizes)) / sum(sizes)
-    if config.reference_batches is None or len(losses) < 2:
-        return mean, 0.0
-    sd = math.sqrt(sum((l - mean) ** 2 for l in losses) / (len(losses) - 1))
-    return mean, sd / math.sqrt(len(losses))
+    if len(losses) < 2:
+        return mean, 0.0, 0.0
+    spread = math.sqrt(sum((l - mean) ** 2 for l in losses) / (len(losses) - 1))
+    return mean, 0.0 if config.reference_batches is None else spread / math.sqrt(len(losses)), spread
 
 
 def _converged(traces, steps: int, health: Health, config: LLCConfig, n_beta: float, init_loss: float) -> bool:
@@ -151,13 +151,13 @@ def sample(model, data, config: LLCConfig = LLCConfig(), loss_fn: Callable | Non
         curvature = hessian_diagonal(model, params, data, loss_fn, FISHER_PROBES, config.seed)
     config, how = resolve(config, model, data, loss_fn, curvature)
     n_beta = config.n_beta
-    init_loss, init_se = reference_loss(model, data, loss_fn, config)
+    init_loss, init_se, spread = reference_loss(model, data, loss_fn, config)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     uniform = math.log(vocab) if is_tokens(data) and vocab else None
     anchor = [p.detach().clone().unsqueeze(0) for p in params]
     budget = config.budget_steps
     traces = torch.full((config.num_chains, budget), float("nan"), device=device)
-    health = Health(config, n_beta, init_loss, uniform, d)
+    health = Health(config, n_beta, init_loss, uniform, d, spread)
     vectorized = vectorize(model, config, device)
     start = time.perf_counter()
     try:
