@@ -92,3 +92,21 @@ def test_the_regime_table_reads_each_llc_against_the_tolerances_and_its_trace():
     assert a.slope == pytest.approx(math.log(4) / math.log(3 / 0.33)) and a.regime == "crossover"  # nearest 1
     assert np.isnan(b.trace_limit) and np.isnan(b.slope) and b.regime == "unknown"  # a group's trace is not the model's
     assert "0.50–1.50 nats/token" in regime_summary(table) and "within 1.25× of it for 1 of 1" in regime_summary(table)
+
+
+def test_the_scale_table_integrates_only_the_tolerances_found_and_sets_each_beside_the_main_llc():
+    """DL_λ(ε) runs over the tolerances found on a checkpoint, from the widest of them; a tolerance
+    not found has none; λ(ε)/λ̂ against the checkpoint's main λ̂."""
+    from mdl_slt.analysis.regime import scale_table
+
+    def row(eps, llc, found):
+        return {"task": "llc_scale", "model": "m", "revision": "a", "step": 1, "epsilon": eps, "llc_mean": llc,
+                "llc_std_error": 1.0, "detail": {"n_beta": llc / eps, "excess_loss": eps, "found": found,
+                                                 "converged": True, "rungs": [{}, {}], "why": "" if found else "x"}}
+
+    records = pd.DataFrame([{"task": "llc", "model": "m", "revision": "a", "step": 1, "llc_mean": 10.0, "detail": {}},
+                            row(0.2, 50.0, False), row(0.1, 100.0, True), row(0.05, 120.0, True)])
+    table = scale_table(records)
+    assert list(table.epsilon) == [0.2, 0.1, 0.05] and list(table.rungs) == [2, 2, 2]
+    assert np.isnan(table.dl_lambda_bits[0]) and list(table.dl_lambda_bits[1:]) == [0.0, 110.0]  # ½(100 + 120)·1 bit
+    assert list(table.over_llc) == [5.0, 10.0, 12.0] and table.why[0] == "x"

@@ -136,3 +136,69 @@ def test_on_a_language_model_the_scale_of_a_tolerance_is_sampled_on_the_divergen
     model, data = tiny_checkpoint.model, tiny_tokens.train
     assert estimate_llc(model, data, config).llc_mean < 0
     assert estimate_llc(model, data, config, divergence_from(model)).llc_mean > 0
+
+
+def test_a_deep_linear_network_approaches_its_rank_formula_as_the_tolerance_shrinks():
+    """Three matrices 4→5→4→3 whose product has rank 1 (λ = 5.5 by Aoyagi's formula, d/2 = 26), n = 10⁶
+    exact inputs, γ = 10: λ(ε) climbs towards 5.5 as ε falls (3.5, 4.8, 5.4 at ε = 0.1, 0.01, 0.001;
+    at ε = 0.1 localization still holds part of it) and lies within 10% of it at the smallest ε."""
+    from mdl_slt.llc.ground_truth import deep_linear, deep_linear_task
+
+    model, data, loss = deep_linear_task([4, 5, 4, 3], 1, 10**6, seed=1, exact=True)
+    truth = deep_linear([4, 5, 4, 3], 1)
+    config = LLCConfig(sampler="baoab", step_size="auto", localization=10.0, batch_size=len(data[0]), block=500,
+                       max_steps=20_000, n_beta=100.0)
+    found = []
+    for epsilon in (0.1, 0.01, 0.001):
+        found.append(llc_at_scale(model, data, config, epsilon, loss))
+        config = config.model_copy(update={"n_beta": found[-1].n_beta})
+    assert truth == 5.5 and all(f.found and f.converged for f in found)
+    for wider, narrower in zip(found, found[1:]):
+        assert narrower.llc_mean - wider.llc_mean > 2 * math.hypot(wider.llc_std_error, narrower.llc_std_error)
+    assert found[0].llc_mean < 0.9 * truth and found[-1].llc_mean == pytest.approx(truth, rel=0.1)
+
+
+def test_a_scale_section_measures_lambda_at_each_tolerance_as_a_task_of_its_own(tiny_suite, tmp_path):
+    """`scale: {epsilons: [...]}` adds an `llc_scale:<ε>` task per tolerance on the checkpoints it
+    takes (`every`), keyed by the first rung's settings and ε: its row holds λ(ε) and its rungs; the
+    analysis's scale table gives E[D], DL_λ(ε) from the widest ε found and λ(ε)/λ̂; costs give its
+    seconds per checkpoint. A rerun measures nothing; the other tasks' keys are those of a run without it."""
+    import os
+
+    from rich.console import Console
+
+    from mdl_slt.analysis import analyse
+    from mdl_slt.plan.experiment import load_experiment
+    from mdl_slt.plan.tasks import Tasks
+    from mdl_slt.run.runner import run_experiment
+
+    home, _ = tiny_suite
+    plain = f"""
+name: scaled
+store: {tmp_path}/s.sqlite
+models: [{{id: mdl-slt/tiny-a, revisions: [step8, step24]}}]
+data: {{context_length: 32, eval_sequences: 16, llc_sequences: 64}}
+llc: {{step_size: 1.0e-4, num_chains: 2, num_draws: 40, num_burnin: 10, batch_size: 8}}
+critical: {{compressors: [{{name: rtn, precision: 0.5}}], epsilons: [0.05, 0.2]}}
+"""
+    path = tmp_path / "s.yaml"
+    path.write_text(plain + "scale: {epsilons: [0.05, 0.02], every: 2, llc: {n_beta: 1000, step_size: 3.0e-5, "
+                            "localization: 30, num_draws: auto, num_burnin: auto, max_steps: 400}}\n")
+    experiment = load_experiment(path).on("cpu")
+    without = Tasks(experiment.model_copy(update={"scale": experiment.scale.model_copy(update={"epsilons": []})}))
+    summary = run_experiment(experiment, home, Console(file=open(os.devnull, "w")))
+    assert summary.failures == []
+    a = analyse(tmp_path / "s.sqlite")
+    rows = a.records[a.records.task == "llc_scale"]
+    assert sorted(zip(rows.revision, rows.epsilon)) == [("step8", 0.02), ("step8", 0.05)]  # every 2nd revision
+    table = a.scale
+    assert list(table.epsilon) == [0.05, 0.02] and (table.rungs >= 1).all() and table.found.astype(bool).all()
+    assert (table.excess_loss == table.llc_at_scale / table.n_beta).all()
+    assert (table.over_llc == table.llc_at_scale / table.llc_mean).all()
+    assert list(table.dl_lambda_bits) == volume_code_bits(list(table.epsilon), list(table.llc_at_scale))
+    assert table.dl_lambda_bits.iloc[1] > 0
+    assert "llc_scale" in set(a.costs.measure)
+    assert run_experiment(experiment, home, Console(file=open(os.devnull, "w"))).tasks_done == 0
+    scaled = Tasks(experiment)
+    assert without.all_hashes < scaled.all_hashes
+    assert scaled.all_hashes - without.all_hashes == {h for own in scaled.scale.values() for _, h in own.values()}

@@ -37,7 +37,7 @@ from mdl_slt.analysis.layers import group_table, within_checkpoints
 from mdl_slt.analysis.measures import (LABELS, allocation_table, checkpoint_measures, costs, group_measures,
                                        hawq_predictions)
 from mdl_slt.analysis.pooled import across_runs, measures_across_runs, theory_signs
-from mdl_slt.analysis.regime import regime_table
+from mdl_slt.analysis.regime import regime_table, scale_table
 from mdl_slt.analysis.robustness import failed_of, robustness
 from mdl_slt.analysis.tables import measurements, select, window
 from mdl_slt.errors import UserError
@@ -72,6 +72,7 @@ class Analysis:
     robust: pd.DataFrame  # per varied setting: τ, fits kept, chains; empty without a robustness section
     sweep: pd.DataFrame
     regime: pd.DataFrame  # per checkpoint: E[ΔL] = λ̂/nβ, the trace limit, λ̂'s ratio to it, the slope in nβ
+    scale: pd.DataFrame  # per (checkpoint, ε): λ(ε), its nβ, DL_λ(ε); empty without a scale section
     loo: pd.DataFrame
     left_out: pd.DataFrame
     configs: dict
@@ -122,7 +123,8 @@ def analyse(store_path: Path, overrides: dict | None = None) -> Analysis:
                     *(measures_across_runs(table, inside, signs, [m for m in present if m in table])
                       if any(m in table for m in present) else (pd.DataFrame(), pd.DataFrame())),
                     allocation_table(records), costs(records), robust_fits, robust, eps_sweep(table),
-                    regime_table(records, experiment), loo_predictions(lines), left_out, configs, traces)
+                    regime_table(records, experiment), scale_table(records), loo_predictions(lines), left_out, configs,
+                    traces)
 
 
 def with_measures(records: pd.DataFrame, table: pd.DataFrame, groups: pd.DataFrame, experiment) -> tuple:

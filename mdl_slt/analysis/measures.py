@@ -103,7 +103,8 @@ def hawq_predictions(records: pd.DataFrame, epsilons: list[float], share: dict,
 
 def costs(records: pd.DataFrame) -> pd.DataFrame:
     """What each predictor costs: the median seconds its task took, per checkpoint (per group for the
-    refined λ̂, `llc_group`); HAWQ's Ω needs the Hessian trace, so its cost includes the trace's."""
+    refined λ̂, `llc_group`; λ(ε) at all its tolerances, `llc_scale`); HAWQ's Ω needs the Hessian
+    trace, so its cost includes the trace's."""
     found = {}
     tasks = records.drop_duplicates("task_key")
     measures = tasks[tasks.task == "sensitivity"]
@@ -113,6 +114,9 @@ def costs(records: pd.DataFrame) -> pd.DataFrame:
         part = tasks[tasks.task == task]
         if len(part):
             found[name] = float(part.elapsed_s.median())
+    scale = tasks[tasks.task == "llc_scale"]
+    if len(scale):  # λ(ε): every tolerance of a checkpoint together
+        found["llc_scale"] = float(scale.groupby(KEYS).elapsed_s.sum().median())
     if "hawq" in found and "hessian_trace" in found:
         found["hawq"] += found["hessian_trace"]
     return pd.DataFrame([{"measure": k, "seconds": v, "per": "group" if k == "llc_group" else "checkpoint"}

@@ -3,7 +3,9 @@ w*, E[ΔL] = λ̂/nβ nats/token, beside the tolerances ε of the critical searc
 T = nβ·tr(H)/(2γ) and λ̂/T, from the `hessian_trace` sensitivity measure (tr(H) of the held-out loss
 over the weight matrices) where the experiment measures it; and the local slope d log λ̂ / d log nβ
 where the robustness section measured λ̂ at nβ multiplied by factors below and above 1 (at the main
-step; `mdl-slt llc estimate --ladder` divides it by 3 going up). Needs no torch.
+step; `mdl-slt llc estimate --ladder` divides it by 3 going up). And where the `scale` section
+measured it, λ(ε) at each tolerance (`mdl_slt.llc.scale`) with the code length DL_λ(ε) it implies.
+Needs no torch.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pandas as pd
 
 from mdl_slt.analysis.robustness import varied
 from mdl_slt.llc.regime import TRACE_BAND, regime, slope, trace_limit
+from mdl_slt.llc.scale import volume_code_bits
 
 COLUMNS = ["model", "revision", "step", "llc_mean", "n_beta", "localization", "excess_loss", "excess_over_eps_min",
            "excess_over_eps_max", "hessian_trace", "trace_limit", "trace_ratio", "half_d", "slope", "regime"]
@@ -44,6 +47,33 @@ def regime_table(records: pd.DataFrame, experiment) -> pd.DataFrame:
                      "half_d": (r.detail.get("num_params") or r.num_params) / 2, "slope": local,
                      "regime": regime(ratio, local)})
     return pd.DataFrame(rows, columns=COLUMNS).sort_values(["model", "step"]).reset_index(drop=True)
+
+
+SCALE_COLUMNS = ["model", "revision", "step", "epsilon", "llc_at_scale", "llc_at_scale_se", "n_beta", "excess_loss",
+                 "found", "converged", "rungs", "why", "dl_lambda_bits", "llc_mean", "over_llc"]
+
+
+def scale_table(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per (checkpoint, ε) of the λ(ε) study (columns: SCALE_COLUMNS, documented in the
+    reports README): DL_λ(ε) integrates the checkpoint's λ(ε) over the tolerances found, from the widest."""
+    rows = records[records.task == "llc_scale"]
+    if not len(rows):
+        return pd.DataFrame(columns=SCALE_COLUMNS)
+    main = records[records.task == "llc"].drop_duplicates(["model", "revision"]).set_index(["model", "revision"])
+    out = []
+    for (model, revision), part in rows.groupby(["model", "revision"], sort=False):
+        reached = part[part.detail.map(lambda d: bool(d.get("found")))]
+        bits = dict(zip(reached.epsilon, volume_code_bits(list(reached.epsilon), list(reached.llc_mean))))
+        llc = float(main.llc_mean.get((model, revision), math.nan))
+        for r in part.itertuples():
+            d = r.detail
+            out.append({"model": model, "revision": revision, "step": r.step, "epsilon": r.epsilon,
+                        "llc_at_scale": r.llc_mean, "llc_at_scale_se": r.llc_std_error, "n_beta": d.get("n_beta"),
+                        "excess_loss": d.get("excess_loss"), "found": d.get("found"), "converged": d.get("converged"),
+                        "rungs": len(d.get("rungs", [])), "why": d.get("why", ""),
+                        "dl_lambda_bits": bits.get(r.epsilon, math.nan), "llc_mean": llc, "over_llc": r.llc_mean / llc})
+    return (pd.DataFrame(out, columns=SCALE_COLUMNS).sort_values(["model", "step", "epsilon"], ascending=[True, True, False])
+            .reset_index(drop=True))
 
 
 def _ladder(records: pd.DataFrame) -> dict:

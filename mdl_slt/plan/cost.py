@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from mdl_slt.llc.scale import MAX_RUNGS
 from mdl_slt.plan.experiment import Experiment
 from mdl_slt.plan.units import Unit
 
@@ -52,5 +53,9 @@ def estimated_cost(experiment: Experiment, units: list[Unit]) -> Cost:
         notes.append(f"{len(experiment.allocation.methods)} allocations of {', '.join(experiment.allocation.compressors)} "
                      f"on {allocated} checkpoints, the oracle's {experiment.allocation.grid} evaluations per group "
                      "(allocation)")
+    scaled = sum(experiment.scale_at(u.ref.model_id, u.ref.revision) for u in units) * len(experiment.scale.epsilons)
+    if scaled:
+        steps = experiment.scale_llc(units[0].ref.model_id).max_steps
+        notes.append(f"{scaled} λ(ε), each up to {MAX_RUNGS} rungs of nβ of up to {steps} steps a chain (scale)")
     return Cost((len(units) + varied + groups) * experiment.llc.num_chains * experiment.llc.max_steps,
                 len(units) * evaluations, notes)

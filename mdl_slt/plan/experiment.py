@@ -165,6 +165,26 @@ class AllocationConfig(_Strict):
     every: int = Field(1, ge=1, description="every k-th of each model's listed revisions (all when none are listed)")
 
 
+class ScaleConfig(_Strict):
+    """λ(ε), the LLC at the scale of each tolerance (`mdl_slt.llc.scale`): λ̂ at the nβ whose posterior
+    sits ε above w*, on the divergence from w*, searched up a ladder of nβ from the sampler settings
+    `llc` sets on top of the experiment's."""
+
+    epsilons: list[float] = Field(default_factory=list, description="tolerances in nats/token; none: no λ(ε) "
+                                                                     "study")
+    llc: dict = Field(default_factory=dict, description="sampler settings for the ladder's first rung, over the "
+                                                        "experiment's `llc` (e.g. sampler, step_size, n_beta, "
+                                                        "max_steps)")
+    every: int = Field(1, ge=1, description="every k-th of each model's listed revisions (all when none are listed)")
+
+    @field_validator("epsilons")
+    @classmethod
+    def _tolerances(cls, values):
+        if any(not (v > 0) for v in values):
+            raise ValueError("tolerances must be positive")
+        return sorted(set(values), reverse=True)
+
+
 class Experiment(_Strict):
     name: str
     store: Path
@@ -188,6 +208,7 @@ class Experiment(_Strict):
     layers: LayersConfig = LayersConfig()
     sensitivity: SensitivityConfig = SensitivityConfig()
     allocation: AllocationConfig = AllocationConfig()
+    scale: ScaleConfig = ScaleConfig()
     llc_steps: dict[str, float] = Field(default_factory=dict, description="written by a run, not by hand: the step "
                                         "size `llc.step_size: auto` chose for each model, held for all its checkpoints")
 
@@ -208,6 +229,14 @@ class Experiment(_Strict):
     def layers_at(self, model_id: str, revision: str | None) -> bool:
         """Whether a checkpoint is among those the layer study measures (`every`)."""
         return bool(self.layers.groups) and self._every(model_id, revision, self.layers.every)
+
+    def scale_llc(self, model_id: str) -> LLCConfig:
+        """The first rung's sampler settings of λ(ε) for one model: the `scale` section's over `llc_for`."""
+        return LLCConfig.model_validate({**self.llc_for(model_id).model_dump(exclude_unset=True), **self.scale.llc})
+
+    def scale_at(self, model_id: str, revision: str | None) -> bool:
+        """Whether a checkpoint is among those the λ(ε) study measures (`every`)."""
+        return bool(self.scale.epsilons) and self._every(model_id, revision, self.scale.every)
 
     def sensitivity_at(self, model_id: str, revision: str | None) -> bool:
         """Whether a checkpoint is among those the sensitivity measures take (`every`)."""
@@ -266,6 +295,15 @@ class Experiment(_Strict):
                                  f"measure: add {'layers.groups: all' if what == 'all' else f'{what} to sensitivity.measures'}"
                                  f" on the allocation's checkpoints (its `every` a divisor of allocation.every, "
                                  f"{self.allocation.every})")
+        return self
+
+    @model_validator(mode="after")
+    def _scale_settings(self):
+        try:
+            LLCConfig.model_validate({**self.llc.model_dump(exclude_unset=True), **self.scale.llc})
+        except ValidationError as error:
+            where, first = first_problem(error)
+            raise ValueError(f"scale.llc.{where}: {first['msg']}") from None
         return self
 
     def on(self, device: str) -> "Experiment":

@@ -6,8 +6,8 @@ run through the executor like the others, so the driver never loads a model; wit
 section, on the checkpoints it takes, per weight group `llc@<group>` (the refined λ̂) and
 `critical:<id>@<group>` (an entry restricted to the group); with a `sensitivity` section,
 `measure:<name>` per measure (hawq per entry: `measure:hawq:<id>`); with an `allocation` section,
-`allocation:<id>` per entry, last, reading the measures its methods need. A task's config
-hash covers only what its result depends on:
+`allocation:<id>` per entry, last, reading the measures its methods need; with a `scale` section,
+`llc_scale:<ε>` per tolerance (λ(ε)). A task's config hash covers only what its result depends on:
 
     step_size      the model, data, sampler settings, device
     base_loss      data, loss numerics, device
@@ -21,6 +21,7 @@ hash covers only what its result depends on:
                    entry's compressor)
     allocation:<id>  its settings, the entry's compressor, loss numerics, and the config hashes of the
                    measures it reads
+    llc_scale:<ε>  data, the first rung's sampler settings, ε, device
 
 each with the measurement version, so adding or editing one compressor entry never re-measures
 another, and rows measured on a CPU never merge with rows measured under bf16 on a GPU.
@@ -48,7 +49,7 @@ LOSS_VERSION = 2
 @dataclass(frozen=True)
 class Task:
     name: str  # base_loss | llc | critical:<entry id> | llc@<group> | critical:<entry id>@<group> | …
-    kind: str  # base_loss | llc | critical | llc_robust | step_size | llc_group | critical_group
+    kind: str  # base_loss | llc | critical | llc_robust | step_size | llc_group | critical_group | llc_scale | …
     config_hash: str
     key: str
     entry: str | None = None  # the compressor entry's id, for critical tasks
@@ -81,6 +82,10 @@ class Tasks:
             entry.id: {f"allocation:{key}": self._allocation_settings(entry.id, key, common)
                        for key in experiment.allocation.compressors}
             for entry in (experiment.models if experiment.allocation.compressors else [])}
+        self.scale = {  # model → {task name: (settings, hash)}: `llc_scale:<ε>` per tolerance
+            entry.id: {f"llc_scale:{epsilon:g}": _hashed({**common, "llc": experiment.scale_llc(entry.id).model_dump(
+                mode="json"), "epsilon": epsilon, "loss": "divergence from w*"}) for epsilon in experiment.scale.epsilons}
+            for entry in experiment.models}
         self.step_size = {  # model → (settings, hash) of its `step_size` task, with `step_size: auto`
             entry.id: _hashed({"resolve": "step_size", "model": entry.id, "data": common["data"],
                                "llc": experiment.llc.model_dump(mode="json"), "device": experiment.device})
@@ -167,7 +172,8 @@ class Tasks:
         return (set(self.hashes.values()) | {h for _, h in self.llc_by_model.values()}
                 | {h for _, h in self.step_size.values()} | {h for own in self.robust.values() for _, h in own.values()}
                 | {h for own in self.layer.values() for _, _, h in own.values()}
-                | {h for _, h in self.measures.values()} | {h for own in self.allocation.values() for _, h in own.values()})
+                | {h for _, h in self.measures.values()} | {h for own in self.allocation.values() for _, h in own.values()}
+                | {h for own in self.scale.values() for _, h in own.values()})
 
     def configs(self):
         """(hash, kind, settings) of every task configuration, for the store."""
@@ -188,6 +194,9 @@ class Tasks:
         for own in self.allocation.values():
             for settings, found in own.values():
                 yield found, "allocation", settings
+        for own in self.scale.values():
+            for settings, found in own.values():
+                yield found, "llc_scale", settings
 
     def step_size_tasks(self, units: list[Unit]) -> list[tuple[Unit, Task]]:
         """With `step_size: auto`, per model its `step_size` task at its latest planned checkpoint
@@ -223,6 +232,10 @@ class Tasks:
                 tasks.append(Task(name, "sensitivity", found, task_key(name, ref.model_id, ref.revision, unit.identity,
                                                                        found), name.split(":")[2] if name.count(":") == 2
                                   else None))
+        if self.experiment.scale_at(ref.model_id, ref.revision):
+            for name, (_, found) in self.scale[ref.model_id].items():
+                tasks.append(Task(name, "llc_scale", found, task_key(name, ref.model_id, ref.revision, unit.identity,
+                                                                     found), name.partition(":")[2]))
         tasks += self.layer_tasks(unit)
         if self.experiment.allocation_at(ref.model_id, ref.revision):  # last: they read the measures above
             needs = tuple(n for name in self.experiment.allocation_needs()

@@ -56,7 +56,7 @@ def tables(a: Analysis) -> dict:
             "layers": a.layers, "layers-predictors": a.layer_predictors, "measures": a.measures,
             "measures-predictors": a.measure_predictors, "allocations": a.allocations, "costs": a.costs,
             "robustness": a.robust, "robustness-fits": a.robust_fits, "eps-sweep": a.sweep, "regime": a.regime,
-            "predictions": a.loo,
+            "scale": a.scale, "predictions": a.loo,
             "left-out": a.left_out}
 
 

@@ -225,6 +225,16 @@ TABLES = {
                       "without one on each side)"),
         "regime": ("", "trace limit, crossover or volume law by the slope (≥ 0.75, between, ≤ 0.25), else trace "
                        "limit when λ̂/T is within 1.25× of 1")}),
+    "scale": ("per checkpoint × ε of the `scale` section: λ(ε), the LLC at the scale of the tolerance", {
+        **_pick("model", "revision", "step", "epsilon"),
+        "llc_at_scale": ("", "λ(ε): λ̂ at the nβ whose posterior sits ε above w*, on the divergence from w*"),
+        "llc_at_scale_se": ("", "its standard error"), "n_beta": ("", "nβ_ε, the last rung's"),
+        "excess_loss": ("nats/token", "E[D] = λ(ε)/nβ_ε, within 5% of ε when found"),
+        "found": ("", "E[D] within 5% of ε"), "converged": ("", "the last rung's chains met the convergence rules"),
+        "rungs": ("", "rungs of nβ sampled"), "why": ("", "why not found"),
+        "dl_lambda_bits": ("bits", "DL_λ(ε) = ∫ λ d log₂(1/s) from the widest tolerance found on the checkpoint "
+                                   "(NaN when not found)"),
+        "llc_mean": ("", "the main λ̂"), "over_llc": ("", "λ(ε)/λ̂")}),
     "predictions": ("each checkpoint predicted from its run's line through the others", {
         **_pick("model", "compressor", "epsilon", "step"), "llc_mean": ("", "λ̂"),
         "measured": ("knob units", "its critical value"), "predicted": ("knob units", "the prediction"),

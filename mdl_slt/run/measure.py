@@ -21,6 +21,7 @@ from mdl_slt.data.tokens import TokenSets
 from mdl_slt.errors import UserError, one_line
 from mdl_slt.llc.config import LLCConfig
 from mdl_slt.llc.sampling import estimate_llc
+from mdl_slt.llc.scale import llc_at_scale
 from mdl_slt.llc.trace import LLCResult
 from mdl_slt.measures.critical import CriticalSearch, critical_standard_error, find_critical
 from mdl_slt.models.checkpoints import Checkpoint
@@ -260,6 +261,14 @@ def _llc_robust(at: UnitAt, task: Task, start: float) -> Outcome:
     return Outcome(at.name, task, [record])
 
 
+def _llc_scale(at: UnitAt, task: Task, start: float) -> Outcome:
+    epsilon = float(task.entry)
+    found = llc_at_scale(at.ckpt.model, at.tokens.train, at.experiment.scale_llc(at.unit.ref.model_id), epsilon)
+    return Outcome(at.name, task, [Record("llc_scale", task_key=task.key, config_hash=task.config_hash, epsilon=epsilon,
+                                          llc_mean=found.llc_mean, llc_std_error=found.llc_std_error,
+                                          elapsed_s=time.perf_counter() - start, detail=found.to_dict(), **at.common)])
+
+
 def _sensitivity(at: UnitAt, task: Task, start: float) -> Outcome:
     return Outcome(at.name, task, sensitivity_records(at.ckpt, at.tokens, at.experiment, task, at.entries, at.common))
 
@@ -292,9 +301,10 @@ def _critical(at: UnitAt, task: Task, start: float) -> Outcome:
     return Outcome(at.name, task, critical_records(found, task, entry, at.evaluated))
 
 
-MEASURERS = {"step_size": _step_size, "base_loss": _base_loss, "llc": _llc, "llc_robust": _llc_robust,
-             "sensitivity": _sensitivity, "allocation": _allocation, "llc_group": _llc_group,
-             "critical_group": _critical_group, "critical": _critical}  # task kind → how it is measured
+MEASURERS = {  # task kind → how it is measured
+    "step_size": _step_size, "base_loss": _base_loss, "llc": _llc, "llc_robust": _llc_robust, "llc_scale": _llc_scale,
+    "sensitivity": _sensitivity, "allocation": _allocation, "llc_group": _llc_group, "critical_group": _critical_group,
+    "critical": _critical}
 
 
 def save_compressed(checkpoint: Checkpoint, tokens: TokenSets, entry, point: dict, found: CriticalMeasurement,
