@@ -85,6 +85,30 @@ def test_a_tolerance_above_what_localization_allows_is_refused_with_the_cap():
     assert found.excess_loss == pytest.approx(4 / (2 * 1e3), rel=0.2)
 
 
+def test_a_steep_slope_between_rungs_short_of_converged_is_not_taken_for_the_cap(monkeypatch):
+    """Rungs whose chains did not converge can read a slope near 1 while λ̂ still climbs: the search
+    goes on (the slope taken as MAX_SLOPE) instead of concluding the trace limit; with every rung
+    converged the same readings stop it."""
+    from types import SimpleNamespace
+
+    import mdl_slt.llc.sampling
+
+    def climbing(converged):  # λ̂ ∝ nβ^0.99 up to 2,000, then flat: E[ΔL] reaches 0.1 at nβ = 20,000
+        def estimate(model, data, config, loss_fn=None):
+            llc = min(2000.0, 0.3 * config.n_beta ** 0.99)
+            return SimpleNamespace(n_beta=config.n_beta, config={"step_size": config.step_size}, llc_mean=llc,
+                                   llc_std_error=1.0, r_hat=1.0, converged=converged)
+        return estimate
+
+    config = LLCConfig(n_beta=1000.0, step_size=1e-4)
+    monkeypatch.setattr(mdl_slt.llc.sampling, "estimate_llc", climbing(False))
+    found = llc_at_scale(None, torch.zeros(1, 1), config, 0.1, lambda m, b: 0.0)
+    assert found.found and found.n_beta == pytest.approx(20_000, rel=0.05) and len(found.rungs) > 2
+    monkeypatch.setattr(mdl_slt.llc.sampling, "estimate_llc", climbing(True))
+    capped = llc_at_scale(None, torch.zeros(1, 1), config, 0.1, lambda m, b: 0.0)
+    assert not capped.found and len(capped.rungs) == 2 and "localization caps it" in capped.why
+
+
 def test_the_divergence_from_w_star_is_zero_there_with_zero_gradient_and_grows_as_a_quadratic(tiny_checkpoint,
                                                                                                tiny_tokens):
     """D(w) = KL(p_w* ‖ p_w) per token: 0 with zero gradient at w* (its minimum at every nβ, where the

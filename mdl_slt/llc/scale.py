@@ -9,9 +9,12 @@ In u = log nβ this is the root of f(u) = log λ̂(eᵘ) − u − log ε, whose
 local slope d log λ̂/d log nβ (0 in the volume law, 1 in the trace limit): a single root wherever
 s < 1. Newton steps in u find it, s measured between the last two rungs (the first step takes
 s = 0, the fixed-point step nβ ← λ̂/ε; a negative s, sampling noise, is taken as 0), until E[ΔL]
-is within `tolerance` of ε. A slope of MAX_SLOPE or more is the trace limit, where E[ΔL] ≈
-tr(H)/(2γ) whatever nβ: an ε above that cap cannot be reached, and the search stops and says so. Each rung's settings come from
-the last by `regime.rung`. For a regular model with negligible localization λ(ε) = d/2 at every ε.
+is within `tolerance` of ε. A slope of MAX_SLOPE or more between two converged rungs is the trace
+limit, where E[ΔL] ≈ tr(H)/(2γ) whatever nβ: an ε above that cap cannot be reached, and the search
+stops and says so. Read between rungs short of converged it is taken as MAX_SLOPE and the search
+goes on (on micro-pythia-230k@step1000 two such rungs read a slope of 0.99 while λ̂ still climbed);
+one rung moves nβ by at most MAX_FACTOR either way.
+Each rung's settings come from the last by `regime.rung`. For a regular model with negligible localization λ(ε) = d/2 at every ε.
 
 On token data the loss is the divergence from w*, D(w) = KL(p_w* ‖ p_w) per token
 (`compute.loss.divergence_from`), not the cross-entropy: a checkpoint is not a minimum of its
@@ -34,6 +37,7 @@ from mdl_slt.llc.regime import rung, slope
 MAX_SLOPE = 0.9  # a measured slope this steep ends the search: localization caps E[ΔL]
 TOLERANCE = 0.05  # E[ΔL] within 5% of ε ends the search
 MAX_RUNGS = 8
+MAX_FACTOR = 10.0  # one rung moves nβ by at most this factor either way (a slope read from noisy rungs)
 
 
 @dataclass
@@ -87,13 +91,13 @@ def llc_at_scale(model, data, config, epsilon: float, loss_fn=None, tolerance: f
         local = 0.0
         if previous is not None and previous.n_beta != result.n_beta:
             local = slope(previous.llc_mean, result.llc_mean, math.sqrt(result.n_beta / previous.n_beta))
-            if local >= MAX_SLOPE:  # the trace limit: E[ΔL] ≈ tr(H)/(2γ) whatever nβ
+            if local >= MAX_SLOPE and previous.converged and result.converged:  # the trace limit
                 why = (f"E[ΔL] stays near {result.llc_mean / result.n_beta:.3g} as nβ moves (slope {local:.2f}): "
                        f"localization caps it there; lower γ to reach ε = {epsilon:g}")
                 return Scale(epsilon, result.n_beta, result.llc_mean, result.llc_std_error, result.converged, False,
                              rungs, why)
-            local = max(local, 0.0) if math.isfinite(local) else 0.0
-        factor = math.exp(miss / (1 - local))  # the Newton step in u = log nβ
+            local = min(max(local, 0.0), MAX_SLOPE) if math.isfinite(local) else 0.0
+        factor = min(max(math.exp(miss / (1 - local)), 1 / MAX_FACTOR), MAX_FACTOR)  # Newton in u = log nβ
         settings, previous = rung(settings.model_copy(update={"n_beta": result.n_beta}), factor), result
     last = rungs[-1]
     return Scale(epsilon, last["n_beta"], last["llc_mean"], last["llc_std_error"], last["converged"], False, rungs,
