@@ -9,7 +9,8 @@ import torch
 from mdl_slt.errors import UserError
 from mdl_slt.llc.config import LLCConfig
 from mdl_slt.llc.ground_truth import at_tolerance, quadratic_quartic
-from mdl_slt.llc.scale import llc_at_scale, volume_code_bits
+from mdl_slt.llc.regime import volume_code_bits
+from mdl_slt.llc.scale import llc_at_scale
 from tests.conftest import regression
 
 

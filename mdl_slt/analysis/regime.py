@@ -15,8 +15,7 @@ import math
 import pandas as pd
 
 from mdl_slt.analysis.robustness import varied
-from mdl_slt.llc.regime import TRACE_BAND, regime, slope, trace_limit
-from mdl_slt.llc.scale import volume_code_bits
+from mdl_slt.llc.regime import TRACE_BAND, regime, slope, trace_limit, volume_code_bits
 
 COLUMNS = ["model", "revision", "step", "llc_mean", "n_beta", "localization", "excess_loss", "excess_over_eps_min",
            "excess_over_eps_max", "hessian_trace", "trace_limit", "trace_ratio", "half_d", "slope", "regime"]

@@ -234,7 +234,8 @@ def scale(ref: str = typer.Argument(..., help="MODEL_ID@REVISION or a local dire
           batch_size: Optional[int] = SAMPLER_FLAGS["batch_size"], seed: Optional[int] = SAMPLER_FLAGS["seed"],
           max_steps: Optional[int] = typer.Option(None, min=2, help="The most steps a chain takes per rung "
                                                                     "[default: the experiment's, else 2000].")):
-    from mdl_slt.llc.scale import llc_at_scale, volume_code_bits
+    from mdl_slt.llc.regime import volume_code_bits
+    from mdl_slt.llc.scale import llc_at_scale
 
     chosen = experiment(experiment_file, set_)
     config = _settings(chosen, sampler=sampler, step_size=_number_or_auto(step_size, "--step-size"),

@@ -18,6 +18,8 @@ to set beside the tolerances ε at which compression is measured. The local slop
     s = d log λ̂ / d log nβ  (= Σ_i ½·x_i·γ/(x_i + γ)² / λ̂, x_i = nβ·h_i, for the quadratic)
 
 is 0 in the volume law and 1 in the trace limit; a ladder reads it from λ̂ at nβ/m and nβ·m (`rung`).
+At the scale of a tolerance (`scale`), λ(ε) gives the code length the volume law implies
+(`volume_code_bits`).
 """
 
 from __future__ import annotations
@@ -75,3 +77,16 @@ def rung(config, factor: float):
     step = config.step_size if kept else config.step_size / factor
     return config.model_copy(update={"n_beta": config.n_beta * factor, "step_size": step})
 
+
+def volume_code_bits(epsilons: list[float], llcs: list[float]) -> list[float]:
+    """DL_λ(ε) = ∫ λ(s) d log₂(1/s) from the widest tolerance down to each ε, in bits: the length the
+    volume law gives a code within ε beyond one within the widest (−log₂ V(ε) + log₂ V(ε_max)), by
+    the trapezoid rule in log₂(1/s) between the measured tolerances; in the order given."""
+    if len(epsilons) != len(llcs) or not all(e > 0 for e in epsilons):
+        raise UserError(f"DL_λ(ε) needs one λ(ε) per tolerance ε > 0, got ε = {list(epsilons)} and λ = {list(llcs)}")
+    order = sorted(range(len(epsilons)), key=lambda i: -epsilons[i])
+    bits, total = [0.0] * len(epsilons), 0.0
+    for wider, narrower in zip(order, order[1:]):
+        total += (llcs[wider] + llcs[narrower]) / 2 * math.log2(epsilons[wider] / epsilons[narrower])
+        bits[narrower] = total
+    return bits

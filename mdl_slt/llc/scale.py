@@ -103,16 +103,3 @@ def llc_at_scale(model, data, config, epsilon: float, loss_fn=None, tolerance: f
     return Scale(epsilon, last["n_beta"], last["llc_mean"], last["llc_std_error"], last["converged"], False, rungs,
                  f"E[ΔL] not within {tolerance:.0%} of ε after {max_rungs} rungs")
 
-
-def volume_code_bits(epsilons: list[float], llcs: list[float]) -> list[float]:
-    """DL_λ(ε) = ∫ λ(s) d log₂(1/s) from the widest tolerance down to each ε, in bits: the length the
-    volume law gives a code within ε beyond one within the widest (−log₂ V(ε) + log₂ V(ε_max)), by
-    the trapezoid rule in log₂(1/s) between the measured tolerances; in the order given."""
-    if len(epsilons) != len(llcs) or not all(e > 0 for e in epsilons):
-        raise UserError(f"DL_λ(ε) needs one λ(ε) per tolerance ε > 0, got ε = {list(epsilons)} and λ = {list(llcs)}")
-    order = sorted(range(len(epsilons)), key=lambda i: -epsilons[i])
-    bits, total = [0.0] * len(epsilons), 0.0
-    for wider, narrower in zip(order, order[1:]):
-        total += (llcs[wider] + llcs[narrower]) / 2 * math.log2(epsilons[wider] / epsilons[narrower])
-        bits[narrower] = total
-    return bits
