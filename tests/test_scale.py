@@ -132,9 +132,9 @@ def test_the_divergence_from_w_star_is_zero_there_with_zero_gradient_and_grows_a
         with torch.no_grad():
             for p, u in zip(moved.parameters(), direction):
                 p.add_(t * u)
-        found.append(float(loss(moved, tokens)))
+        found.append(loss(moved, tokens).item())
     assert found[0] > 0 and found[1] / found[0] == pytest.approx(4, rel=0.05)
-    assert abs(float(loss(model, tokens))) < 1e-6
+    assert abs(loss(model, tokens).item()) < 1e-6
 
 
 def test_the_volume_code_length_integrates_lambda_over_log_tolerance():
