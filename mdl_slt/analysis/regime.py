@@ -71,8 +71,8 @@ def scale_table(records: pd.DataFrame) -> pd.DataFrame:
                         "excess_loss": d.get("excess_loss"), "found": d.get("found"), "converged": d.get("converged"),
                         "rungs": len(d.get("rungs", [])), "why": d.get("why", ""),
                         "dl_lambda_bits": bits.get(r.epsilon, math.nan), "llc_mean": llc, "over_llc": r.llc_mean / llc})
-    return (pd.DataFrame(out, columns=SCALE_COLUMNS).sort_values(["model", "step", "epsilon"], ascending=[True, True, False])
-            .reset_index(drop=True))
+    table = pd.DataFrame(out, columns=SCALE_COLUMNS)
+    return table.sort_values(["model", "step", "epsilon"], ascending=[True, True, False]).reset_index(drop=True)
 
 
 def _ladder(records: pd.DataFrame) -> dict:

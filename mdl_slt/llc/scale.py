@@ -13,8 +13,8 @@ is within `tolerance` of ε. A slope of MAX_SLOPE or more between two converged 
 limit, where E[ΔL] ≈ tr(H)/(2γ) whatever nβ: an ε above that cap cannot be reached, and the search
 stops and says so. Read between rungs short of converged it is taken as MAX_SLOPE and the search
 goes on (on micro-pythia-230k@step1000 two such rungs read a slope of 0.99 while λ̂ still climbed);
-one rung moves nβ by at most MAX_FACTOR either way.
-Each rung's settings come from the last by `regime.rung`. For a regular model with negligible localization λ(ε) = d/2 at every ε.
+one rung moves nβ by at most MAX_FACTOR either way. Each rung's settings come from the last by
+`regime.rung`. For a regular model with negligible localization λ(ε) = d/2 at every ε.
 
 On token data the loss is the divergence from w*, D(w) = KL(p_w* ‖ p_w) per token
 (`compute.loss.divergence_from`), not the cross-entropy: a checkpoint is not a minimum of its

@@ -300,7 +300,7 @@ class Experiment(_Strict):
     @model_validator(mode="after")
     def _scale_settings(self):
         try:
-            LLCConfig.model_validate({**self.llc.model_dump(exclude_unset=True), **self.scale.llc})
+            self.scale_llc(self.models[0].id)
         except ValidationError as error:
             where, first = first_problem(error)
             raise ValueError(f"scale.llc.{where}: {first['msg']}") from None

@@ -83,8 +83,9 @@ class Tasks:
                        for key in experiment.allocation.compressors}
             for entry in (experiment.models if experiment.allocation.compressors else [])}
         self.scale = {  # model → {task name: (settings, hash)}: `llc_scale:<ε>` per tolerance
-            entry.id: {f"llc_scale:{epsilon:g}": _hashed({**common, "llc": experiment.scale_llc(entry.id).model_dump(
-                mode="json"), "epsilon": epsilon, "loss": "divergence from w*"}) for epsilon in experiment.scale.epsilons}
+            entry.id: {f"llc_scale:{epsilon:g}": _hashed({**common, "epsilon": epsilon, "loss": "divergence from w*",
+                                                          "llc": experiment.scale_llc(entry.id).model_dump(mode="json")})
+                       for epsilon in experiment.scale.epsilons}
             for entry in experiment.models}
         self.step_size = {  # model → (settings, hash) of its `step_size` task, with `step_size: auto`
             entry.id: _hashed({"resolve": "step_size", "model": entry.id, "data": common["data"],
