@@ -12,12 +12,13 @@
     wanda        pruning by |weight| × input norm, unstructured or N:M (wanda)
     sparsegpt    second-order pruning with inverse-Hessian updates, unstructured or N:M (sparsegpt)
     noise        Gaussian weight noise, a perturbation probe (noise)
+    variational  a Gaussian posterior's sample sent by relative-entropy coding, the MDL code (variational, rec)
 
 May import: errors, compute (mdl_slt's loss evaluation and device).
 """
 
 from compressors import (awq, bnb, decompose, gptq, halfquadratic, lowrank, microscaling, noise, prune,  # noqa: F401
-                         quantize, sparsegpt, wanda)
+                         quantize, sparsegpt, variational, wanda)
 from compressors.registry import Compressor, DescriptionLength, Knob, get, names, registered
 
 __all__ = ["Compressor", "DescriptionLength", "Knob", "get", "names", "registered"]

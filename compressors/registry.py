@@ -222,6 +222,11 @@ class Compressor:
     def _description_length(self, prepared: Prepared, value: float) -> DescriptionLength:
         raise NotImplementedError
 
+    def code(self, prepared: Prepared, value: float, draw: int = 0) -> bytes | None:
+        """The bytes a decoder rebuilds the compressed targets from, for a compressor that writes a real
+        file (the variational code); None for the others, whose lengths are counted, not written."""
+        return None
+
     def restore(self, prepared: Prepared) -> None:
         import torch
 

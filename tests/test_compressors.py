@@ -70,7 +70,8 @@ def check_conformance(name, model, eval_tokens, calibration, options=None):
         assert evaluate_loss(model, eval_tokens) == losses[len(values) // 2]
 
 
-CASES = {**{name: (name, {}) for name in compressors.names()},  # every compressor, and the N:M patterns
+QUICK = {"variational": {"block_bits": 8, "fit_steps": 20, "fisher_sequences": 32}}  # the contract, not its quality
+CASES = {**{name: (name, QUICK.get(name, {})) for name in compressors.names()},  # every compressor, the N:M patterns
          "magnitude n:4": ("magnitude", {"pattern": "n:4"}), "wanda n:8": ("wanda", {"pattern": "n:8"}),
          "sparsegpt n:4": ("sparsegpt", {"pattern": "n:4"})}
 
@@ -86,7 +87,7 @@ def test_a_length_never_touches_the_model(name, tiny_checkpoint, tiny_tokens):
     """A length asked for inside an `applied` block, at another knob value never applied before,
     leaves the compressed weights exactly as they are."""
     model = tiny_checkpoint.model
-    method = compressors.get(name)
+    method = compressors.get(name, **QUICK.get(name, {}))
     prepared = method.prepare(model, tiny_tokens.train)
     values = knob_values(method, prepared)
     with method.applied(model, prepared, values[-1]):
@@ -128,7 +129,7 @@ def test_each_distinct_compressed_model_is_evaluated_once(case, tiny_checkpoint,
 @pytest.mark.parametrize("name", compressors.names())
 def test_entropy_coded_lengths_pay_for_their_code(name, tiny_checkpoint, tiny_tokens):
     """Never more than a bit per tensor above the nominal size; at 16 bits, never far below it."""
-    method = compressors.get(name)
+    method = compressors.get(name, **QUICK.get(name, {}))
     prepared = method.prepare(tiny_checkpoint.model, tiny_tokens.train)
     for value in knob_values(method, prepared, count=4):
         length = method.description_length(prepared, value)
@@ -163,6 +164,8 @@ BAD_OPTIONS = {  # one bad value per compressor (and the three a user met): one 
     "hqq": ({"group_size": 0}, "option group_size=0 is not allowed: input should be greater than or equal to 1"),
     "mx": ({"formats": ["mxfp2"]}, "option formats=['mxfp2'] is not allowed: input should be 'mxfp8', 'mxfp6', "
            "'nvfp4' or 'mxfp4'"),
+    "variational": ({"block_bits": 30}, "option block_bits=30 is not allowed: input should be less than or equal "
+                    "to 20"),
 }
 
 
@@ -276,7 +279,7 @@ def test_spilled_state_gives_identical_results_and_is_removed(name, tiny_checkpo
     import gc
 
     model, tokens = tiny_checkpoint.model, tiny_tokens.eval
-    method = compressors.get(name)
+    method = compressors.get(name, **QUICK.get(name, {}))
     in_memory = method.prepare(model, tiny_tokens.train)
     values = knob_values(method, in_memory, count=3)
 

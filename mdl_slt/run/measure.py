@@ -312,7 +312,8 @@ def save_compressed(checkpoint: Checkpoint, tokens: TokenSets, entry, point: dic
     """Write `checkpoint` compressed by `entry` at the realisable knob value `point["knob"]` (a critical
     value's bracket end) as a Hugging Face model directory: dequantized fp32 weights, its tokenizer,
     and `mdl_slt-compression.json` with the compressor, options, knob, ε and the held-out loss
-    measured at that value, which the saved model reproduces when loaded."""
+    measured at that value, which the saved model reproduces when loaded; and, for a compressor that
+    writes a real code (`code`), its bytes in `mdl_slt-code.bin`, from which the saved weights decode."""
     import json
 
     from mdl_slt import __version__
@@ -325,6 +326,9 @@ def save_compressed(checkpoint: Checkpoint, tokens: TokenSets, entry, point: dic
     with method.applied(model, prepared, point["knob"]):
         loss = evaluate_loss(model, tokens.eval, numerics=numerics)
         model.save_pretrained(folder)
+    code = method.code(prepared, point["knob"])
+    if code is not None:
+        (folder / "mdl_slt-code.bin").write_bytes(code)
     checkpoint.tokenizer.save_pretrained(folder)
     info = {"ref": str(checkpoint.ref), "compressor": entry.key, "method": entry.name, "options": entry.options,
             "knob_name": method.knob.name, "knob_unit": method.knob.unit, "knob": point["knob"],
