@@ -76,10 +76,10 @@ def with_prior(w, h, tau: float, shrinks: bool, rounds: int = 4) -> GaussianFami
 
 @dataclass
 class MatrixPlan:
-    """How one matrix is sent: its prior scale, its block size and its blocks' posteriors."""
+    """How one matrix is sent: its prior scale, its blocks and their posteriors."""
 
     scale: float
-    order: object  # the seeded permutation of its weights, padded with −1 to blocks × m
+    order: object  # (blocks, m) indices of its weights in their seeded order, padded with −1
     mean: object  # (blocks, m) float64, the tempered posterior in block order (padding: q = p)
     sigma: object
     kl_bits: float  # KL(q‖p) of the tempered blocks
@@ -116,13 +116,14 @@ def _padded_order(size: int, blocks: int, seed: int, index: int):
 
 
 def plan_matrix(family: GaussianFamily, tau: float, budget_bits: float, seed: int, index: int) -> MatrixPlan:
-    """Blocks of about `budget_bits` of KL at temperature τ, then each block's temperature moved
-    (bisection in log τ) until its KL is exactly the budget, where its weights allow it: a block of
-    ignored weights holds less; one whose fixed mean alone costs more (a mean that does not shrink
-    pays Σ w²/(2s²) at any τ) holds more, and its sample is the less faithful to q."""
+    """Blocks of about `budget_bits` of KL at temperature τ (at most one a weight: a weight holds at
+    most the budget), then each block's temperature moved (bisection in log τ) until its KL is exactly
+    the budget, where its weights allow it: a block of ignored weights holds less; one whose fixed
+    mean alone costs more (a mean that does not shrink pays Σ w²/(2s²) at any τ) holds more, and its
+    sample is the less faithful to q."""
     import torch
 
-    blocks = max(1, math.ceil(float(family.kl(tau).sum()) / LN2 / budget_bits))
+    blocks = min(family.w.numel(), max(1, math.ceil(float(family.kl(tau).sum()) / LN2 / budget_bits)))
     order = _padded_order(family.w.numel(), blocks, seed, index)
     w, h = _blocked(family.w, order), _blocked(family.h, order)
     padded = order < 0

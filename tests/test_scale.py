@@ -187,7 +187,7 @@ def test_a_scale_section_measures_lambda_at_each_tolerance_as_a_task_of_its_own(
     """`scale: {epsilons: [...]}` adds an `llc_scale:<ε>` task per tolerance on the checkpoints it
     takes (`every`), keyed by the first rung's settings and ε: its row holds λ(ε) and its rungs; the
     analysis's scale table gives E[D], DL_λ(ε) from the widest ε found and λ(ε)/λ̂; costs give its
-    seconds per checkpoint. A rerun measures nothing; the other tasks' keys are those of a run without it."""
+    seconds per checkpoint, beside each critical search's. A rerun measures nothing; the other tasks' keys are those of a run without it."""
     import os
 
     from rich.console import Console
@@ -223,6 +223,8 @@ critical: {{compressors: [{{name: rtn, precision: 0.5}}], epsilons: [0.05, 0.2]}
     assert list(table.dl_lambda_bits) == volume_code_bits(list(table.epsilon), list(table.llc_at_scale))
     assert table.dl_lambda_bits.iloc[1] > 0
     assert "llc_scale" in set(a.costs.measure)
+    searches = a.records[a.records.task == "critical"].drop_duplicates("task_key")
+    assert a.costs.set_index("measure").seconds["critical:rtn"] == searches.elapsed_s.median()  # every ε at once
     assert run_experiment(experiment, home, Console(file=open(os.devnull, "w"))).tasks_done == 0
     scaled = Tasks(experiment)
     assert without.all_hashes < scaled.all_hashes

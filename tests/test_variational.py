@@ -59,6 +59,17 @@ def test_the_length_lies_between_the_kl_and_the_kl_plus_the_overhead_per_block(b
     assert 8 * len(data) == header + payload + (-payload % 8)
 
 
+def test_a_weight_holds_at_most_one_block():
+    """Where KL(q‖p) exceeds the budget on every weight, each weight is a block of its own at the
+    budget: no block is empty, and the length stops growing."""
+    x, y, w, h = orthogonal_regression(d=64)
+    fine = rec.with_prior(w, h, 1e-9, shrinks=True)
+    assert float(fine.kl(1e-9).sum()) / math.log(2) > 64 * 8
+    plan = rec.plan_matrix(fine, 1e-9, 8, seed=0, index=0)
+    assert plan.blocks == 64 and plan.width == 1 and bool((plan.order >= 0).all())
+    assert plan.kl_bits == pytest.approx(64 * 8)
+
+
 def test_the_decoder_rebuilds_the_encoded_weights_bit_for_bit_from_the_bytes_alone():
     g = torch.Generator().manual_seed(3)
     sizes = [300, 1, 77]

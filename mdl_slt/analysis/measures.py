@@ -102,9 +102,10 @@ def hawq_predictions(records: pd.DataFrame, epsilons: list[float], share: dict,
 
 
 def costs(records: pd.DataFrame) -> pd.DataFrame:
-    """What each predictor costs: the median seconds its task took, per checkpoint (per group for the
-    refined λ̂, `llc_group`; λ(ε) at all its tolerances, `llc_scale`); HAWQ's Ω needs the Hessian
-    trace, so its cost includes the trace's."""
+    """What each predictor and each code costs: the median seconds its task took, per checkpoint (per
+    group for the refined λ̂, `llc_group`; λ(ε) at all its tolerances, `llc_scale`; a compressor's
+    critical search at every ε, `critical:<compressor>`); HAWQ's Ω needs the Hessian trace, so its
+    cost includes the trace's."""
     found = {}
     tasks = records.drop_duplicates("task_key")
     measures = tasks[tasks.task == "sensitivity"]
@@ -117,6 +118,9 @@ def costs(records: pd.DataFrame) -> pd.DataFrame:
     scale = tasks[tasks.task == "llc_scale"]
     if len(scale):  # λ(ε): every tolerance of a checkpoint together
         found["llc_scale"] = float(scale.groupby(KEYS).elapsed_s.sum().median())
+    searches = tasks[tasks.task == "critical"]
+    for compressor, part in searches.groupby("compressor"):
+        found[f"critical:{compressor}"] = float(part.elapsed_s.median())
     if "hawq" in found and "hessian_trace" in found:
         found["hawq"] += found["hessian_trace"]
     return pd.DataFrame([{"measure": k, "seconds": v, "per": "group" if k == "llc_group" else "checkpoint"}

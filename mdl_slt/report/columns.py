@@ -191,7 +191,8 @@ TABLES = {
         "allocation": ("", "each group's knob value"), "dl_vs_uniform": ("", "dl_bits / uniform's"),
         "dl_vs_oracle": ("", "dl_bits / the oracle's")}),
     "costs": ("what each measure cost on this machine", {
-        "measure": ("", "llc, loss, llc_group or a sensitivity measure"), "seconds": ("s", "median seconds"),
+        "measure": ("", "llc, loss, llc_group, llc_scale, a sensitivity measure, or critical:<compressor> (its "
+                        "search at every ε)"), "seconds": ("s", "median seconds"),
         "per": ("", "checkpoint, or group for the refined λ̂")}),
     "robustness": ("per varied sampler setting: did the answer hold?", {
         "setting": ("", "parameter×multiplier"), "n_checkpoints": ("", "measured again"),
