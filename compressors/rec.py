@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 MAGIC = b"MDLREC1"
 CHUNK = 2**22  # candidate coordinates drawn at once
+HOST = "cpu"  # the code is drawn and read on the host, whatever the model's device
 LN2 = math.log(2.0)
 
 
@@ -107,7 +108,7 @@ def _padded_order(size: int, blocks: int, seed: int, index: int):
     indices: the first size mod blocks blocks one weight longer, the others padded with −1."""
     import torch
 
-    order = torch.randperm(size, generator=_generator(seed, index, 1))
+    order = torch.randperm(size, generator=_generator(seed, index, 1), device=HOST)
     short, longer = divmod(size, blocks)
     width = short + (longer > 0)
     rest = order[longer * width:].view(blocks - longer, short)
@@ -128,7 +129,7 @@ def plan_matrix(family: GaussianFamily, tau: float, budget_bits: float, seed: in
     w, h = _blocked(family.w, order), _blocked(family.h, order)
     padded = order < 0
     block = GaussianFamily(w, h, family.scale, family.shrinks)
-    low = torch.full((order.shape[0], 1), math.log(tau) - 40, dtype=torch.float64)
+    low = torch.full((order.shape[0], 1), math.log(tau) - 40, dtype=torch.float64, device=HOST)
     high = torch.full_like(low, math.log(tau) + 40)
     target = budget_bits * LN2
     for _ in range(60):  # KL falls as τ rises
@@ -165,19 +166,19 @@ def choose(plan: MatrixPlan, bits: int, seed: int, index: int):
     shared, private = _generator(seed, index, 2), _generator(seed, index, 3)
     a = (0.5 * (1.0 - (plan.scale / plan.sigma) ** 2)).float()  # coefficient of z²
     b = (plan.scale * plan.mean / plan.sigma**2).float()  # coefficient of z
-    best = torch.full((plan.blocks,), -math.inf)
-    found = torch.zeros(plan.blocks, dtype=torch.long)
-    picked = torch.zeros(plan.blocks, plan.width)
+    best = torch.full((plan.blocks,), -math.inf, device=HOST)
+    found = torch.zeros(plan.blocks, dtype=torch.long, device=HOST)
+    picked = torch.zeros(plan.blocks, plan.width, device=HOST)
     for first, count, start, many in _pieces(plan.blocks, plan.width, 2**bits):
-        z = torch.randn(count, many, plan.width, generator=shared)
+        z = torch.randn(count, many, plan.width, generator=shared, device=HOST)
         rows = slice(first, first + count)
         score = (z * z) @ a[rows].unsqueeze(-1) + z @ b[rows].unsqueeze(-1)
-        uniform = torch.rand(count, many, generator=private).clamp_min(1e-30)
+        uniform = torch.rand(count, many, generator=private, device=HOST).clamp_min(1e-30)
         top, at = (score.squeeze(-1) - torch.log(-torch.log(uniform))).max(dim=1)
         better = top > best[rows]
         best[rows] = torch.where(better, top, best[rows])
         found[rows] = torch.where(better, at + start, found[rows])
-        picked[rows] = torch.where(better.unsqueeze(1), z[torch.arange(count), at], picked[rows])
+        picked[rows] = torch.where(better.unsqueeze(1), z[torch.arange(count, device=HOST), at], picked[rows])
     return found, _scatter(picked * plan.scale, plan.order)
 
 
@@ -185,7 +186,7 @@ def _scatter(blocked, order):
     """Block-ordered values back to the matrix's flat order."""
     import torch
 
-    flat = torch.empty(int((order >= 0).sum()), dtype=blocked.dtype)
+    flat = torch.empty(int((order >= 0).sum()), dtype=blocked.dtype, device=HOST)
     real = order >= 0
     flat[order[real]] = blocked[real]
     return flat
@@ -198,10 +199,10 @@ def candidates_at(size: int, scale: float, indices, bits: int, seed: int, index:
     order = _padded_order(size, len(indices), seed, index)
     blocks, width = order.shape
     shared = _generator(seed, index, 2)
-    picked = torch.zeros(blocks, width)
+    picked = torch.zeros(blocks, width, device=HOST)
     for first, count, start, many in _pieces(blocks, width, 2**bits):
-        z = torch.randn(count, many, width, generator=shared)
-        rows = torch.arange(first, first + count)
+        z = torch.randn(count, many, width, generator=shared, device=HOST)
+        rows = torch.arange(first, first + count, device=HOST)
         inside = (indices[rows] >= start) & (indices[rows] < start + many)
         if bool(inside.any()):
             chosen = rows[inside]

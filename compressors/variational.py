@@ -51,7 +51,7 @@ def fisher_diagonal(model, params, tokens, seed: int = 0, labels: int = 1) -> li
     from mdl_slt.compute.loss import next_token_logits
 
     draw = torch.Generator(device="cpu").manual_seed(seed)
-    sums = [torch.zeros(p.numel(), dtype=torch.float64) for p in params]
+    sums = [torch.zeros(p.numel(), dtype=torch.float64, device="cpu") for p in params]
     for sequence in tokens:
         logits = next_token_logits(model, sequence[None])[0]
         with torch.no_grad():
@@ -88,13 +88,14 @@ def fit_posterior(model, targets, families: list, tau: float, tokens, steps: int
 
     class Sampled(torch.nn.Module):  # the model with its targets drawn from q
         def forward(self, input_ids):
-            weights = {t.name: (mu + log.exp() * torch.randn(mu.shape, generator=draw).to(device)).view(t.param.shape)
-                       for t, mu, log in zip(targets, means, logs)}
+            noise = [torch.randn(mu.shape, generator=draw, device="cpu").to(device) for mu in means]
+            weights = {t.name: (mu + log.exp() * xi).view(t.param.shape)
+                       for t, mu, log, xi in zip(targets, means, logs, noise)}
             return functional_call(model, weights, args=(), kwargs={"input_ids": input_ids})
 
     sampled = Sampled()
     for _ in range(steps):
-        rows = torch.randint(0, len(tokens), (min(batch, len(tokens)),), generator=draw)
+        rows = torch.randint(0, len(tokens), (min(batch, len(tokens)),), generator=draw, device="cpu")
         kl = sum(rec.kl_nats(mu, log.exp(), f.scale).sum() for mu, log, f in zip(means, logs, families))
         objective = token_nll(sampled, tokens[rows].to(device)) + tau * kl
         optimizer.zero_grad()
