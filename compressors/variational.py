@@ -186,8 +186,12 @@ class Variational(Compressor):
                 for j, family in enumerate(self.posterior(prepared, value))]
 
     def code(self, prepared: Prepared, value: float, draw: int = 0) -> bytes:
-        """The bytes a decoder rebuilds the targets from (compressors.rec)."""
-        return rec.encode(self.plans(prepared, value, draw), self.block_bits, self._seed(draw))[0]
+        """The bytes a decoder rebuilds the targets from (compressors.rec); the last value's are kept, so
+        saving a model after applying it encodes once."""
+        if prepared.cache.get("code", (None,))[0] != (value, draw):
+            data = rec.encode(self.plans(prepared, value, draw), self.block_bits, self._seed(draw))[0]
+            prepared.cache["code"] = ((value, draw), data)
+        return prepared.cache["code"][1]
 
     def apply(self, model, prepared: Prepared, value: float, draw: int = 0) -> None:
         import torch
